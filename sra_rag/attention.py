@@ -1,0 +1,329 @@
+"""Scaled ReAttention as attention functions registered with transformers.
+
+Two implementations of ``shared/SRA_SPEC.md`` live side by side and are held equal by the tests:
+
+- :func:`sra_attention_forward` (``attn_implementation="sra"``), the fast path: stock SDPA for every
+  row, then the probabilities of only the rows the spec edits (inner block and tail) are
+  materialised, in row chunks, and those rows' outputs are recomputed. Extra memory is
+  ``O(heads * chunk * n)``, never ``O(n^2)``.
+- :func:`sra_reference_attention_forward` (``attn_implementation="sra_reference"``), the literal
+  path: the full ``(heads, n, n)`` probability matrix, edited row by row exactly as the spec's steps
+  read.
+
+Settings travel with the call: ``model(..., sra_config=SRAConfig(...))`` reaches the attention
+function as a keyword argument (transformers forwards extra ``forward`` kwargs to it). Where a call
+cannot carry it (``model.generate``), :func:`sra_settings` sets a context-local value instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from sra_rag.config import SRAConfig
+from sra_rag.schedule import Edit, layer_edits
+
+logger = logging.getLogger(__name__)
+
+IMPLEMENTATION = "sra"
+REFERENCE_IMPLEMENTATION = "sra_reference"
+
+# Rows of probabilities materialised at once by the fast path, as a number of fp32 elements
+# (heads * rows * keys). 2**22 elements = 16 MiB per buffer.
+ROW_CHUNK_ELEMENTS = 2**22
+
+_DEFAULT_CONFIG = SRAConfig()
+_context_config: ContextVar[SRAConfig | None] = ContextVar("sra_config", default=None)
+
+
+@contextmanager
+def sra_settings(config: SRAConfig) -> Iterator[SRAConfig]:
+    """Use ``config`` for SRA attention calls made in this context (thread or task) that do not
+    pass ``sra_config`` themselves, for example inside ``model.generate(...)``."""
+    if not isinstance(config, SRAConfig):
+        raise TypeError(f"sra_settings expects an SRAConfig, got {type(config).__name__}")
+    token = _context_config.set(config)
+    try:
+        yield config
+    finally:
+        _context_config.reset(token)
+
+
+def resolve_config(config: SRAConfig | None) -> SRAConfig:
+    """The settings of this call: the keyword argument, else the context's, else the spec defaults."""
+    if config is None:
+        config = _context_config.get()
+    if config is None:
+        return _DEFAULT_CONFIG
+    if not isinstance(config, SRAConfig):
+        raise TypeError(f"sra_config must be an SRAConfig, got {type(config).__name__}")
+    return config
+
+
+def register() -> None:
+    """Register ``"sra"`` and ``"sra_reference"`` with transformers' attention and mask interfaces.
+
+    Explicit and idempotent: call it before ``from_pretrained(..., attn_implementation="sra")`` or
+    ``model.set_attn_implementation("sra")``. Both use SDPA's boolean masks, so padding and sliding
+    windows reach the attention function exactly as they reach stock SDPA.
+    """
+    AttentionInterface.register(IMPLEMENTATION, sra_attention_forward)
+    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    AttentionInterface.register(REFERENCE_IMPLEMENTATION, sra_reference_attention_forward)
+    AttentionMaskInterface.register(REFERENCE_IMPLEMENTATION, sdpa_mask)
+
+
+def _layer_position(module: torch.nn.Module) -> tuple[int, int]:
+    layer_idx = getattr(module, "layer_idx", None)
+    config = getattr(module, "config", None)
+    num_layers = getattr(config, "num_hidden_layers", None)
+    if layer_idx is None or num_layers is None:
+        raise ValueError(
+            f"SRA needs the layer index and layer count of {type(module).__name__}; it supports decoder "
+            "attention modules with `layer_idx` and `config.num_hidden_layers` (Llama, Qwen2, Mistral, Gemma, ...)."
+        )
+    return int(layer_idx), int(num_layers)
+
+
+def real_positions(attention_mask: torch.Tensor | None, batch_index: int, length: int, device: torch.device) -> torch.Tensor:
+    """Indices ``(n,)`` of the real (unpadded) tokens of one sequence in a prefill of ``length``.
+
+    A token is real when it may attend to itself: padding keys are masked for every query, and the
+    diagonal is inside every causal or sliding window.
+    """
+    if attention_mask is None:
+        return torch.arange(length, device=device)
+    diagonal = attention_mask[batch_index, 0].diagonal()
+    if diagonal.dtype != torch.bool:
+        diagonal = diagonal > torch.finfo(diagonal.dtype).min / 2
+    return diagonal.nonzero().flatten()
+
+
+def _allowed_rows(attention_mask: torch.Tensor | None, batch_index: int, rows: torch.Tensor, length: int) -> torch.Tensor:
+    """Boolean mask ``(1 | heads, rows, keys)``: which keys each selected query row may see."""
+    if attention_mask is None:
+        keys = torch.arange(length, device=rows.device)
+        return (keys[None, :] <= rows[:, None]).unsqueeze(0)
+    mask = attention_mask[batch_index][:, rows]
+    if mask.dtype != torch.bool:
+        mask = mask > torch.finfo(mask.dtype).min / 2
+    return mask
+
+
+def _row_probabilities(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Softmax probabilities in fp32 for a few query rows.
+
+    query: ``(heads, rows, head_dim)``; key: ``(kv_heads, keys, head_dim)`` in fp32;
+    allowed: ``(1 | heads, rows, keys)``. Returns ``(heads, rows, keys)``.
+    Grouped KV heads are broadcast, not repeated.
+    """
+    heads, rows, head_dim = query.shape
+    kv_heads = key.shape[0]
+    grouped = query.float().view(kv_heads, heads // kv_heads, rows, head_dim)
+    scores = torch.matmul(grouped, key.transpose(-1, -2).unsqueeze(1)).view(heads, rows, -1)
+    scores.mul_(scaling).masked_fill_(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def _grouped_matmul(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``(heads, rows, keys) @ (kv_heads, keys, head_dim) -> (heads, rows, head_dim)``."""
+    heads, rows, _ = probs.shape
+    kv_heads = value.shape[0]
+    out = torch.matmul(probs.view(kv_heads, heads // kv_heads, rows, -1), value.unsqueeze(1))
+    return out.view(heads, rows, -1)
+
+
+def _edit_probabilities(probs: torch.Tensor, targets: torch.Tensor, tau: float, beta: float) -> torch.Tensor:
+    """Apply the spec's edit (steps 1-4) in place to rows ``probs (heads, rows, keys)``.
+
+    Returns the eligibility ``(heads, rows)``. Every row is edited; the caller keeps the stock
+    output of the ineligible ones.
+    """
+    target_probs = probs[..., targets]
+    eligible = target_probs.amax(dim=-1) > tau
+    probs.masked_fill_(probs < tau, 0.0)
+    removed = 1.0 - probs.sum(dim=-1, keepdim=True)
+    weights = torch.where(target_probs >= tau, 100.0, 5.0)
+    probs.index_add_(-1, targets, beta * removed * weights / weights.sum(dim=-1, keepdim=True))
+    return eligible
+
+
+def _attention_target(edit: Edit, column_mass: torch.Tensor, positions: torch.Tensor, begin: int) -> range:
+    """The ``outer_target="attention"`` variant: the block of the schedule's width, inside the
+    document span ``[begin, n - t)``, that the tail rows attend to most (summed over heads and rows).
+
+    column_mass: ``(keys,)`` attention mass per key position (absolute indices).
+    """
+    width = edit.target_stop - edit.target_start
+    start, stop = begin, edit.row_start
+    if stop <= start:
+        return edit.targets
+    mass = column_mass[positions[start:stop]]
+    if mass.numel() <= width:
+        return range(start, stop)
+    windows = mass.unfold(0, width, 1).sum(dim=-1)
+    best = start + int(windows.argmax())
+    return range(best, best + width)
+
+
+def _edit_sequence(
+    output: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    batch_index: int,
+    positions: torch.Tensor,
+    edit: Edit,
+    scaling: float,
+    config: SRAConfig,
+) -> None:
+    """Recompute, in place, the output rows of one sequence that ``edit`` changes.
+
+    output: ``(q_len, heads, head_dim)``; query: ``(heads, q_len, head_dim)``;
+    key, value: ``(kv_heads, kv_len, head_dim)`` in fp32.
+    """
+    heads, length = query.shape[0], key.shape[1]
+    rows = positions[edit.row_start : edit.row_stop]
+    chunk = max(1, ROW_CHUNK_ELEMENTS // (heads * length))
+    chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
+
+    targets = edit.targets
+    if edit.loop == "outer" and config.outer_target == "attention":
+        column_mass = torch.zeros(length, device=key.device)
+        for part in chunks:
+            allowed = _allowed_rows(attention_mask, batch_index, part, length)
+            column_mass += _row_probabilities(query[:, part], key, allowed, scaling).sum(dim=(0, 1))
+        targets = _attention_target(edit, column_mass, positions, config.begin_length)
+    target_index = positions[targets.start : targets.stop]
+
+    for part in chunks:
+        allowed = _allowed_rows(attention_mask, batch_index, part, length)
+        probs = _row_probabilities(query[:, part], key, allowed, scaling)
+        eligible = _edit_probabilities(probs, target_index, edit.tau, edit.beta)
+        if not bool(eligible.any()):
+            continue
+        edited = _grouped_matmul(probs, value).transpose(0, 1).to(output.dtype)
+        output[part] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[part])
+
+
+def _is_prefill(query: torch.Tensor, key: torch.Tensor) -> bool:
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if q_len > 1 and q_len != kv_len:
+        logger.debug("SRA skipped: the query (%d) does not cover the whole key (%d)", q_len, kv_len)
+    return q_len > 1 and q_len == kv_len
+
+
+def sra_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    sra_config: SRAConfig | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """SRA attention, fast path. Same signature and result layout as transformers' SDPA function.
+
+    query: ``(batch, heads, q_len, head_dim)``; key, value: ``(batch, kv_heads, kv_len, head_dim)``;
+    attention_mask: boolean ``(batch, 1, q_len, kv_len)`` or None (causal).
+    Returns ``(batch, q_len, heads, head_dim)`` and no attention weights.
+    """
+    output, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+    )
+    config = resolve_config(sra_config)
+    if not config.enabled or not _is_prefill(query, key):
+        return output, None
+    layer_idx, num_layers = _layer_position(module)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    length = key.shape[2]
+    for batch_index in range(query.shape[0]):
+        positions = real_positions(attention_mask, batch_index, length, query.device)
+        edits = layer_edits(len(positions), layer_idx, num_layers, config)
+        if not edits:
+            continue
+        key_f, value_f = key[batch_index].float(), value[batch_index].float()
+        for edit in edits:
+            _edit_sequence(
+                output[batch_index], query[batch_index], key_f, value_f, attention_mask,
+                batch_index, positions, edit, scaling, config,
+            )
+    return output, None
+
+
+def sra_reference_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    sra_config: SRAConfig | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """SRA attention, literal path: the spec's steps on full ``(batch, heads, q_len, kv_len)``
+    probability matrices in fp32, one selected row at a time. Memory ``O(heads * n^2)``.
+
+    Same shapes as :func:`sra_attention_forward`.
+    """
+    if kwargs.get("softcap") is not None:
+        raise ValueError("SRA attention does not support attention logit soft-capping.")
+    config = resolve_config(sra_config)
+    groups = query.shape[1] // key.shape[1]
+    key_r, value_r = repeat_kv(key, groups).float(), repeat_kv(value, groups).float()
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query.float(), key_r.transpose(2, 3)) * scaling
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if attention_mask is None:
+        causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+        scores = scores.masked_fill(~causal, float("-inf"))
+    elif attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    else:
+        scores = scores + attention_mask.float()
+    # Fully masked rows (padding queries) give NaN; they attend to nothing.
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+
+    if config.enabled and _is_prefill(query, key):
+        layer_idx, num_layers = _layer_position(module)
+        for b in range(query.shape[0]):
+            positions = real_positions(attention_mask, b, kv_len, query.device)
+            for edit in layer_edits(len(positions), layer_idx, num_layers, config):
+                targets = edit.targets
+                if edit.loop == "outer" and config.outer_target == "attention":
+                    tail = positions[edit.row_start : edit.row_stop]
+                    column_mass = probs[b][:, tail].sum(dim=(0, 1))
+                    targets = _attention_target(edit, column_mass, positions, config.begin_length)
+                columns = positions[targets.start : targets.stop]
+                for i in edit.rows:
+                    row = int(positions[i])
+                    for head in range(query.shape[1]):
+                        p = probs[b, head, row]
+                        # Step 1: only rows that already attend to the target block are edited.
+                        if not p[columns].max() > edit.tau:
+                            continue
+                        # Step 2: eliminate the negligible weights.
+                        edited = torch.where(p >= edit.tau, p, torch.zeros_like(p))
+                        # Step 3: the removed mass.
+                        removed = 1.0 - edited.sum()
+                        # Step 4: hand beta times that mass to the target block, favouring its survivors.
+                        weights = torch.where(p[columns] >= edit.tau, 100.0, 5.0)
+                        edited[columns] += edit.beta * removed * weights / weights.sum()
+                        probs[b, head, row] = edited
+
+    # Step 5: rows are not renormalised.
+    output = torch.matmul(probs, value_r).to(query.dtype)
+    return output.transpose(1, 2).contiguous(), None

