@@ -1,0 +1,32 @@
+"""The ``sra-rag`` command line. Each concern keeps its commands in its own module (a Typer app
+named ``app``); this module only gathers them."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+COMMAND_MODULES = ("sra_rag.rag.commands", "sra_rag.evaluation.commands")
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="sra-rag",
+        help="Retrieval-augmented generation that stuffs the whole retrieved context into one prompt, "
+        "with Scaled ReAttention.",
+        no_args_is_help=True,
+        add_completion=False,
+    )
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        app.registered_commands.extend(module.app.registered_commands)
+    return app
+
+
+def main() -> None:
+    build_app()()
+
+
+if __name__ == "__main__":
+    main()
