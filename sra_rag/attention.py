@@ -140,7 +140,7 @@ def _grouped_matmul(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return out.view(heads, rows, -1)
 
 
-def _edit_probabilities(probs: torch.Tensor, targets: torch.Tensor, tau: float, beta: float) -> torch.Tensor:
+def edit_probabilities(probs: torch.Tensor, targets: torch.Tensor, tau: float, beta: float) -> torch.Tensor:
     """Apply the spec's edit (steps 1-4) in place to rows ``probs (heads, rows, keys)``.
 
     Returns the eligibility ``(heads, rows)``. Every row is edited; the caller keeps the stock
@@ -207,7 +207,7 @@ def _edit_sequence(
     for part in chunks:
         allowed = _allowed_rows(attention_mask, batch_index, part, length)
         probs = _row_probabilities(query[:, part], key, allowed, scaling)
-        eligible = _edit_probabilities(probs, target_index, edit.tau, edit.beta)
+        eligible = edit_probabilities(probs, target_index, edit.tau, edit.beta)
         if not bool(eligible.any()):
             continue
         edited = _grouped_matmul(probs, value).transpose(0, 1).to(output.dtype)

@@ -1,0 +1,178 @@
+"""The SRA attention functions on random tensors: the fast path against the literal reference and the
+spec's sanity properties (shared/SRA_SPEC.md, "Sanity properties that tests can check")."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from sra_rag import SRAConfig, sra_settings
+from sra_rag.attention import (
+    edit_probabilities,
+    resolve_config,
+    sra_attention_forward,
+    sra_reference_attention_forward,
+)
+from sra_rag.schedule import layer_edits
+
+NUM_LAYERS = 6
+SMALL = SRAConfig(begin_length=4, tail_length=12)
+
+
+def module(layer_idx, groups=2):
+    return SimpleNamespace(
+        layer_idx=layer_idx,
+        config=SimpleNamespace(num_hidden_layers=NUM_LAYERS),
+        num_key_value_groups=groups,
+        is_causal=True,
+    )
+
+
+def random_qkv(batch=1, heads=4, kv_heads=2, n=96, head_dim=16, seed=0, dtype=torch.float32, sharpness=3.0):
+    generator = torch.Generator().manual_seed(seed)
+    # Larger queries make the attention rows peaky, like a trained model's, so edits are eligible.
+    query = torch.randn(batch, heads, n, head_dim, generator=generator) * sharpness
+    key = torch.randn(batch, kv_heads, n, head_dim, generator=generator)
+    value = torch.randn(batch, kv_heads, n, head_dim, generator=generator)
+    return query.to(dtype), key.to(dtype), value.to(dtype)
+
+
+def run(fn, layer, qkv, config, mask=None, groups=2):
+    query, key, value = qkv
+    output, weights = fn(module(layer, groups), query, key, value, mask, scaling=query.shape[-1] ** -0.5, sra_config=config)
+    assert weights is None
+    return output
+
+
+def edited_rows(n, layer, config):
+    return sorted({row for edit in layer_edits(n, layer, NUM_LAYERS, config) for row in edit.rows})
+
+
+@pytest.mark.parametrize("layer", range(NUM_LAYERS))
+@pytest.mark.parametrize(
+    "config",
+    [
+        SMALL,
+        SMALL.model_copy(update={"beta_inner": 1.0, "beta_outer": 0.0}),
+        SMALL.model_copy(update={"alpha_inner": 2.0, "alpha_outer": 0.05}),
+        SMALL.model_copy(update={"dynamic_tail": True, "tail_divisor": 6}),
+        SMALL.model_copy(update={"outer_target": "attention"}),
+    ],
+    ids=["small", "beta1-0", "alphas", "dynamic-tail", "attention-target"],
+)
+def test_fast_path_equals_the_literal_reference(layer, config):
+    qkv = random_qkv(n=96, seed=layer)
+    fast = run(sra_attention_forward, layer, qkv, config)
+    reference = run(sra_reference_attention_forward, layer, qkv, config)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_edits_change_the_edited_rows_and_nothing_else():
+    qkv = random_qkv(n=96)
+    layer = 2
+    stock = run(sdpa_attention_forward, layer, qkv, None)
+    fast = run(sra_attention_forward, layer, qkv, SMALL)
+    rows = edited_rows(96, layer, SMALL)
+    assert rows, "the test needs an active edit"
+    others = [i for i in range(96) if i not in rows]
+    assert torch.equal(fast[:, others], stock[:, others])  # bit-for-bit
+    assert not torch.allclose(fast[:, rows], stock[:, rows], atol=1e-3)
+
+
+def test_disabled_and_last_layer_are_stock():
+    qkv = random_qkv(n=96)
+    stock = run(sdpa_attention_forward, 1, qkv, None)
+    assert torch.equal(run(sra_attention_forward, 1, qkv, SRAConfig(enabled=False)), stock)
+    last = NUM_LAYERS - 1
+    assert torch.equal(run(sra_attention_forward, last, qkv, SMALL), run(sdpa_attention_forward, last, qkv, None))
+
+
+def test_short_prompts_are_stock_without_error():
+    config = SRAConfig()  # b + t + 3 = 303
+    qkv = random_qkv(n=64)
+    for layer in range(NUM_LAYERS):
+        assert torch.equal(run(sra_attention_forward, layer, qkv, config), run(sdpa_attention_forward, layer, qkv, None))
+
+
+def test_decoding_steps_are_ordinary_attention():
+    query, key, value = random_qkv(n=96)
+    step = (query[:, :, -1:], key, value)
+    assert torch.equal(run(sra_attention_forward, 2, step, SMALL), run(sdpa_attention_forward, 2, step, None))
+
+
+@pytest.mark.parametrize("beta", [1.0, 4.0])
+def test_row_sums_follow_beta(beta):
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 5, 40, generator=generator) * 3, dim=-1)
+    targets = torch.arange(10, 16)
+    tau = 0.02
+    edited = probs.clone()
+    eligible = edit_probabilities(edited, targets, tau, beta)
+    assert eligible.any()
+    removed = (probs * (probs < tau)).sum(-1)
+    expected = 1 + (beta - 1) * removed
+    torch.testing.assert_close(edited.sum(-1)[eligible], expected[eligible], atol=1e-5, rtol=1e-5)
+    # survivors keep their weight outside the target block; small weights are gone
+    outside = torch.ones(40, dtype=torch.bool)
+    outside[targets] = False
+    kept = edited[..., outside][eligible]
+    assert torch.all((kept == 0) | (kept >= tau))
+
+
+def test_batch_with_padding_equals_each_sequence_alone():
+    n = 96
+    query, key, value = random_qkv(batch=2, n=n)
+    # sequence 0 right-padded by 10, sequence 1 left-padded by 20
+    real = torch.ones(2, n, dtype=torch.bool)
+    real[0, n - 10 :] = False
+    real[1, :20] = False
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    mask = (causal[None] & real[:, None, :])[:, None]
+    for fn in (sra_attention_forward, sra_reference_attention_forward):
+        batched = run(fn, 2, (query, key, value), SMALL, mask=mask)
+        alone0 = run(fn, 2, (query[:1, :, : n - 10], key[:1, :, : n - 10], value[:1, :, : n - 10]), SMALL)
+        alone1 = run(fn, 2, (query[1:, :, 20:], key[1:, :, 20:], value[1:, :, 20:]), SMALL)
+        torch.testing.assert_close(batched[0, : n - 10], alone0[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched[1, 20:], alone1[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_fast_path_close_to_reference(dtype):
+    qkv = random_qkv(n=96, dtype=dtype)
+    fast = run(sra_attention_forward, 2, qkv, SMALL).float()
+    reference = run(sra_reference_attention_forward, 2, qkv, SMALL).float()
+    torch.testing.assert_close(fast, reference, atol=3e-2, rtol=3e-2)
+    assert fast.isfinite().all()
+
+
+def test_without_grouped_heads():
+    qkv = random_qkv(heads=4, kv_heads=4, n=80)
+    fast = run(sra_attention_forward, 1, qkv, SMALL, groups=1)
+    reference = run(sra_reference_attention_forward, 1, qkv, SMALL, groups=1)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_row_chunking_does_not_change_the_result(monkeypatch):
+    qkv = random_qkv(n=96)
+    whole = run(sra_attention_forward, 2, qkv, SMALL)
+    monkeypatch.setattr("sra_rag.attention.ROW_CHUNK_ELEMENTS", 4 * 96 * 3)  # 3 rows per chunk
+    torch.testing.assert_close(run(sra_attention_forward, 2, qkv, SMALL), whole, atol=1e-6, rtol=1e-6)
+
+
+def test_settings_resolution_order():
+    assert resolve_config(None) == SRAConfig()
+    mine = SRAConfig(beta_outer=2.0)
+    with sra_settings(mine):
+        assert resolve_config(None) is mine
+        explicit = SRAConfig(beta_outer=3.0)
+        assert resolve_config(explicit) is explicit
+    assert resolve_config(None) == SRAConfig()
+    with pytest.raises(TypeError, match="SRAConfig"):
+        resolve_config({"beta_outer": 2.0})  # type: ignore[arg-type]
+
+
+def test_module_without_layer_index_gets_a_clear_error():
+    query, key, value = random_qkv(n=96)
+    with pytest.raises(ValueError, match="layer index"):
+        sra_attention_forward(SimpleNamespace(num_key_value_groups=2), query, key, value, None, sra_config=SMALL)

@@ -1,0 +1,70 @@
+import pytest
+from pydantic import ValidationError
+
+from sra_rag import SRAConfig
+
+
+def test_defaults_match_the_spec_table():
+    config = SRAConfig()
+    assert config.model_dump() == {
+        "enabled": True,
+        "begin_length": 100,
+        "tail_length": 200,
+        "dynamic_tail": False,
+        "tail_divisor": 20,
+        "alpha_inner": 0.5,
+        "alpha_outer": 0.3,
+        "beta_inner": 4.0,
+        "beta_outer": 4.0,
+        "inner": True,
+        "outer": True,
+        "outer_target": "schedule",
+    }
+
+
+def test_frozen_and_unknown_fields_rejected():
+    config = SRAConfig()
+    with pytest.raises(ValidationError):
+        config.beta_inner = 2.0  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="beta"):
+        SRAConfig(beta=3.0)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("begin_length", -1),
+        ("tail_length", -5),
+        ("alpha_inner", 0.0),
+        ("alpha_outer", -0.1),
+        ("beta_inner", -1.0),
+        ("beta_outer", -0.5),
+        ("tail_divisor", 0),
+        ("outer_target", "nearest"),
+    ],
+)
+def test_invalid_values_name_the_field(field, value):
+    with pytest.raises(ValidationError) as info:
+        SRAConfig(**{field: value})
+    assert field in str(info.value)
+
+
+def test_dynamic_tail():
+    assert SRAConfig(dynamic_tail=True, tail_divisor=20).tail_for(1000) == 50
+    assert SRAConfig(dynamic_tail=False, tail_length=7).tail_for(1000) == 7
+
+
+def test_presets():
+    assert SRAConfig.preset("paper") == SRAConfig()
+    assert SRAConfig.preset("off").enabled is False
+    demo = SRAConfig.preset("demo")
+    assert (demo.begin_length, demo.tail_length, demo.alpha_outer, demo.beta_inner) == (5, 50, 0.5, 5.0)
+    assert isinstance(SRAConfig.preset("recommended"), SRAConfig)
+    assert "recommended" in SRAConfig.preset_names()
+    with pytest.raises(ValueError, match="unknown SRA preset 'best'"):
+        SRAConfig.preset("best")
+
+
+def test_model_copy_derives_a_variant():
+    config = SRAConfig().model_copy(update={"tail_length": 12})
+    assert config.tail_length == 12 and SRAConfig().tail_length == 200
