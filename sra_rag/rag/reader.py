@@ -1,0 +1,160 @@
+"""The reader: retrieve, stuff every retrieved chunk into one prompt, and stream an answer with SRA.
+
+No chunk is dropped and there is no refine loop: the whole retrieved context is read in one prefill,
+and Scaled ReAttention's tail covers exactly the question, the instruction after it and the generation
+prompt (``question_tail=True``), so the question re-attends to the document blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from sra_rag.config import SRAConfig
+from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
+
+if TYPE_CHECKING:
+    from sra_rag.engine import SRAEngine, TextStream
+
+
+class Retriever(Protocol):
+    """Anything that returns the ``top_k`` chunks for a question, best first (e.g. ``ChromaStore``)."""
+
+    def retrieve(self, question: str, top_k: int = ...) -> list[Chunk]: ...
+
+
+class EmptyRetrievalError(LookupError):
+    """The retriever returned nothing (an empty store): there is no context to answer from."""
+
+
+@dataclass
+class AnswerStream:
+    """Text pieces of an answer as they are generated. ``stuffed`` tells what the prompt held
+    (``stuffed.sources``: the numbered sources, ``stuffed.dropped``: chunks left out); after the
+    stream is exhausted, ``text``, ``completion_tokens`` and ``finish_reason`` are set."""
+
+    question: str
+    stuffed: StuffedPrompt
+    stream: TextStream
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.stream)
+
+    @property
+    def text(self) -> str:
+        return self.stream.text
+
+    @property
+    def sources(self) -> list[str]:
+        return self.stuffed.sources
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.stuffed.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.stream.completion_tokens
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.stream.finish_reason
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A finished answer with the numbered sources it may cite (``sources[0]`` is ``[1]``)."""
+
+    question: str
+    text: str
+    sources: list[str]
+    chunks: list[Chunk]
+    dropped: list[Chunk]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+
+
+class Reader:
+    """Answer questions over a retriever with one stuffed prompt per question.
+
+    ``top_k``: chunks retrieved; ``sra``: the SRA settings (default: the engine's); ``overflow``:
+    what to do when the retrieved text does not fit (``"error"`` or ``"drop"``, see
+    :func:`~sra_rag.rag.stuffing.stuff_prompt`); ``question_tail``: let the SRA tail cover exactly
+    the question and instruction (False: the config's ``tail_length``).
+    """
+
+    def __init__(
+        self,
+        engine: SRAEngine,
+        retriever: Retriever,
+        *,
+        top_k: int = 8,
+        sra: SRAConfig | None = None,
+        max_new_tokens: int = 256,
+        overflow: OverflowPolicy = "error",
+        question_tail: bool = True,
+        system_prompt: str | None = None,
+    ) -> None:
+        if not callable(getattr(retriever, "retrieve", None)):
+            raise TypeError(f"retriever must have a retrieve(question, top_k) method, got {type(retriever).__name__}")
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if sra is not None and not isinstance(sra, SRAConfig):
+            raise TypeError(f"sra must be an SRAConfig, got {type(sra).__name__}")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
+        self.engine = engine
+        self.retriever = retriever
+        self.top_k = top_k
+        self.sra = sra
+        self.max_new_tokens = max_new_tokens
+        self.overflow: OverflowPolicy = overflow
+        self.question_tail = question_tail
+        self.system_prompt = system_prompt
+
+    def retrieve(self, question: str) -> list[Chunk]:
+        chunks = self.retriever.retrieve(question, self.top_k)
+        if not chunks:
+            raise EmptyRetrievalError("Nothing was retrieved: the store is empty. Ingest documents first.")
+        return chunks
+
+    def stuff(self, question: str, chunks: list[Chunk] | None = None) -> StuffedPrompt:
+        """The prompt for ``question`` over ``chunks`` (default: retrieve them)."""
+        return stuff_prompt(
+            self.engine,
+            question,
+            self.retrieve(question) if chunks is None else chunks,
+            max_new_tokens=self.max_new_tokens,
+            overflow=self.overflow,
+            system_prompt=self.system_prompt,
+        )
+
+    def stream(self, question: str, chunks: list[Chunk] | None = None) -> AnswerStream:
+        """Retrieve (unless ``chunks`` are given), stuff and start generating; iterate the result
+        for text pieces."""
+        stuffed = self.stuff(question, chunks)
+        stream = self.engine.stream(
+            stuffed.messages,
+            max_new_tokens=self.max_new_tokens,
+            sra=self.sra,
+            tail_from=stuffed.tail_from if self.question_tail else None,
+        )
+        return AnswerStream(question, stuffed, stream)
+
+    def ask(self, question: str, chunks: list[Chunk] | None = None) -> Answer:
+        """Retrieve, stuff and generate the whole answer."""
+        answer = self.stream(question, chunks)
+        for _ in answer:
+            pass
+        return Answer(
+            question=question,
+            text=answer.text,
+            sources=answer.sources,
+            chunks=answer.stuffed.chunks,
+            dropped=answer.stuffed.dropped,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            finish_reason=answer.finish_reason,
+        )

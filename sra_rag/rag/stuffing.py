@@ -1,0 +1,238 @@
+"""Stuff every retrieved chunk into one chat prompt that fits the model's context window exactly.
+
+Layout of the prompt (the question comes last, so the SRA tail can cover exactly the question, the
+instruction and the generation prompt)::
+
+    system: <system prompt: answer from the numbered sources and cite them>
+    user:   Sources:
+
+            [1] handbook.md
+            <chunk 0 of handbook.md>
+
+            <chunk 3 of handbook.md>
+
+            [2] history.txt
+            <chunk 1 of history.txt>
+
+            Question: <question>
+            Answer using only the sources above and cite them by number, like [1].
+
+Ranking and order: chunks are ranked in the order they are given (retrievers return the best match
+first). Duplicates (same id, or same text) keep their best-ranked copy. Sources are numbered in the
+order of their best-ranked chunk, so ``[1]`` is the most relevant document; inside a source, chunks
+appear in document order (by ``chunk_index``), so neighbouring chunks read as continuous text.
+When chunks must be dropped (``overflow="drop"``), the lowest-ranked go first.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from sra_rag.engine import ContextWindowExceededError
+
+if TYPE_CHECKING:
+    from sra_rag.engine import SRAEngine
+
+OverflowPolicy = Literal["error", "drop"]
+OVERFLOW_POLICIES: tuple[str, ...] = ("error", "drop")
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You answer questions using only the numbered sources the user gives you. "
+    "Cite every source you use by its number in square brackets, like [1]. "
+    "If the sources do not contain the answer, say that they do not."
+)
+ANSWER_INSTRUCTION = "Answer using only the sources above and cite them by number, like [1]."
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One retrieved piece of text.
+
+    ``source`` names the document (a path or title, shown in citations); ``chunk_index`` is the
+    piece's position in that document (orders pieces of one source); ``score`` is the retriever's
+    relevance (informational; ranking is the order chunks are given in); ``id`` is a stable
+    identifier (used for deduplication).
+    """
+
+    text: str
+    source: str
+    chunk_index: int | None = None
+    score: float | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class StuffedPrompt:
+    """A prompt ready for :meth:`SRAEngine.stream`.
+
+    ``messages``: the chat messages; ``tail_from``: the text from which the SRA tail starts (the
+    question and the instruction after it); ``prompt_tokens``: ``engine.count_tokens(messages)``;
+    ``chunks``: the chunks included, in prompt order; ``dropped``: chunks left out (only with
+    ``overflow="drop"``), best-ranked first.
+    """
+
+    messages: list[dict[str, str]]
+    tail_from: str
+    prompt_tokens: int
+    chunks: list[Chunk]
+    dropped: list[Chunk] = field(default_factory=list)
+
+    @property
+    def sources(self) -> list[str]:
+        """The cited sources in citation order: ``sources[0]`` is ``[1]`` in the prompt."""
+        return list(dict.fromkeys(chunk.source for chunk in self.chunks))
+
+
+class ContextOverflowError(ContextWindowExceededError):
+    """The retrieved chunks do not all fit the context window (and the caller did not choose to
+    drop some). ``num_chunks`` were given after deduplication; only ``num_fitting`` of the
+    best-ranked would fit (0 when not even the question alone fits)."""
+
+    def __init__(
+        self, prompt_tokens: int, max_new_tokens: int, context_window: int, num_chunks: int, num_fitting: int
+    ) -> None:
+        super().__init__(prompt_tokens, max_new_tokens, context_window)
+        self.num_chunks = num_chunks
+        self.num_fitting = num_fitting
+        advice = (
+            f"Only the {num_fitting} best-ranked of the {num_chunks} chunks fit ({num_chunks - num_fitting} do not). "
+            "Retrieve fewer chunks (top-k), lower max_new_tokens, or pass overflow='drop' to leave out the "
+            "lowest-ranked chunks with a warning."
+            if num_fitting
+            else f"Not even one of the {num_chunks} chunks fits with the question; lower max_new_tokens or "
+            "use a model with a larger context window."
+        )
+        self.args = (f"With all {num_chunks} retrieved chunks: {self.args[0]} {advice}",)
+
+
+def stuff_prompt(
+    engine: SRAEngine,
+    question: str,
+    chunks: list[Chunk],
+    *,
+    max_new_tokens: int,
+    overflow: OverflowPolicy = "error",
+    system_prompt: str | None = None,
+) -> StuffedPrompt:
+    """Build one prompt holding every chunk (deduplicated, ordered, sources numbered) and the
+    question last, sized with ``engine.count_tokens`` so that ``prompt_tokens + max_new_tokens <=
+    engine.context_window``.
+
+    ``overflow="error"`` raises :class:`ContextOverflowError` (a :class:`ContextWindowExceededError`)
+    with the token counts and how many chunks would fit; ``overflow="drop"`` leaves out the
+    lowest-ranked chunks that do not fit and warns (``UserWarning``) naming them. Nothing is ever cut
+    inside a chunk. Raises the error under either policy if not even one chunk fits.
+    """
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("The question is empty; pass the text of the question.")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if overflow not in OVERFLOW_POLICIES:
+        raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
+    if isinstance(chunks, (str, Chunk)) or not all(isinstance(chunk, Chunk) for chunk in chunks):
+        raise TypeError("chunks must be a list of sra_rag.rag.stuffing.Chunk")
+    ranked = deduplicate(list(chunks))
+    if not ranked:
+        raise ValueError("There are no chunks to stuff; retrieve some context first (is the store empty?).")
+    system = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
+    tail_from = f"Question: {question.strip()}\n{ANSWER_INSTRUCTION}"
+    budget = engine.context_window - max_new_tokens
+
+    def build(count: int) -> tuple[list[dict[str, str]], list[Chunk], int]:
+        included = order_chunks(ranked[:count])
+        messages = _messages(system, included, tail_from)
+        return messages, included, engine.count_tokens(messages)
+
+    messages, included, prompt_tokens = build(len(ranked))
+    if prompt_tokens <= budget:
+        return StuffedPrompt(messages, tail_from, prompt_tokens, included)
+
+    fitting = _largest_fitting(lambda count: build(count)[2] <= budget, len(ranked))
+    if overflow == "error" or fitting == 0:
+        raise ContextOverflowError(prompt_tokens, max_new_tokens, engine.context_window, len(ranked), fitting)
+    messages, included, kept_tokens = build(fitting)
+    dropped = ranked[fitting:]
+    names = ", ".join(_describe(chunk) for chunk in dropped)
+    warnings.warn(
+        f"The {len(ranked)} chunks need {prompt_tokens} prompt tokens but only {budget} are available "
+        f"(context window {engine.context_window} - max_new_tokens {max_new_tokens}); left out the "
+        f"{len(dropped)} lowest-ranked: {names}.",
+        UserWarning,
+        stacklevel=2,
+    )
+    return StuffedPrompt(messages, tail_from, kept_tokens, included, dropped)
+
+
+def deduplicate(chunks: list[Chunk]) -> list[Chunk]:
+    """Drop repeated chunks (same ``id``, or the same text up to whitespace), keeping the first
+    (best-ranked) copy; the order is kept."""
+    seen_ids: set[str] = set()
+    seen_texts: set[str] = set()
+    unique: list[Chunk] = []
+    for chunk in chunks:
+        text_key = " ".join(chunk.text.split())
+        if not text_key or text_key in seen_texts or (chunk.id is not None and chunk.id in seen_ids):
+            continue
+        seen_texts.add(text_key)
+        if chunk.id is not None:
+            seen_ids.add(chunk.id)
+        unique.append(chunk)
+    return unique
+
+
+def order_chunks(ranked: list[Chunk]) -> list[Chunk]:
+    """Prompt order: sources by their best rank, chunks of one source by ``chunk_index`` (chunks
+    without an index keep their rank order after the indexed ones)."""
+    first_rank: dict[str, int] = {}
+    for rank, chunk in enumerate(ranked):
+        first_rank.setdefault(chunk.source, rank)
+    positions = {id(chunk): rank for rank, chunk in enumerate(ranked)}
+    return sorted(
+        ranked,
+        key=lambda chunk: (
+            first_rank[chunk.source],
+            chunk.chunk_index is None,
+            chunk.chunk_index if chunk.chunk_index is not None else 0,
+            positions[id(chunk)],
+        ),
+    )
+
+
+def format_sources(chunks: list[Chunk]) -> str:
+    """The numbered ``Sources:`` block for chunks already in prompt order."""
+    blocks: list[str] = []
+    numbers: dict[str, int] = {}
+    for chunk in chunks:
+        if chunk.source not in numbers:
+            numbers[chunk.source] = len(numbers) + 1
+            blocks.append(f"[{numbers[chunk.source]}] {chunk.source}")
+        blocks.append(chunk.text.strip())
+    return "Sources:\n\n" + "\n\n".join(blocks)
+
+
+def _messages(system: str, chunks: list[Chunk], tail_from: str) -> list[dict[str, str]]:
+    user = f"{format_sources(chunks)}\n\n{tail_from}"
+    if not system:
+        return [{"role": "user", "content": user}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def _largest_fitting(fits: Callable[[int], bool], upper: int) -> int:
+    """The largest ``count`` in ``[1, upper)`` with ``fits(count)``, by binary search (token counts
+    grow with the number of chunks); 0 when none fits (a prompt without context is no answer, so 0
+    itself is never checked)."""
+    low, high = 0, upper - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _describe(chunk: Chunk) -> str:
+    return f"{chunk.source}#{chunk.chunk_index}" if chunk.chunk_index is not None else chunk.source
