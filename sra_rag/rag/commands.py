@@ -1,5 +1,317 @@
-"""Command-line commands of this subpackage (gathered by ``sra_rag.cli``)."""
+"""Command-line commands of this subpackage (gathered by ``sra_rag.cli``): ``demo``, ``ingest``,
+``ask`` and ``summarize``.
+
+The store defaults to ``$SRA_RAG_STORE`` or ``~/.cache/sra-rag/store`` (``$SRA_RAG_CACHE/store``);
+pass ``--store DIR`` for another folder or ``--chroma-url http://host:8000`` for a Chroma server.
+Heavy imports (torch, ChromaDB, sentence-transformers) happen inside the commands so that ``--help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+if TYPE_CHECKING:
+    from sra_rag.config import SRAConfig
+    from sra_rag.engine import SRAEngine
+    from sra_rag.rag.store import ChromaStore
+
 app = typer.Typer()
+
+StoreOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--store", help="Folder of the ChromaDB store (default: $SRA_RAG_STORE, else ~/.cache/sra-rag/store)."
+    ),
+]
+ChromaUrlOption = Annotated[
+    str | None,
+    typer.Option("--chroma-url", help="Use a Chroma server (e.g. http://localhost:8000) instead of a folder."),
+]
+CollectionOption = Annotated[str, typer.Option("--collection", help="Collection name in the store.")]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model", help="Hub id (from the local cache), folder or .gguf file (default: the embedded SmolLM2)."
+    ),
+]
+PresetOption = Annotated[str, typer.Option("--preset", help="SRA preset: paper, demo, off or recommended.")]
+SraSwitch = Annotated[
+    bool | None, typer.Option("--sra/--no-sra", help="Force SRA on or off (--no-sra: stock attention, for comparison).")
+]
+BeginOption = Annotated[int | None, typer.Option("--begin-length", help="SRA: leading tokens skipped.", min=0)]
+TailOption = Annotated[
+    int | None, typer.Option("--tail-length", help="SRA tail length in tokens (used with --no-question-tail).", min=0)
+]
+AlphaInnerOption = Annotated[float | None, typer.Option("--alpha-inner", help="SRA inner elimination factor.")]
+AlphaOuterOption = Annotated[float | None, typer.Option("--alpha-outer", help="SRA outer elimination factor.")]
+BetaInnerOption = Annotated[float | None, typer.Option("--beta-inner", help="SRA inner strength factor.")]
+BetaOuterOption = Annotated[float | None, typer.Option("--beta-outer", help="SRA outer strength factor.")]
+QuestionTailOption = Annotated[
+    bool,
+    typer.Option(
+        "--question-tail/--no-question-tail",
+        help="SRA tail = exactly the question/instruction (default), or the config's tail length.",
+    ),
+]
+MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate at most.", min=1)]
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="A folder of .txt/.md files, or one file.")],
+    store: StoreOption = None,
+    chroma_url: ChromaUrlOption = None,
+    collection: CollectionOption = "sra_rag",
+    chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Chunk size in embedding tokens.", min=16)] = 200,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Ingest documents into the store. Re-running adds only new or changed files."""
+    if not path.exists():
+        _fail(f"Nothing to ingest at {path}: no such file or folder.")
+    with _user_errors():
+        report = _ingest(path, _open_store(store, chroma_url, collection, create=True), chunk_tokens, progress)
+    if report.files_seen == len(report.skipped):
+        _fail(f"No text could be ingested from {path}.")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer from the store.")],
+    store: StoreOption = None,
+    chroma_url: ChromaUrlOption = None,
+    collection: CollectionOption = "sra_rag",
+    top_k: Annotated[
+        int, typer.Option("--top-k", help="Chunks to retrieve (all are stuffed into the prompt).", min=1)
+    ] = 8,
+    max_new_tokens: MaxNewTokensOption = 256,
+    overflow: Annotated[
+        str,
+        typer.Option(
+            "--overflow", help="If the chunks do not fit: 'error', or 'drop' the lowest-ranked with a warning."
+        ),
+    ] = "error",
+    model: ModelOption = None,
+    preset: PresetOption = "recommended",
+    sra: SraSwitch = None,
+    begin_length: BeginOption = None,
+    tail_length: TailOption = None,
+    alpha_inner: AlphaInnerOption = None,
+    alpha_outer: AlphaOuterOption = None,
+    beta_inner: BetaInnerOption = None,
+    beta_outer: BetaOuterOption = None,
+    question_tail: QuestionTailOption = True,
+) -> None:
+    """Answer a question: retrieve top-k chunks, stuff them all into one prompt, stream the answer."""
+    overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer)
+    with _user_errors():
+        config = _sra_config(preset, sra, overrides)
+        opened = _open_store(store, chroma_url, collection, create=False)
+        if opened.count() == 0:
+            _fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
+        engine = _engine(model)
+        _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, question_tail)
+
+
+@app.command()
+def summarize(
+    file: Annotated[Path, typer.Argument(help="A text or Markdown file.")],
+    max_new_tokens: MaxNewTokensOption = 256,
+    map_tokens: Annotated[
+        int, typer.Option("--map-tokens", help="Tokens per part summary in map-reduce.", min=1)
+    ] = 160,
+    map_reduce: Annotated[
+        bool, typer.Option("--map-reduce/--no-map-reduce", help="Fall back to map-reduce if the file does not fit.")
+    ] = True,
+    model: ModelOption = None,
+    preset: PresetOption = "recommended",
+    sra: SraSwitch = None,
+    begin_length: BeginOption = None,
+    tail_length: TailOption = None,
+    alpha_inner: AlphaInnerOption = None,
+    alpha_outer: AlphaOuterOption = None,
+    beta_inner: BetaInnerOption = None,
+    beta_outer: BetaOuterOption = None,
+    question_tail: QuestionTailOption = True,
+) -> None:
+    """Summarize a whole document in one pass (map-reduce only if it does not fit, and said so)."""
+    from sra_rag.rag.ingest import read_text
+    from sra_rag.rag.summarizer import Summarizer
+
+    overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer)
+    with _user_errors():
+        config = _sra_config(preset, sra, overrides)
+        if not file.is_file():
+            raise FileNotFoundError(f"No such file: {file}")
+        text = read_text(file)
+        summarizer = Summarizer(
+            _engine(model),
+            sra=config,
+            max_new_tokens=max_new_tokens,
+            map_tokens=map_tokens,
+            question_tail=question_tail,
+            allow_map_reduce=map_reduce,
+        )
+        with _warnings_to_stderr():
+            result = summarizer.stream(text, title=file.name)
+        _echo_stream(result)
+        mode = f"map-reduce over {result.parts} parts" if result.map_reduce else "one pass"
+        _info(f"[{mode}; document {result.document_tokens} tokens, prompt {result.prompt_tokens} tokens]")
+
+
+@app.command()
+def demo(
+    store: StoreOption = None,
+    max_new_tokens: MaxNewTokensOption = 96,
+    top_k: Annotated[int, typer.Option("--top-k", help="Chunks to retrieve.", min=1)] = 6,
+    preset: PresetOption = "recommended",
+    sra: SraSwitch = None,
+) -> None:
+    """Ingest the bundled sample documents (idempotent) and answer two sample questions."""
+    from sra_rag.rag.samples import SAMPLE_QUESTIONS, samples_path
+
+    with _user_errors():
+        config = _sra_config(preset, sra, {})
+        opened = _open_store(store, None, "sra_rag", create=True)
+        _info(f"Ingesting the sample documents from {samples_path()} into {opened.location}")
+        _ingest(samples_path(), opened, 200, progress=True)
+        engine = _engine(None)
+        state = "on" if config.enabled else "off"
+        _info(f"Reader: {engine.name}, context window {engine.context_window} tokens, SRA {state} ({preset}).")
+        for question in SAMPLE_QUESTIONS:
+            typer.secho(f"\nQ: {question}", bold=True)
+            _answer(engine, opened, question, config, top_k, max_new_tokens, "drop", True)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _overrides(
+    begin_length: int | None,
+    tail_length: int | None,
+    alpha_inner: float | None,
+    alpha_outer: float | None,
+    beta_inner: float | None,
+    beta_outer: float | None,
+) -> dict[str, Any]:
+    values = {
+        "begin_length": begin_length,
+        "tail_length": tail_length,
+        "alpha_inner": alpha_inner,
+        "alpha_outer": alpha_outer,
+        "beta_inner": beta_inner,
+        "beta_outer": beta_outer,
+    }
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _sra_config(preset: str, enabled: bool | None, overrides: dict[str, Any]) -> SRAConfig:
+    """The preset, with the individual overrides applied and validated; ``enabled`` (from
+    ``--sra/--no-sra``) wins over the preset."""
+    from sra_rag.config import SRAConfig
+
+    fields = SRAConfig.preset(preset).model_dump()
+    fields.update(overrides)
+    if enabled is not None:
+        fields["enabled"] = enabled
+    return SRAConfig(**fields)
+
+
+def _open_store(path: Path | None, url: str | None, collection: str, *, create: bool) -> ChromaStore:
+    from sra_rag.rag.store import ChromaStore
+
+    return ChromaStore.open(path, url=url, collection=collection, create=create)
+
+
+def _engine(model: str | None) -> SRAEngine:
+    from sra_rag.engine import SRAEngine
+
+    return SRAEngine.shared(model)
+
+
+def _ingest(path: Path, store: ChromaStore, chunk_tokens: int, progress: bool) -> Any:
+    from sra_rag.rag.ingest import ingest
+
+    report = ingest(store, path, chunk_tokens=chunk_tokens, progress=progress)
+    for skipped, reason in report.skipped:
+        typer.secho(f"Skipped {skipped}: {reason}", fg=typer.colors.YELLOW, err=True)
+    _info(f"{report.summary()}; the store holds {store.count()} chunks.")
+    return report
+
+
+def _answer(
+    engine: SRAEngine,
+    store: ChromaStore,
+    question: str,
+    config: SRAConfig,
+    top_k: int,
+    max_new_tokens: int,
+    overflow: str,
+    question_tail: bool,
+) -> None:
+    from sra_rag.rag.reader import Reader
+
+    reader = Reader(
+        engine,
+        store,
+        top_k=top_k,
+        sra=config,
+        max_new_tokens=max_new_tokens,
+        overflow=overflow,  # type: ignore[arg-type]  # validated by Reader
+        question_tail=question_tail,
+    )
+    with _warnings_to_stderr():
+        answer = reader.stream(question)
+    _echo_stream(answer)
+    typer.echo("\nSources:")
+    for number, source in enumerate(answer.sources, start=1):
+        typer.echo(f"[{number}] {source}")
+    _info(
+        f"[{len(answer.stuffed.chunks)} chunks in one prompt of {answer.prompt_tokens} tokens; "
+        f"{len(answer.stuffed.dropped)} dropped; {answer.completion_tokens} tokens generated]"
+    )
+
+
+def _echo_stream(pieces: Iterable[str]) -> None:
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def _info(message: str) -> None:
+    typer.secho(message, fg=typer.colors.BRIGHT_BLACK, err=True)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+@contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """Show warnings (dropped chunks, map-reduce fallback) as one plain line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        typer.secho(f"Warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix (missing store, empty store, prompt too long, bad settings,
+    missing optional dependency) into a message and exit code 1 instead of a traceback."""
+    from sra_rag.rag.reader import EmptyRetrievalError
+
+    try:
+        yield
+    except (FileNotFoundError, EmptyRetrievalError, ValueError, ImportError) as error:
+        _fail(str(error))

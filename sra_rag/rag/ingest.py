@@ -153,7 +153,7 @@ def ingest(
 
 
 def _skip(report: IngestReport, file: Path, reason: str) -> None:
-    logger.warning("Skipping %s: %s", file, reason)
+    logger.info("Skipping %s: %s", file, reason)
     report.skipped.append((str(file), reason))
 
 

@@ -1,0 +1,83 @@
+"""The reader on the embedded model: one stuffed prompt, the question-aware tail, streaming."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sra_rag import SRAConfig
+from sra_rag.rag.reader import EmptyRetrievalError, Reader
+from sra_rag.rag.stuffing import Chunk
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "Who approves leave during the Storm Fortnight?"
+CHUNKS = [
+    Chunk("Leave in the Storm Fortnight needs approval from Imelda Farrow.", "leave.md", 1, 0.9, "l1"),
+    Chunk("The showroom is on Lantern Street.", "faq.txt", 0, 0.5, "f0"),
+    Chunk("Full-time staff get 27 days of paid leave.", "leave.md", 0, 0.4, "l0"),
+]
+
+
+class ListRetriever:
+    def __init__(self, chunks: list[Chunk]) -> None:
+        self.chunks = chunks
+        self.calls: list[tuple[str, int]] = []
+
+    def retrieve(self, question: str, top_k: int = 8) -> list[Chunk]:
+        self.calls.append((question, top_k))
+        return self.chunks[:top_k]
+
+
+class SpyEngine:
+    """Delegates to the real engine and records the keyword arguments of ``stream``."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.stream_kwargs: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def stream(self, prompt: Any, **kwargs: Any) -> Any:
+        self.stream_kwargs = kwargs
+        return self._engine.stream(prompt, **kwargs)
+
+
+def test_answer_streams_over_all_chunks_with_numbered_sources(embedded_engine) -> None:
+    retriever = ListRetriever(CHUNKS)
+    spy = SpyEngine(embedded_engine)
+    sra = SRAConfig.preset("demo")
+    reader = Reader(spy, retriever, top_k=3, sra=sra, max_new_tokens=6)
+    answer = reader.stream(QUESTION)
+    pieces = list(answer)
+    assert retriever.calls == [(QUESTION, 3)]
+    assert "".join(pieces) == answer.text and answer.completion_tokens >= 1
+    assert answer.sources == ["leave.md", "faq.txt"]
+    assert [chunk.id for chunk in answer.stuffed.chunks] == ["l0", "l1", "f0"]
+    assert answer.prompt_tokens == embedded_engine.count_tokens(answer.stuffed.messages)
+    assert spy.stream_kwargs["tail_from"] == answer.stuffed.tail_from
+    assert spy.stream_kwargs["sra"] is sra and spy.stream_kwargs["max_new_tokens"] == 6
+
+
+def test_ask_matches_stream_and_question_tail_can_be_switched_off(embedded_engine) -> None:
+    spy = SpyEngine(embedded_engine)
+    off = SRAConfig(enabled=False)
+    streamed = "".join(Reader(embedded_engine, ListRetriever(CHUNKS), sra=off, max_new_tokens=6).stream(QUESTION))
+    answer = Reader(spy, ListRetriever(CHUNKS), sra=off, max_new_tokens=6, question_tail=False).ask(QUESTION)
+    assert spy.stream_kwargs["tail_from"] is None
+    assert answer.text == streamed  # greedy decoding: the same prompt gives the same text
+    assert answer.sources == ["leave.md", "faq.txt"] and answer.dropped == []
+    assert answer.finish_reason in {"stop", "length"}
+
+
+def test_empty_retrieval_and_bad_settings_are_clear_errors(embedded_engine) -> None:
+    with pytest.raises(EmptyRetrievalError, match="Ingest documents first"):
+        Reader(embedded_engine, ListRetriever([])).stream(QUESTION)
+    with pytest.raises(TypeError, match="retrieve"):
+        Reader(embedded_engine, object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="top_k"):
+        Reader(embedded_engine, ListRetriever(CHUNKS), top_k=0)
+    with pytest.raises(ValueError, match="overflow"):
+        Reader(embedded_engine, ListRetriever(CHUNKS), overflow="cut")  # type: ignore[arg-type]
