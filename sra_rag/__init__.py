@@ -1,7 +1,7 @@
 """sra-rag: stuff the whole retrieved context into one prompt and let Scaled ReAttention make a
 RoPE model use it."""
 
-from sra_rag.attention import sra_settings, register
+from sra_rag.attention import register, sra_settings
 from sra_rag.config import SRAConfig
 from sra_rag.engine import Completion, ContextWindowExceededError, SRAEngine, TextStream
 from sra_rag.models import ModelNotSupportedError

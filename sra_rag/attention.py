@@ -92,7 +92,9 @@ def _layer_position(module: torch.nn.Module) -> tuple[int, int]:
     return int(layer_idx), int(num_layers)
 
 
-def real_positions(attention_mask: torch.Tensor | None, batch_index: int, length: int, device: torch.device) -> torch.Tensor:
+def real_positions(
+    attention_mask: torch.Tensor | None, batch_index: int, length: int, device: torch.device
+) -> torch.Tensor:
     """Indices ``(n,)`` of the real (unpadded) tokens of one sequence in a prefill of ``length``.
 
     A token is real when it may attend to itself: padding keys are masked for every query, and the
@@ -106,71 +108,83 @@ def real_positions(attention_mask: torch.Tensor | None, batch_index: int, length
     return diagonal.nonzero().flatten()
 
 
-def _allowed_rows(attention_mask: torch.Tensor | None, batch_index: int, rows: torch.Tensor, length: int) -> torch.Tensor:
-    """Boolean mask ``(1 | heads, rows, keys)``: which keys each selected query row may see."""
-    if attention_mask is None:
-        keys = torch.arange(length, device=rows.device)
-        return (keys[None, :] <= rows[:, None]).unsqueeze(0)
-    mask = attention_mask[batch_index][:, rows]
-    if mask.dtype != torch.bool:
-        mask = mask > torch.finfo(mask.dtype).min / 2
-    return mask
+def _threshold_below(tau: float) -> float:
+    """The largest fp32 number below fp32(tau): ``x > _threshold_below(tau)`` is ``x >= tau`` in fp32,
+    so one ``threshold_`` pass implements the spec's "keep P >= tau" exactly."""
+    tau32 = torch.tensor(tau, dtype=torch.float32)
+    return float(torch.nextafter(tau32, torch.tensor(float("-inf"))))
 
 
-def _row_probabilities(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Softmax probabilities in fp32 for a few query rows.
-
-    query: ``(heads, rows, head_dim)``; key: ``(kv_heads, keys, head_dim)`` in fp32;
-    allowed: ``(1 | heads, rows, keys)``. Returns ``(heads, rows, keys)``.
-    Grouped KV heads are broadcast, not repeated.
-    """
-    heads, rows, head_dim = query.shape
-    kv_heads = key.shape[0]
-    grouped = query.float().view(kv_heads, heads // kv_heads, rows, head_dim)
-    scores = torch.matmul(grouped, key.transpose(-1, -2).unsqueeze(1)).view(heads, rows, -1)
-    scores.mul_(scaling).masked_fill_(~allowed, float("-inf"))
-    return torch.softmax(scores, dim=-1)
-
-
-def _grouped_matmul(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``(heads, rows, keys) @ (kv_heads, keys, head_dim) -> (heads, rows, head_dim)``."""
-    heads, rows, _ = probs.shape
-    kv_heads = value.shape[0]
-    out = torch.matmul(probs.view(kv_heads, heads // kv_heads, rows, -1), value.unsqueeze(1))
-    return out.view(heads, rows, -1)
-
-
-def edit_probabilities(probs: torch.Tensor, targets: torch.Tensor, tau: float, beta: float) -> torch.Tensor:
+def edit_probabilities(probs: torch.Tensor, targets: slice | torch.Tensor, tau: float, beta: float) -> torch.Tensor:
     """Apply the spec's edit (steps 1-4) in place to rows ``probs (heads, rows, keys)``.
 
-    Returns the eligibility ``(heads, rows)``. Every row is edited; the caller keeps the stock
-    output of the ineligible ones.
+    ``targets`` selects the target columns. Returns the eligibility ``(heads, rows)``. Every row is
+    edited; the caller keeps the stock output of the ineligible ones.
     """
-    target_probs = probs[..., targets]
+    target_probs = probs[..., targets].clone()
     eligible = target_probs.amax(dim=-1) > tau
-    probs.masked_fill_(probs < tau, 0.0)
+    torch.nn.functional.threshold(probs, _threshold_below(tau), 0.0, inplace=True)
     removed = 1.0 - probs.sum(dim=-1, keepdim=True)
     weights = torch.where(target_probs >= tau, 100.0, 5.0)
-    probs.index_add_(-1, targets, beta * removed * weights / weights.sum(dim=-1, keepdim=True))
+    probs[..., targets] += beta * removed * weights / weights.sum(dim=-1, keepdim=True)
     return eligible
 
 
-def _attention_target(edit: Edit, column_mass: torch.Tensor, positions: torch.Tensor, begin: int) -> range:
+def _chunk_probabilities(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    batch_index: int,
+    rows: slice,
+    keys: slice,
+    scaling: float,
+) -> torch.Tensor:
+    """Softmax probabilities in fp32 of query rows ``rows`` over the keys ``keys`` they can see.
+
+    query: ``(heads, q_len, head_dim)``; key: ``(kv_heads, kv_len, head_dim)`` in fp32.
+    Returns ``(heads, rows, keys)``. The rows of each KV head's query group are stacked, so grouped
+    heads need neither repeated keys nor a broadcast copy.
+    """
+    heads, _, head_dim = query.shape
+    kv_heads = key.shape[0]
+    count = rows.stop - rows.start
+    stacked = (query[:, rows].float() * scaling).reshape(kv_heads, heads // kv_heads * count, head_dim)
+    scores = torch.bmm(stacked, key[:, keys].transpose(1, 2)).view(heads, count, -1)
+    if attention_mask is None:
+        # Causal: only the chunk's own square of keys (the last ``count`` columns) has a hidden part.
+        hidden = torch.ones(count, count, dtype=torch.bool, device=scores.device).triu(1)
+        scores[..., -count:].masked_fill_(hidden, float("-inf"))
+    else:
+        mask = attention_mask[batch_index][:, rows, keys]
+        if mask.dtype != torch.bool:
+            mask = mask > torch.finfo(mask.dtype).min / 2
+        scores.masked_fill_(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def _attention_target(edit: Edit, column_mass: torch.Tensor, begin: int) -> range:
     """The ``outer_target="attention"`` variant: the block of the schedule's width, inside the
     document span ``[begin, n - t)``, that the tail rows attend to most (summed over heads and rows).
 
-    column_mass: ``(keys,)`` attention mass per key position (absolute indices).
+    column_mass: ``(n,)`` attention mass per real key position.
     """
     width = edit.target_stop - edit.target_start
     start, stop = begin, edit.row_start
     if stop <= start:
         return edit.targets
-    mass = column_mass[positions[start:stop]]
+    mass = column_mass[start:stop]
     if mass.numel() <= width:
         return range(start, stop)
     windows = mass.unfold(0, width, 1).sum(dim=-1)
     best = start + int(windows.argmax())
     return range(best, best + width)
+
+
+def _row_chunks(edit: Edit, offset: int, heads: int, length: int) -> list[slice]:
+    rows = ROW_CHUNK_ELEMENTS // max(1, heads * length)
+    rows = max(1, rows)
+    first, last = offset + edit.row_start, offset + edit.row_stop
+    return [slice(start, min(start + rows, last)) for start in range(first, last, rows)]
 
 
 def _edit_sequence(
@@ -180,38 +194,57 @@ def _edit_sequence(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     batch_index: int,
-    positions: torch.Tensor,
+    offset: int,
     edit: Edit,
     scaling: float,
     config: SRAConfig,
 ) -> None:
     """Recompute, in place, the output rows of one sequence that ``edit`` changes.
 
-    output: ``(q_len, heads, head_dim)``; query: ``(heads, q_len, head_dim)``;
-    key, value: ``(kv_heads, kv_len, head_dim)`` in fp32.
+    The sequence's real tokens are ``[offset, offset + n)``. output: ``(q_len, heads, head_dim)``;
+    query: ``(heads, q_len, head_dim)``; key, value: ``(kv_heads, kv_len, head_dim)`` in fp32.
     """
-    heads, length = query.shape[0], key.shape[1]
-    rows = positions[edit.row_start : edit.row_stop]
-    chunk = max(1, ROW_CHUNK_ELEMENTS // (heads * length))
-    chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
+    heads = query.shape[0]
+    kv_heads = key.shape[0]
+    chunks = _row_chunks(edit, offset, heads, offset + edit.row_stop)
+
+    def probabilities(rows: slice) -> torch.Tensor:
+        # A row never sees keys after itself, so the chunk reads only keys up to its last row.
+        return _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
 
     targets = edit.targets
     if edit.loop == "outer" and config.outer_target == "attention":
-        column_mass = torch.zeros(length, device=key.device)
-        for part in chunks:
-            allowed = _allowed_rows(attention_mask, batch_index, part, length)
-            column_mass += _row_probabilities(query[:, part], key, allowed, scaling).sum(dim=(0, 1))
-        targets = _attention_target(edit, column_mass, positions, config.begin_length)
-    target_index = positions[targets.start : targets.stop]
+        column_mass = torch.zeros(edit.row_stop, device=key.device)
+        for rows in chunks:
+            column_mass[: rows.stop - offset] += probabilities(rows).sum(dim=(0, 1))
+        targets = _attention_target(edit, column_mass, config.begin_length)
 
-    for part in chunks:
-        allowed = _allowed_rows(attention_mask, batch_index, part, length)
-        probs = _row_probabilities(query[:, part], key, allowed, scaling)
-        eligible = edit_probabilities(probs, target_index, edit.tau, edit.beta)
+    for rows in chunks:
+        probs = probabilities(rows)
+        eligible = edit_probabilities(probs, slice(targets.start, targets.stop), edit.tau, edit.beta)
         if not bool(eligible.any()):
             continue
-        edited = _grouped_matmul(probs, value).transpose(0, 1).to(output.dtype)
-        output[part] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[part])
+        count = rows.stop - rows.start
+        stacked = probs.view(kv_heads, heads // kv_heads * count, -1)
+        edited = torch.bmm(stacked, value[:, offset : rows.stop]).view(heads, count, -1)
+        edited = edited.transpose(0, 1).to(output.dtype)
+        output[rows] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[rows])
+
+
+def _real_span(
+    attention_mask: torch.Tensor | None, batch_index: int, length: int, device: torch.device
+) -> tuple[int, int]:
+    """``(offset, n)``: the sequence's real tokens are ``[offset, offset + n)`` (left or right padding)."""
+    positions = real_positions(attention_mask, batch_index, length, device)
+    if positions.numel() == 0:
+        return 0, 0
+    offset, n = int(positions[0]), int(positions.numel())
+    if int(positions[-1]) != offset + n - 1:
+        raise ValueError(
+            "SRA needs each sequence's real tokens to be contiguous (left or right padding); "
+            "packed or interleaved masks are not supported."
+        )
+    return offset, n
 
 
 def _is_prefill(query: torch.Tensor, key: torch.Tensor) -> bool:
@@ -249,15 +282,23 @@ def sra_attention_forward(
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     length = key.shape[2]
     for batch_index in range(query.shape[0]):
-        positions = real_positions(attention_mask, batch_index, length, query.device)
-        edits = layer_edits(len(positions), layer_idx, num_layers, config)
+        offset, n = _real_span(attention_mask, batch_index, length, query.device)
+        edits = layer_edits(n, layer_idx, num_layers, config)
         if not edits:
             continue
         key_f, value_f = key[batch_index].float(), value[batch_index].float()
         for edit in edits:
             _edit_sequence(
-                output[batch_index], query[batch_index], key_f, value_f, attention_mask,
-                batch_index, positions, edit, scaling, config,
+                output[batch_index],
+                query[batch_index],
+                key_f,
+                value_f,
+                attention_mask,
+                batch_index,
+                offset,
+                edit,
+                scaling,
+                config,
             )
     return output, None
 
@@ -305,8 +346,8 @@ def sra_reference_attention_forward(
                 targets = edit.targets
                 if edit.loop == "outer" and config.outer_target == "attention":
                     tail = positions[edit.row_start : edit.row_stop]
-                    column_mass = probs[b][:, tail].sum(dim=(0, 1))
-                    targets = _attention_target(edit, column_mass, positions, config.begin_length)
+                    column_mass = probs[b][:, tail].sum(dim=(0, 1))[positions]
+                    targets = _attention_target(edit, column_mass, config.begin_length)
                 columns = positions[targets.start : targets.stop]
                 for i in edit.rows:
                     row = int(positions[i])

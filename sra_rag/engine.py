@@ -12,18 +12,18 @@ import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+from transformers.generation.logits_process import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
 from sra_rag.attention import IMPLEMENTATION, register
 from sra_rag.config import SRAConfig
 from sra_rag.models import ModelSource, check_model, load, resolve_source
 
 Message = Mapping[str, str]
-Prompt = Union[str, Sequence[Message]]
+Prompt = str | Sequence[Message]
 FinishReason = Literal["stop", "length"]
 
 
@@ -166,14 +166,11 @@ class SRAEngine:
         """
         source: ModelSource = resolve_source(model, gguf_file)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        elif isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+        torch_dtype = _torch_dtype(dtype, device)
         register()
         loaded, tokenizer = load(
             source,
-            dtype=dtype,
+            dtype=torch_dtype,
             trust_remote_code=trust_remote_code,
             local_files_only=local_files_only,
             attn_implementation=attn_implementation,
@@ -215,18 +212,17 @@ class SRAEngine:
                 raise ValueError("The prompt is empty; pass some text or a list of chat messages.")
             if self.tokenizer.chat_template is None:
                 return prompt, True
-            prompt = [{"role": "user", "content": prompt}]
+            messages = [{"role": "user", "content": prompt}]
         elif isinstance(prompt, Sequence):
-            _validate_messages(prompt)
+            messages = _validate_messages(prompt)
         else:
             raise TypeError(
-                f"prompt must be a string or a list of {{'role': ..., 'content': ...}} messages, got {type(prompt).__name__}"
+                "prompt must be a string or a list of {'role': ..., 'content': ...} messages, "
+                f"got {type(prompt).__name__}"
             )
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{self.name} has no chat template; pass a plain string prompt instead of messages.")
-        rendered = self.tokenizer.apply_chat_template(
-            [dict(message) for message in prompt], tokenize=False, add_generation_prompt=True
-        )
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return str(rendered), False
 
     def prepare(self, prompt: Prompt, *, tail_from: str | None = None) -> PreparedPrompt:
@@ -310,7 +306,7 @@ class SRAEngine:
         matched on the decoded text and never emitted."""
         generator = torch.Generator(device=self.device)
         generator.manual_seed(settings.seed if settings.seed is not None else random.getrandbits(63))
-        warpers = []
+        warpers: list[LogitsProcessor] = []
         if settings.temperature > 0:
             warpers.append(TemperatureLogitsWarper(settings.temperature))
             if settings.top_p < 1.0:
@@ -321,9 +317,7 @@ class SRAEngine:
         with torch.inference_mode():
             cache = DynamicCache(config=self.model.config)
             input_ids = prepared.input_ids
-            outputs = self.model(
-                input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, sra_config=config
-            )
+            outputs = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, sra_config=config)
             finish: FinishReason = "length"
             while len(tokens) < settings.max_new_tokens:
                 logits = outputs.logits[:, -1, :].float()
@@ -338,7 +332,7 @@ class SRAEngine:
                     break
                 tokens.append(next_token)
                 stream.completion_tokens = len(tokens)
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                text = str(self.tokenizer.decode(tokens, skip_special_tokens=True))
                 hit = _find_stop(text, settings.stop, emitted)
                 if hit is not None:
                     text = text[:hit]
@@ -372,7 +366,19 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple, set)) else [value]
 
 
-def _validate_messages(messages: Sequence[Any]) -> None:
+def _torch_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use for example 'float32', 'bfloat16' or 'float16'")
+        return resolved
+    return dtype
+
+
+def _validate_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
+    """Check a chat message list and return it as plain dicts."""
     if not messages:
         raise ValueError("The message list is empty; pass at least one {'role': 'user', 'content': ...} message.")
     for index, message in enumerate(messages):
@@ -382,6 +388,7 @@ def _validate_messages(messages: Sequence[Any]) -> None:
             raise TypeError(f"message {index} has non-string content {message.get('content')!r}")
     if not any(str(message["content"]).strip() for message in messages):
         raise ValueError("Every message is empty; there is nothing to answer.")
+    return [{"role": message["role"], "content": message["content"]} for message in messages]
 
 
 def _sampling(

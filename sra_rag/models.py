@@ -86,7 +86,9 @@ def _converted_folder(source: ModelSource) -> Path:
     return _cache_root() / "gguf" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
 
 
-def _load_gguf(source: ModelSource, dtype: torch.dtype, attn_implementation: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_gguf(
+    source: ModelSource, dtype: torch.dtype, attn_implementation: str
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a GGUF model. De-quantising takes tens of seconds, so the converted checkpoint is kept
     in ``$SRA_RAG_CACHE`` (default ``~/.cache/sra-rag``) and later loads read it directly."""
     folder = _converted_folder(source)

@@ -40,7 +40,9 @@ def random_qkv(batch=1, heads=4, kv_heads=2, n=96, head_dim=16, seed=0, dtype=to
 
 def run(fn, layer, qkv, config, mask=None, groups=2):
     query, key, value = qkv
-    output, weights = fn(module(layer, groups), query, key, value, mask, scaling=query.shape[-1] ** -0.5, sra_config=config)
+    output, weights = fn(
+        module(layer, groups), query, key, value, mask, scaling=query.shape[-1] ** -0.5, sra_config=config
+    )
     assert weights is None
     return output
 
@@ -92,7 +94,9 @@ def test_short_prompts_are_stock_without_error():
     config = SRAConfig()  # b + t + 3 = 303
     qkv = random_qkv(n=64)
     for layer in range(NUM_LAYERS):
-        assert torch.equal(run(sra_attention_forward, layer, qkv, config), run(sdpa_attention_forward, layer, qkv, None))
+        assert torch.equal(
+            run(sra_attention_forward, layer, qkv, config), run(sdpa_attention_forward, layer, qkv, None)
+        )
 
 
 def test_decoding_steps_are_ordinary_attention():
@@ -176,3 +180,13 @@ def test_module_without_layer_index_gets_a_clear_error():
     query, key, value = random_qkv(n=96)
     with pytest.raises(ValueError, match="layer index"):
         sra_attention_forward(SimpleNamespace(num_key_value_groups=2), query, key, value, None, sra_config=SMALL)
+
+
+def test_interleaved_padding_gets_a_clear_error():
+    n = 96
+    query, key, value = random_qkv(n=n)
+    real = torch.ones(1, n, dtype=torch.bool)
+    real[0, 40] = False
+    mask = (torch.ones(n, n, dtype=torch.bool).tril()[None] & real[:, None, :])[:, None]
+    with pytest.raises(ValueError, match="contiguous"):
+        run(sra_attention_forward, 2, (query, key, value), SMALL, mask=mask)

@@ -119,7 +119,9 @@ def test_generate_uses_context_settings(model):
     with torch.no_grad():
         expected = model(input_ids, sra_config=CONFIG).logits[0, -1].argmax()
         with sra_settings(CONFIG):
-            generated = model.generate(input_ids, max_new_tokens=1, do_sample=False)
+            # an explicit mask: generate would otherwise mask random ids that equal the pad token
+            mask = torch.ones_like(input_ids)
+            generated = model.generate(input_ids, attention_mask=mask, max_new_tokens=1, do_sample=False)
     assert generated[0, -1] == expected
 
 
