@@ -1,0 +1,112 @@
+"""The ``sra-rag`` command line, end to end on the embedded models (in-process with typer's
+CliRunner, so the engine loaded by the session fixture is reused)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sra_rag.cli import build_app
+
+pytestmark = pytest.mark.slow
+
+LEAVE = (
+    "Every full-time employee of Quillfeather receives 27 days of paid leave per year. "
+    "Leave in the Storm Fortnight needs approval from Imelda Farrow."
+)
+FERRY = "The ferry to Skelda leaves Pier 3 at 08:30 and 16:00."
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "leave.md").write_text(LEAVE)
+    (folder / "ferry.txt").write_text(FERRY)
+    (folder / "broken.txt").write_bytes(b"\x00\x01\x02 binary")
+    return folder
+
+
+def invoke(runner: CliRunner, *args: str):
+    return runner.invoke(build_app(), list(args), catch_exceptions=False)
+
+
+def test_ingest_ask_and_reingest(runner: CliRunner, docs: Path, tmp_path: Path, embedded_engine) -> None:
+    store = str(tmp_path / "store")
+    first = invoke(runner, "ingest", str(docs), "--store", store, "--no-progress")
+    assert first.exit_code == 0, first.output
+    assert "2 new" in first.stderr and "2 chunks added" in first.stderr
+    assert "Skipped" in first.stderr and "broken.txt: looks binary" in first.stderr
+
+    again = invoke(runner, "ingest", str(docs), "--store", store, "--no-progress")
+    assert again.exit_code == 0 and "2 unchanged" in again.stderr and "0 chunks added" in again.stderr
+
+    asked = invoke(
+        runner, "ask", "When does the ferry leave?", "--store", store, "--top-k", "2", "--max-new-tokens", "4",
+        "--preset", "demo", "--beta-outer", "2",
+    )  # fmt: skip
+    assert asked.exit_code == 0, asked.output
+    answer, sources = asked.stdout.split("\nSources:\n")
+    assert answer.strip()  # the streamed answer comes first
+    assert sources.splitlines() == ["[1] docs/ferry.txt", "[2] docs/leave.md"]
+    assert "2 chunks in one prompt" in asked.stderr and "0 dropped" in asked.stderr
+
+    no_sra = invoke(runner, "ask", "Who approves leave?", "--store", store, "--max-new-tokens", "2", "--no-sra")
+    assert no_sra.exit_code == 0 and "[1] docs/leave.md" in no_sra.stdout
+
+
+def test_ask_errors_are_messages_not_tracebacks(runner: CliRunner, tmp_path: Path, docs: Path) -> None:
+    missing = invoke(runner, "ask", "Anything?", "--store", str(tmp_path / "nowhere"))
+    assert missing.exit_code == 1 and "Error: No document store" in missing.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+    empty_folder = tmp_path / "empty"
+    empty_folder.mkdir()
+    store = str(tmp_path / "store")
+    assert invoke(runner, "ingest", str(empty_folder), "--store", store, "--no-progress").exit_code == 1
+    empty = invoke(runner, "ask", "Anything?", "--store", store)
+    assert empty.exit_code == 1 and "is empty" in empty.stderr
+
+    bad_preset = invoke(runner, "ask", "Anything?", "--store", store, "--preset", "nope")
+    assert bad_preset.exit_code == 1 and "unknown SRA preset 'nope'" in bad_preset.stderr
+    bad_value = invoke(runner, "ask", "Anything?", "--store", store, "--alpha-outer", "-1")
+    assert bad_value.exit_code == 1 and "alpha_outer" in bad_value.stderr
+
+    assert invoke(runner, "ingest", str(tmp_path / "missing"), "--store", store).exit_code == 1
+
+
+def test_ask_too_long_for_the_window_gives_the_numbers(
+    runner: CliRunner, docs: Path, tmp_path: Path, embedded_engine
+) -> None:
+    store = str(tmp_path / "store")
+    assert invoke(runner, "ingest", str(docs), "--store", store, "--no-progress").exit_code == 0
+    window = embedded_engine.context_window
+    result = invoke(runner, "ask", "Who approves leave?", "--store", store, "--max-new-tokens", str(window - 50))
+    assert result.exit_code == 1
+    assert f"context window of {window}" in result.stderr and "Not even one of the 2 chunks fits" in result.stderr
+
+
+def test_summarize_one_pass(runner: CliRunner, docs: Path) -> None:
+    result = invoke(runner, "summarize", str(docs / "leave.md"), "--max-new-tokens", "4", "--preset", "demo")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip()
+    assert "[one pass; document" in result.stderr
+    missing = invoke(runner, "summarize", str(docs / "nope.md"))
+    assert missing.exit_code == 1 and "No such file" in missing.stderr
+
+
+def test_demo_ingests_samples_and_answers_with_sources(runner: CliRunner, tmp_path: Path, embedded_engine) -> None:
+    store = str(tmp_path / "store")
+    result = invoke(runner, "demo", "--store", store, "--max-new-tokens", "2", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("Sources:") == 2 and "[1] samples/" in result.stdout
+    assert "11 new" in result.stderr
+    again = invoke(runner, "demo", "--store", store, "--max-new-tokens", "1", "--top-k", "1")
+    assert again.exit_code == 0 and "11 unchanged" in again.stderr and "0 chunks added" in again.stderr
