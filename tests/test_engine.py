@@ -203,3 +203,13 @@ def test_missing_models_get_an_actionable_error(tmp_path):
         SRAEngine.from_pretrained(str(tmp_path / "nothing-here"))
     with pytest.raises(TypeError):
         SRAEngine.from_pretrained(42)  # type: ignore[arg-type]
+
+
+def test_loading_never_reaches_the_network(embedded_engine):
+    pytest_socket = pytest.importorskip("pytest_socket", reason="pytest-socket blocks sockets for this test")
+    pytest_socket.disable_socket(allow_unix_socket=True)
+    try:
+        engine = SRAEngine.from_pretrained()
+        assert engine.generate("Say hi.", max_new_tokens=3)
+    finally:
+        pytest_socket.enable_socket()
