@@ -1,0 +1,144 @@
+"""A LangChain chain that stuffs every retrieved document into one prompt for ``ChatSRA``.
+
+No document is dropped and there is no refine loop: documents are deduplicated, ordered and
+numbered by :func:`sra_rag.rag.stuffing.stuff_prompt`, and the chat model is told where the question
+starts so that Scaled ReAttention's tail covers exactly the question and instruction. The chain has
+the input and output shape of LangChain's ``create_retrieval_chain``::
+
+    from langchain_sra import ChatSRA
+    from langchain_sra.chains import create_stuffed_rag_chain
+
+    chain = create_stuffed_rag_chain(retriever, ChatSRA())
+    result = chain.invoke({"input": "Who approves leave in October?"})
+    result["answer"], result["sources"]          # sources[0] is [1] in the answer
+    for chunk in chain.stream({"input": "..."}):  # {"answer": "..."} pieces stream in
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from operator import itemgetter
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
+
+from sra_rag import SRAConfig
+from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, stuff_prompt
+
+SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
+"""Document metadata keys tried, in order, for the source name shown in citations."""
+
+
+def document_to_chunk(document: Document, rank: int) -> Chunk:
+    """The :class:`~sra_rag.rag.stuffing.Chunk` for a retrieved document (source from its metadata,
+    else ``document <rank>``)."""
+    metadata = document.metadata or {}
+    source = next((str(metadata[key]) for key in SOURCE_KEYS if metadata.get(key)), f"document {rank + 1}")
+    index = metadata.get("chunk_index")
+    score = metadata.get("score")
+    return Chunk(
+        text=document.page_content,
+        source=source,
+        chunk_index=int(index) if index is not None else None,
+        score=float(score) if score is not None else None,
+        id=document.id or metadata.get("id") or f"rank-{rank}",
+    )
+
+
+def create_stuffed_rag_chain(
+    retriever: Runnable[str, list[Document]],
+    chat_model: BaseChatModel,
+    *,
+    max_new_tokens: int | None = None,
+    overflow: OverflowPolicy = "error",
+    question_tail: bool = True,
+    sra: SRAConfig | None = None,
+    system_prompt: str | None = None,
+) -> Runnable[dict[str, Any] | str, dict[str, Any]]:
+    """A runnable: ``{"input": question}`` (or the question as a string) in; out a dict with
+    ``input``, ``context`` (the documents in prompt order), ``answer``, ``sources`` (``sources[0]``
+    is ``[1]``), ``dropped`` (documents left out, only with ``overflow="drop"``) and
+    ``prompt_tokens``.
+
+    ``chat_model`` must be a ``ChatSRA`` (its ``engine`` counts the tokens); ``max_new_tokens``
+    defaults to the model's. ``overflow="error"`` raises with the token counts when the documents do
+    not fit; ``"drop"`` leaves out the lowest-ranked with a warning. ``question_tail``: SRA tail
+    over exactly the question and instruction. ``sra``: SRA settings for these calls.
+    """
+    engine = getattr(chat_model, "engine", None)
+    if engine is None or not callable(getattr(engine, "count_tokens", None)):
+        raise TypeError(f"chat_model must be a ChatSRA with an SRAEngine, got {type(chat_model).__name__}")
+    if overflow not in OVERFLOW_POLICIES:
+        raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
+    new_tokens = int(max_new_tokens or chat_model.max_new_tokens)
+
+    def prepare(inputs: dict[str, Any] | str) -> dict[str, Any]:
+        question = inputs if isinstance(inputs, str) else inputs.get("input")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError('Pass the question as a string or as {"input": question}.')
+        documents = retriever.invoke(question)
+        if not documents:
+            raise ValueError("The retriever returned no documents: the store is empty or nothing matched.")
+        chunks = [document_to_chunk(document, rank) for rank, document in enumerate(documents)]
+        by_chunk = dict(zip(chunks, documents, strict=True))
+        stuffed = stuff_prompt(
+            engine, question, chunks, max_new_tokens=new_tokens, overflow=overflow, system_prompt=system_prompt
+        )
+        call: dict[str, Any] = {"max_new_tokens": new_tokens}
+        if question_tail:
+            call["tail_from"] = stuffed.tail_from
+        if sra is not None:
+            call["sra"] = sra
+        return {
+            "input": question,
+            "context": [by_chunk[chunk] for chunk in stuffed.chunks],
+            "sources": stuffed.sources,
+            "dropped": [by_chunk[chunk] for chunk in stuffed.dropped],
+            "prompt_tokens": stuffed.prompt_tokens,
+            "messages": _to_messages(stuffed.messages),
+            "call": call,
+        }
+
+    def answer(state: dict[str, Any]) -> Runnable[dict[str, Any], str]:
+        # Returning a runnable lets LangChain stream it; the bound keywords are this call's settings.
+        return itemgetter("messages") | chat_model.bind(**state["call"]) | StrOutputParser()
+
+    def public(chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        # A generator, so that the answer's pieces stream through instead of being collected.
+        for chunk in chunks:
+            visible = {key: value for key, value in chunk.items() if key not in {"messages", "call"}}
+            if visible:
+                yield visible
+
+    chain = RunnableLambda(prepare).assign(answer=RunnableLambda(answer)) | RunnableGenerator(public)
+    return chain.with_config(run_name="stuffed_rag_chain")
+
+
+class ChunkRetriever(BaseRetriever):
+    """A LangChain retriever over any sra-rag retriever (an object with ``retrieve(question,
+    top_k) -> list[Chunk]``, such as :class:`sra_rag.rag.store.ChromaStore`)."""
+
+    store: Any
+    top_k: int = 8
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return [
+            Document(
+                page_content=chunk.text,
+                id=chunk.id,
+                metadata={"source": chunk.source, "chunk_index": chunk.chunk_index, "score": chunk.score},
+            )
+            for chunk in self.store.retrieve(query, self.top_k)
+        ]
+
+
+def _to_messages(messages: list[dict[str, str]]) -> list[BaseMessage]:
+    kinds = {"system": SystemMessage, "user": HumanMessage}
+    return [kinds[message["role"]](content=message["content"]) for message in messages]

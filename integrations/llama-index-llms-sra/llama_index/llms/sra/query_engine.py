@@ -1,0 +1,133 @@
+"""A LlamaIndex query engine that stuffs every retrieved node into one prompt for an ``SRALLM``.
+
+No node is dropped and there is no refine loop: the nodes are deduplicated, ordered and numbered by
+:func:`sra_rag.rag.stuffing.stuff_prompt`, and the LLM is told where the question starts so that
+Scaled ReAttention's tail covers exactly the question and instruction. ::
+
+    from llama_index.llms.sra import SRALLM
+    from llama_index.llms.sra.query_engine import SRAQueryEngine
+
+    engine = SRAQueryEngine(retriever=index.as_retriever(similarity_top_k=8), llm=SRALLM(), streaming=True)
+    response = engine.query("Who approves leave in October?")
+    response.print_response_stream()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.base.response.schema import RESPONSE_TYPE, Response, StreamingResponse
+from llama_index.core.query_engine import CustomQueryEngine
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from pydantic import Field
+
+from sra_rag import SRAConfig
+from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
+
+SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
+"""Node metadata keys tried, in order, for the source name shown in citations."""
+
+
+def node_to_chunk(node: NodeWithScore) -> Chunk:
+    """The :class:`~sra_rag.rag.stuffing.Chunk` for a retrieved node (source from its metadata,
+    else its document or node id)."""
+    metadata = node.node.metadata or {}
+    source = next((str(metadata[key]) for key in SOURCE_KEYS if metadata.get(key)), None)
+    index = metadata.get("chunk_index")
+    return Chunk(
+        text=node.node.get_content(),
+        source=source or node.node.ref_doc_id or node.node.node_id,
+        chunk_index=int(index) if index is not None else None,
+        score=node.score,
+        id=node.node.node_id,
+    )
+
+
+class SRAQueryEngine(CustomQueryEngine):
+    """Retrieve with ``retriever``, stuff all nodes into one prompt and answer with ``llm`` (an
+    ``SRALLM``); ``streaming=True`` returns a ``StreamingResponse``.
+
+    ``overflow``: ``"error"`` (raise with the token counts) or ``"drop"`` (leave out the
+    lowest-ranked nodes with a warning) when the nodes do not fit; ``question_tail``: SRA tail over
+    exactly the question and instruction; ``sra``: SRA settings for these calls (default: the
+    LLM's). ``source_nodes`` of the response are the nodes in the prompt, in prompt order; its
+    ``metadata`` holds ``sources`` (``[1]`` first), ``dropped`` (node ids) and ``prompt_tokens``.
+    """
+
+    retriever: BaseRetriever
+    llm: Any = Field(description="An SRALLM from llama_index.llms.sra.")
+    max_new_tokens: int | None = Field(default=None, description="Default: the LLM's max_new_tokens.")
+    overflow: OverflowPolicy = "error"
+    question_tail: bool = True
+    sra: SRAConfig | None = None
+    system_prompt: str | None = None
+    streaming: bool = False
+
+    def custom_query(self, query_str: str) -> RESPONSE_TYPE:
+        nodes = self.retriever.retrieve(QueryBundle(query_str))
+        stuffed, by_id = self._stuff(query_str, nodes)
+        messages = [ChatMessage(role=message["role"], content=message["content"]) for message in stuffed.messages]
+        kwargs = self._call_kwargs(stuffed)
+        source_nodes = [by_id[chunk.id] for chunk in stuffed.chunks if chunk.id in by_id]
+        metadata = {
+            "sources": stuffed.sources,
+            "dropped": [chunk.id for chunk in stuffed.dropped],
+            "prompt_tokens": stuffed.prompt_tokens,
+        }
+        if self.streaming:
+            tokens = (chunk.delta or "" for chunk in self.llm.stream_chat(messages, **kwargs))
+            return StreamingResponse(tokens, source_nodes=source_nodes, metadata=metadata)
+        response = self.llm.chat(messages, **kwargs)
+        return Response(response.message.content, source_nodes=source_nodes, metadata=metadata)
+
+    def _stuff(self, query_str: str, nodes: list[NodeWithScore]) -> tuple[StuffedPrompt, dict[str, NodeWithScore]]:
+        if not nodes:
+            raise ValueError("The retriever returned no nodes: the index is empty or nothing matched.")
+        by_id = {node.node.node_id: node for node in nodes}
+        stuffed = stuff_prompt(
+            self.llm.engine,
+            query_str,
+            [node_to_chunk(node) for node in nodes],
+            max_new_tokens=self._max_new_tokens(),
+            overflow=self.overflow,
+            system_prompt=self.system_prompt,
+        )
+        return stuffed, by_id
+
+    def _max_new_tokens(self) -> int:
+        return int(self.max_new_tokens or self.llm.max_new_tokens)
+
+    def _call_kwargs(self, stuffed: StuffedPrompt) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": self._max_new_tokens()}
+        if self.question_tail:
+            kwargs["tail_from"] = stuffed.tail_from
+        if self.sra is not None:
+            kwargs["sra"] = self.sra
+        return kwargs
+
+
+class ChunkRetriever(BaseRetriever):
+    """A LlamaIndex retriever over any sra-rag retriever (an object with ``retrieve(question,
+    top_k) -> list[Chunk]``, such as :class:`sra_rag.rag.store.ChromaStore`)."""
+
+    def __init__(self, store: Any, top_k: int = 8, **kwargs: Any) -> None:
+        if not callable(getattr(store, "retrieve", None)):
+            raise TypeError(f"store must have a retrieve(question, top_k) method, got {type(store).__name__}")
+        super().__init__(**kwargs)
+        self.store = store
+        self.top_k = top_k
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return [
+            NodeWithScore(
+                node=TextNode(
+                    text=chunk.text,
+                    id_=chunk.id or f"{chunk.source}#{chunk.chunk_index}",
+                    metadata={"source": chunk.source, "chunk_index": chunk.chunk_index},
+                ),
+                score=chunk.score,
+            )
+            for chunk in self.store.retrieve(query_bundle.query_str, self.top_k)
+        ]
