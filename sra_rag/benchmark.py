@@ -180,6 +180,8 @@ def run(args: argparse.Namespace) -> str:
 
     decode_ids = prompt_ids(engine, args.decode_prompt)
     speeds: dict[str, list[float]] = {"sdpa": [], "sra": []}
+    for implementation in speeds:  # warm-up
+        _decode(engine, implementation, decode_ids[:, :64], 4, config)
     for _ in range(args.repeats):
         for implementation in speeds:
             speeds[implementation].append(_decode(engine, implementation, decode_ids, args.decode_tokens, config))
