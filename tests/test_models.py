@@ -150,3 +150,9 @@ def test_models_without_rope_are_refused():
 
 def test_rope_families_are_accepted(model):
     check_model(model)
+
+
+def test_models_outside_the_attention_interface_are_refused(model):
+    model._supports_attention_backend = False
+    with pytest.raises(ModelNotSupportedError, match="AttentionInterface"):
+        check_model(model)
