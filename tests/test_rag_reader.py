@@ -59,6 +59,7 @@ def test_answer_streams_over_all_chunks_with_numbered_sources(embedded_engine) -
     assert answer.prompt_tokens == embedded_engine.count_tokens(answer.stuffed.messages)
     assert spy.stream_kwargs["tail_from"] == answer.stuffed.tail_from
     assert spy.stream_kwargs["sra"] is sra and spy.stream_kwargs["max_new_tokens"] == 6
+    assert spy.stream_kwargs["stop"] == ("\nQuestion:",)
 
 
 def test_ask_matches_stream_and_question_tail_can_be_switched_off(embedded_engine) -> None:

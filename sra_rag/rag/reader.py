@@ -17,6 +17,8 @@ from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, Stuff
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine, TextStream
 
+DEFAULT_STOP: tuple[str, ...] = ("\nQuestion:",)
+
 
 class Retriever(Protocol):
     """Anything that returns the ``top_k`` chunks for a question, best first (e.g. ``ChromaStore``)."""
@@ -82,7 +84,8 @@ class Reader:
     ``top_k``: chunks retrieved; ``sra``: the SRA settings (default: the engine's); ``overflow``:
     what to do when the retrieved text does not fit (``"error"`` or ``"drop"``, see
     :func:`~sra_rag.rag.stuffing.stuff_prompt`); ``question_tail``: let the SRA tail cover exactly
-    the question and instruction (False: the config's ``tail_length``).
+    the question and instruction (False: the config's ``tail_length``); ``stop``: stop sequences
+    (by default, a small model that starts writing another "Question:" is stopped).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Reader:
         overflow: OverflowPolicy = "error",
         question_tail: bool = True,
         system_prompt: str | None = None,
+        stop: tuple[str, ...] = DEFAULT_STOP,
     ) -> None:
         if not callable(getattr(retriever, "retrieve", None)):
             raise TypeError(f"retriever must have a retrieve(question, top_k) method, got {type(retriever).__name__}")
@@ -113,6 +117,7 @@ class Reader:
         self.overflow: OverflowPolicy = overflow
         self.question_tail = question_tail
         self.system_prompt = system_prompt
+        self.stop = stop
 
     def retrieve(self, question: str) -> list[Chunk]:
         chunks = self.retriever.retrieve(question, self.top_k)
@@ -139,6 +144,7 @@ class Reader:
             stuffed.messages,
             max_new_tokens=self.max_new_tokens,
             sra=self.sra,
+            stop=self.stop,
             tail_from=stuffed.tail_from if self.question_tail else None,
         )
         return AnswerStream(question, stuffed, stream)

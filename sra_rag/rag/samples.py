@@ -8,7 +8,7 @@ from pathlib import Path
 
 LONG_DOCUMENT = "report_gannet_point_mast.md"
 SAMPLE_QUESTIONS: tuple[str, ...] = (
-    "How many days of paid leave does a full-time Quillfeather employee get, and who approves leave in October?",
+    "How many days of paid leave does a full-time Quillfeather employee get each year?",
     "Which radio band does the Windvane W2 use, and why was it chosen?",
 )
 
