@@ -138,7 +138,7 @@ class ChromaStore:
         ``create=False`` raises :class:`StoreNotFoundError` when there is nothing to read."""
         if path is not None and url is not None:
             raise ValueError("Pass either a store folder (path) or a Chroma server URL (url), not both.")
-        function = embedding_function if embedding_function is not None else MiniLMEmbeddingFunction()
+        function: Any = embedding_function if embedding_function is not None else MiniLMEmbeddingFunction()
         if url is not None:
             client, location = _http_client(url), url
         else:
@@ -180,17 +180,19 @@ class ChromaStore:
         result = self.collection.query(
             query_texts=[question], n_results=min(top_k, total), include=["documents", "metadatas", "distances"]
         )
+        texts, metadatas, distances = result["documents"], result["metadatas"], result["distances"]
+        if texts is None or metadatas is None or distances is None:
+            raise RuntimeError("Chroma returned no documents, metadata or distances for the included fields.")
         chunks = []
         for chunk_id, text, metadata, distance in zip(
-            result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0], strict=True
+            result["ids"][0], texts[0], metadatas[0], distances[0], strict=True
         ):
-            metadata = metadata or {}
-            index = metadata.get("chunk_index")
+            index = (metadata or {}).get("chunk_index")
             chunks.append(
                 Chunk(
                     text=text or "",
-                    source=str(metadata.get("source", chunk_id)),
-                    chunk_index=int(index) if index is not None else None,
+                    source=str((metadata or {}).get("source", chunk_id)),
+                    chunk_index=int(index) if isinstance(index, (int, float, str)) else None,
                     score=1.0 - float(distance),
                     id=chunk_id,
                 )
