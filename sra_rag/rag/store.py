@@ -148,7 +148,7 @@ class ChromaStore:
             if folder.exists() and not folder.is_dir():
                 raise ValueError(f"The store path {folder} is a file; pass a folder.")
             folder.mkdir(parents=True, exist_ok=True)
-            client, location = chromadb.PersistentClient(path=str(folder)), str(folder)
+            client, location = chromadb.PersistentClient(path=str(folder), settings=_settings()), str(folder)
         if create:
             handle = client.get_or_create_collection(
                 collection, embedding_function=function, configuration={"hnsw": {"space": "cosine"}}
@@ -206,4 +206,9 @@ def _http_client(url: str) -> ClientAPI:
         raise ValueError(f"The Chroma server URL must look like http://host:8000, got {url!r}")
     ssl = parsed.scheme == "https"
     port = parsed.port or (443 if ssl else 8000)
-    return chromadb.HttpClient(host=parsed.hostname, port=port, ssl=ssl)
+    return chromadb.HttpClient(host=parsed.hostname, port=port, ssl=ssl, settings=_settings())
+
+
+def _settings() -> chromadb.config.Settings:
+    # Telemetry would try to reach the network on every client start; this project runs offline.
+    return chromadb.config.Settings(anonymized_telemetry=False)
