@@ -1,0 +1,354 @@
+"""SRALLM: a local Hugging Face causal LM with Scaled ReAttention as a LlamaIndex LLM.
+
+The adapter is thin: prompts go to :class:`sra_rag.SRAEngine` as text or as a list of chat messages
+(the engine applies the model's chat template and tokenises once), and the SRA settings of a call
+travel as an :class:`sra_rag.SRAConfig`. ::
+
+    from llama_index.core import Settings
+    from llama_index.llms.sra import SRALLM
+
+    Settings.llm = SRALLM(max_new_tokens=128, beta_outer=2.0)   # the embedded SmolLM2-135M-Instruct
+    Settings.llm.complete("Why is the sky blue?", enabled=False)  # per-call override: stock attention
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    TextBlock,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+
+from sra_rag import Completion, SRAConfig, SRAEngine, TextStream
+
+SRA_FIELDS: tuple[str, ...] = tuple(SRAConfig.model_fields)
+"""The SRA settings an ``SRALLM`` mirrors as fields and accepts as per-call keyword arguments."""
+
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "tail_from")
+"""Per-call keyword arguments passed through to the engine as they are."""
+
+ROLES = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.DEVELOPER: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+    MessageRole.CHATBOT: "assistant",
+    MessageRole.MODEL: "assistant",
+}
+"""LlamaIndex roles the chat templates know; tool and function messages have no equivalent."""
+
+EnginePrompt = str | list[dict[str, str]]
+
+
+def _mirror(name: str) -> Any:
+    """A field with :class:`SRAConfig`'s default and description for the setting ``name``."""
+    field = SRAConfig.model_fields[name]
+    return Field(default=field.default, description=field.description)
+
+
+class SRALLM(CustomLLM):
+    """A local Hugging Face causal LM with Scaled ReAttention (arXiv 2307.13365).
+
+    ``model=None`` is the embedded SmolLM2-135M-Instruct; otherwise a hub id in the local cache, a
+    local folder or a ``.gguf`` file. Objects with the same ``model``, ``device`` and ``dtype`` share
+    one loaded :class:`~sra_rag.SRAEngine` (``SRAEngine.shared``), loaded on first use. Pass
+    ``engine=`` to use an engine loaded yourself.
+
+    The SRA fields (``enabled``, ``begin_length``, ..., ``outer_target``) mirror
+    :class:`~sra_rag.SRAConfig` with its defaults; ``sra=SRAConfig(...)`` at construction sets them
+    all at once. Every call accepts the same names as keyword arguments, or ``sra=SRAConfig(...)``,
+    merged over the object's settings, plus ``max_new_tokens`` (or ``max_tokens``),
+    ``temperature``, ``top_p``, ``seed``, ``stop`` and ``tail_from`` (question-aware SRA tail).
+
+    Token counts are reported in ``raw["usage"]`` and ``additional_kwargs``
+    (``prompt_tokens``, ``completion_tokens``, ``total_tokens``) where LlamaIndex's
+    ``TokenCountingHandler`` reads them; in a stream, the last response (with an empty ``delta``)
+    carries the final counts and ``raw["finish_reason"]``.
+    """
+
+    model: str | None = Field(default=None, description="Hub id, folder or .gguf file; None: the embedded model.")
+    device: str | None = Field(default=None, description="Torch device; None: CUDA if available, else CPU.")
+    dtype: str | None = Field(default=None, description="Torch dtype name; None: bfloat16 on CUDA, float32 on CPU.")
+    max_new_tokens: int = Field(default=256, gt=0, description="Tokens to generate at most (LlamaIndex num_output).")
+    temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature; 0 is greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    seed: int | None = Field(default=None, description="Random seed for sampling; None: a fresh one per call.")
+    stop: list[str] | None = Field(default=None, description="Stop sequences; the text ends before the first one.")
+    context_window: int | None = Field(
+        default=None, gt=0, description="Tokens LlamaIndex may plan prompts for; None: the model's whole window."
+    )
+
+    enabled: bool = _mirror("enabled")
+    begin_length: int = _mirror("begin_length")
+    tail_length: int = _mirror("tail_length")
+    dynamic_tail: bool = _mirror("dynamic_tail")
+    tail_divisor: int = _mirror("tail_divisor")
+    alpha_inner: float = _mirror("alpha_inner")
+    alpha_outer: float = _mirror("alpha_outer")
+    beta_inner: float = _mirror("beta_inner")
+    beta_outer: float = _mirror("beta_outer")
+    inner: bool = _mirror("inner")
+    outer: bool = _mirror("outer")
+    outer_target: Literal["schedule", "attention"] = _mirror("outer_target")
+
+    _engine: SRAEngine | None = PrivateAttr(default=None)
+
+    def __init__(self, *, sra: SRAConfig | None = None, engine: SRAEngine | None = None, **data: Any) -> None:
+        if sra is not None:
+            if not isinstance(sra, SRAConfig):
+                raise TypeError(f"sra must be an SRAConfig, got {type(sra).__name__}")
+            both = sorted(set(data) & set(SRA_FIELDS))
+            if both:
+                raise TypeError(f"pass the SRA settings either as sra=SRAConfig(...) or as fields, not both: {both}")
+            data = {**sra.model_dump(), **data}
+        if engine is not None and not isinstance(engine, SRAEngine):
+            raise TypeError(f"engine must be an SRAEngine, got {type(engine).__name__}")
+        super().__init__(**data)
+        self._engine = engine
+
+    @model_validator(mode="after")
+    def _check_sra_fields(self) -> SRALLM:
+        self.sra_config  # noqa: B018 -- builds the SRAConfig, so bad settings fail at construction
+        return self
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SRALLM"
+
+    @property
+    def engine(self) -> SRAEngine:
+        """The shared engine (loaded on first use)."""
+        if self._engine is None:
+            # Only set options go into the key, so SRALLM() shares SRAEngine.shared()'s engine.
+            options = {key: value for key, value in (("device", self.device), ("dtype", self.dtype)) if value}
+            self._engine = SRAEngine.shared(self.model, **options)
+        return self._engine
+
+    @property
+    def sra_config(self) -> SRAConfig:
+        """The object's SRA settings as one validated :class:`~sra_rag.SRAConfig`."""
+        return SRAConfig(**{name: getattr(self, name) for name in SRA_FIELDS})
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        window = self.engine.context_window
+        if self.context_window is not None:
+            if self.context_window > window:
+                raise ValueError(
+                    f"context_window={self.context_window} exceeds the model's window of {window} tokens; "
+                    "leave it unset or lower it."
+                )
+            window = self.context_window
+        return LLMMetadata(
+            context_window=window,
+            num_output=self.max_new_tokens,
+            is_chat_model=True,
+            is_function_calling_model=False,
+            model_name=self.engine.name,
+        )
+
+    # -- completion ---------------------------------------------------------------------------------
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._complete(self._completion_prompt(prompt, formatted), kwargs)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        stream = self.engine.stream(self._completion_prompt(prompt, formatted), **self._call_settings(kwargs))
+        return self._responses(stream)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await asyncio.to_thread(self._complete, self._completion_prompt(prompt, formatted), kwargs)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        return await self._astream(self._completion_prompt(prompt, formatted), kwargs)
+
+    # -- chat ---------------------------------------------------------------------------------------
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return _to_chat(self._complete(_engine_messages(messages), kwargs))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        stream = self.engine.stream(_engine_messages(messages), **self._call_settings(kwargs))
+        return (_to_chat(response) for response in self._responses(stream))
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return _to_chat(await asyncio.to_thread(self._complete, _engine_messages(messages), kwargs))
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        responses = await self._astream(_engine_messages(messages), kwargs)
+
+        async def gen() -> ChatResponseAsyncGen:
+            async for response in responses:
+                yield _to_chat(response)
+
+        return gen()
+
+    # -- shared by all of the above -----------------------------------------------------------------
+
+    def _completion_prompt(self, prompt: str, formatted: bool) -> EnginePrompt:
+        """The engine prompt for ``complete(prompt)``: the engine applies the chat template itself,
+        so a formatted prompt goes as it is and ``system_prompt`` becomes a system message."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}; use chat() for messages")
+        if formatted or not self.system_prompt:
+            return prompt
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": prompt}]
+
+    def _call_settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Engine keyword arguments for one call: this object's settings with ``kwargs`` over them."""
+        call = dict(kwargs)
+        if "max_tokens" in call:
+            if "max_new_tokens" in call:
+                raise TypeError("pass max_new_tokens or its alias max_tokens, not both")
+            call["max_new_tokens"] = call.pop("max_tokens")
+        base = call.pop("sra", None)
+        if base is None:
+            base = self.sra_config
+        elif not isinstance(base, SRAConfig):
+            raise TypeError(f"sra must be an SRAConfig, got {type(base).__name__}")
+        updates = {name: call.pop(name) for name in SRA_FIELDS if name in call}
+        unknown = sorted(set(call) - set(GENERATION_KEYS))
+        if unknown:
+            raise TypeError(
+                f"SRALLM got unexpected keyword arguments {unknown}; it accepts sra=SRAConfig(...), the SRA "
+                f"settings {list(SRA_FIELDS)} and {list(GENERATION_KEYS)} (max_tokens for max_new_tokens)."
+            )
+        settings: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+        # Validated again, because model_copy(update=...) would not check the overrides.
+        return {**settings, **call, "sra": SRAConfig(**{**base.model_dump(), **updates})}
+
+    def _complete(self, prompt: EnginePrompt, kwargs: dict[str, Any]) -> CompletionResponse:
+        result = self.engine.complete(prompt, **self._call_settings(kwargs))
+        return self._response(result.text, None, result)
+
+    def _responses(self, stream: TextStream) -> CompletionResponseGen:
+        text = ""
+        for piece in stream:
+            text += piece
+            yield self._response(text, piece, stream)
+        yield self._response(text, "", stream)
+
+    async def _astream(self, prompt: EnginePrompt, kwargs: dict[str, Any]) -> CompletionResponseAsyncGen:
+        # Tokenising a long prompt takes a while too, so it also runs off the event loop.
+        stream = await asyncio.to_thread(self.engine.stream, prompt, **self._call_settings(kwargs))
+
+        async def gen() -> CompletionResponseAsyncGen:
+            text = ""
+            async for piece in _pieces_from_thread(stream):
+                text += piece
+                yield self._response(text, piece, stream)
+            yield self._response(text, "", stream)
+
+        return gen()
+
+    def _response(self, text: str, delta: str | None, result: Completion | TextStream) -> CompletionResponse:
+        usage = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        }
+        raw = {"usage": usage, "finish_reason": result.finish_reason, "model": self.engine.name}
+        return CompletionResponse(text=text, delta=delta, raw=raw, additional_kwargs=dict(usage))
+
+
+def _engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """LlamaIndex chat messages as the engine's ``{"role", "content"}`` dicts (text only)."""
+    converted = []
+    for index, message in enumerate(messages):
+        role = ROLES.get(MessageRole(message.role))
+        if role is None:
+            raise ValueError(
+                f"message {index} has role {message.role.value!r}; SRALLM has no tool calling and reads only "
+                f"the roles {sorted(set(ROLES.values()))}"
+            )
+        parts = []
+        for block in message.blocks:
+            if not isinstance(block, TextBlock):
+                raise ValueError(f"message {index} has a {type(block).__name__}; SRALLM reads text only")
+            parts.append(block.text)
+        converted.append({"role": role, "content": "".join(parts)})
+    return converted
+
+
+def _to_chat(response: CompletionResponse) -> ChatResponse:
+    return ChatResponse(
+        message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
+        delta=response.delta,
+        raw=response.raw,
+        additional_kwargs=response.additional_kwargs,
+    )
+
+
+_DONE = object()
+
+
+async def _pieces_from_thread(stream: TextStream) -> AsyncIterator[str]:
+    """Yield ``stream``'s pieces without blocking the event loop.
+
+    One worker thread consumes the whole stream, because the engine's decoding generator holds
+    thread-local torch state (``inference_mode``) and must be resumed on the thread that started it;
+    ``asyncio.to_thread(next, ...)`` could resume it on another pool thread. When the consumer
+    stops early, the worker stops after the next piece.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue()
+    stopped = threading.Event()
+
+    def put(item: object, error: BaseException | None = None) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (item, error))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            stopped.set()
+
+    def consume() -> None:
+        try:
+            for piece in stream:
+                if stopped.is_set():
+                    return
+                put(piece)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            put(_DONE, error)
+        else:
+            put(_DONE)
+
+    threading.Thread(target=consume, name="sra-stream", daemon=True).start()
+    try:
+        while True:
+            item, error = await queue.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            assert isinstance(item, str)
+            yield item
+    finally:
+        stopped.set()
