@@ -21,9 +21,11 @@ from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.base.response.schema import RESPONSE_TYPE, Response, StreamingResponse
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.llms.sra.base import SRALLM
 from pydantic import Field
 
 from sra_rag import SRAConfig
+from sra_rag.rag.reader import DEFAULT_STOP
 from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
 
 SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
@@ -52,17 +54,19 @@ class SRAQueryEngine(CustomQueryEngine):
     ``overflow``: ``"error"`` (raise with the token counts) or ``"drop"`` (leave out the
     lowest-ranked nodes with a warning) when the nodes do not fit; ``question_tail``: SRA tail over
     exactly the question and instruction; ``sra``: SRA settings for these calls (default: the
-    LLM's). ``source_nodes`` of the response are the nodes in the prompt, in prompt order; its
+    LLM's); ``stop``: stop sequences added to the LLM's (by default a new "Question:" line).
+    ``source_nodes`` of the response are the nodes in the prompt, in prompt order; its
     ``metadata`` holds ``sources`` (``[1]`` first), ``dropped`` (node ids) and ``prompt_tokens``.
     """
 
     retriever: BaseRetriever
-    llm: Any = Field(description="An SRALLM from llama_index.llms.sra.")
+    llm: SRALLM
     max_new_tokens: int | None = Field(default=None, description="Default: the LLM's max_new_tokens.")
     overflow: OverflowPolicy = "error"
     question_tail: bool = True
     sra: SRAConfig | None = None
     system_prompt: str | None = None
+    stop: list[str] = Field(default_factory=lambda: list(DEFAULT_STOP), description="Added to the LLM's stops.")
     streaming: bool = False
 
     def custom_query(self, query_str: str) -> RESPONSE_TYPE:
@@ -77,7 +81,8 @@ class SRAQueryEngine(CustomQueryEngine):
             "prompt_tokens": stuffed.prompt_tokens,
         }
         if self.streaming:
-            tokens = (chunk.delta or "" for chunk in self.llm.stream_chat(messages, **kwargs))
+            # The LLM's last response only carries the final token counts (an empty delta).
+            tokens = (chunk.delta for chunk in self.llm.stream_chat(messages, **kwargs) if chunk.delta)
             return StreamingResponse(tokens, source_nodes=source_nodes, metadata=metadata)
         response = self.llm.chat(messages, **kwargs)
         return Response(response.message.content, source_nodes=source_nodes, metadata=metadata)
@@ -100,7 +105,8 @@ class SRAQueryEngine(CustomQueryEngine):
         return int(self.max_new_tokens or self.llm.max_new_tokens)
 
     def _call_kwargs(self, stuffed: StuffedPrompt) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_new_tokens": self._max_new_tokens()}
+        stop = [*(self.llm.stop or []), *self.stop]
+        kwargs: dict[str, Any] = {"max_new_tokens": self._max_new_tokens(), "stop": stop}
         if self.question_tail:
             kwargs["tail_from"] = stuffed.tail_from
         if self.sra is not None:

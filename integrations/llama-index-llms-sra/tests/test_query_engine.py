@@ -1,0 +1,68 @@
+"""SRAQueryEngine: every retrieved node stuffed into one prompt for SRALLM, blocking and streaming."""
+
+from __future__ import annotations
+
+import pytest
+from llama_index.core.base.response.schema import Response, StreamingResponse
+from llama_index.llms.sra import SRALLM
+from llama_index.llms.sra.query_engine import ChunkRetriever, SRAQueryEngine, node_to_chunk
+
+from sra_rag import SRAConfig
+from sra_rag.rag.stuffing import Chunk, stuff_prompt
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "When does the ferry to Skelda leave?"
+CHUNKS = [
+    Chunk("The ferry to Skelda leaves Pier 3 at 08:30 and 16:00.", "ferry.txt", 0, 0.9, "f0"),
+    Chunk("Full-time staff get 27 days of paid leave.", "leave.md", 0, 0.5, "l0"),
+    Chunk("The ferry crossing takes 55 minutes.", "ferry.txt", 1, 0.4, "f1"),
+]
+
+
+class ListStore:
+    def __init__(self, chunks: list[Chunk]) -> None:
+        self.chunks = chunks
+
+    def retrieve(self, question: str, top_k: int = 8) -> list[Chunk]:
+        return self.chunks[:top_k]
+
+
+@pytest.fixture(scope="module")
+def llm() -> SRALLM:
+    return SRALLM(max_new_tokens=5)
+
+
+def test_query_stuffs_all_nodes_and_matches_the_engine(llm: SRALLM) -> None:
+    sra = SRAConfig.preset("demo")
+    query_engine = SRAQueryEngine(retriever=ChunkRetriever(ListStore(CHUNKS), top_k=3), llm=llm, sra=sra)
+    response = query_engine.query(QUESTION)
+    assert isinstance(response, Response)
+    assert [node.node.node_id for node in response.source_nodes] == ["f0", "f1", "l0"]
+    assert response.metadata["sources"] == ["ferry.txt", "leave.md"] and response.metadata["dropped"] == []
+    stuffed = stuff_prompt(llm.engine, QUESTION, CHUNKS, max_new_tokens=5)
+    assert response.metadata["prompt_tokens"] == stuffed.prompt_tokens == llm.engine.count_tokens(stuffed.messages)
+    direct = llm.engine.generate(
+        stuffed.messages, max_new_tokens=5, sra=sra, tail_from=stuffed.tail_from, stop=["\nQuestion:"]
+    )
+    assert response.response == direct
+
+
+def test_streaming_gives_the_same_text(llm: SRALLM) -> None:
+    retriever = ChunkRetriever(ListStore(CHUNKS), top_k=3)
+    blocking = SRAQueryEngine(retriever=retriever, llm=llm, sra=SRAConfig(enabled=False)).query(QUESTION)
+    streaming = SRAQueryEngine(retriever=retriever, llm=llm, sra=SRAConfig(enabled=False), streaming=True)
+    response = streaming.query(QUESTION)
+    assert isinstance(response, StreamingResponse)
+    pieces = list(response.response_gen)
+    assert pieces and all(pieces) and "".join(pieces) == blocking.response
+    assert response.metadata["sources"] == ["ferry.txt", "leave.md"]
+
+
+def test_node_metadata_becomes_citable_chunks_and_empty_retrieval_is_an_error(llm: SRALLM) -> None:
+    nodes = ChunkRetriever(ListStore(CHUNKS), top_k=2).retrieve(QUESTION)
+    assert [node_to_chunk(node) for node in nodes] == CHUNKS[:2]
+    with pytest.raises(ValueError, match="no nodes"):
+        SRAQueryEngine(retriever=ChunkRetriever(ListStore([])), llm=llm).query(QUESTION)
+    with pytest.raises(TypeError, match="retrieve"):
+        ChunkRetriever(object())
