@@ -17,19 +17,20 @@ the input and output shape of LangChain's ``create_retrieval_chain``::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
 
+from langchain_sra.chat_models import ChatSRA
 from sra_rag import SRAConfig
+from sra_rag.rag.reader import DEFAULT_STOP
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, stuff_prompt
 
 SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
@@ -54,13 +55,14 @@ def document_to_chunk(document: Document, rank: int) -> Chunk:
 
 def create_stuffed_rag_chain(
     retriever: Runnable[str, list[Document]],
-    chat_model: BaseChatModel,
+    chat_model: ChatSRA,
     *,
     max_new_tokens: int | None = None,
     overflow: OverflowPolicy = "error",
     question_tail: bool = True,
     sra: SRAConfig | None = None,
     system_prompt: str | None = None,
+    stop: Sequence[str] = DEFAULT_STOP,
 ) -> Runnable[dict[str, Any] | str, dict[str, Any]]:
     """A runnable: ``{"input": question}`` (or the question as a string) in; out a dict with
     ``input``, ``context`` (the documents in prompt order), ``answer``, ``sources`` (``sources[0]``
@@ -70,7 +72,8 @@ def create_stuffed_rag_chain(
     ``chat_model`` must be a ``ChatSRA`` (its ``engine`` counts the tokens); ``max_new_tokens``
     defaults to the model's. ``overflow="error"`` raises with the token counts when the documents do
     not fit; ``"drop"`` leaves out the lowest-ranked with a warning. ``question_tail``: SRA tail
-    over exactly the question and instruction. ``sra``: SRA settings for these calls.
+    over exactly the question and instruction. ``sra``: SRA settings for these calls. ``stop``:
+    stop sequences added to the model's (by default a new "Question:" line).
     """
     engine = getattr(chat_model, "engine", None)
     if engine is None or not callable(getattr(engine, "count_tokens", None)):
@@ -78,6 +81,7 @@ def create_stuffed_rag_chain(
     if overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
     new_tokens = int(max_new_tokens or chat_model.max_new_tokens)
+    stops = [*(getattr(chat_model, "stop", None) or []), *stop]
 
     def prepare(inputs: dict[str, Any] | str) -> dict[str, Any]:
         question = inputs if isinstance(inputs, str) else inputs.get("input")
@@ -91,7 +95,7 @@ def create_stuffed_rag_chain(
         stuffed = stuff_prompt(
             engine, question, chunks, max_new_tokens=new_tokens, overflow=overflow, system_prompt=system_prompt
         )
-        call: dict[str, Any] = {"max_new_tokens": new_tokens}
+        call: dict[str, Any] = {"max_new_tokens": new_tokens, "stop": stops}
         if question_tail:
             call["tail_from"] = stuffed.tail_from
         if sra is not None:

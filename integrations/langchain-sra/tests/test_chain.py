@@ -1,0 +1,75 @@
+"""create_stuffed_rag_chain: every retrieved document stuffed into one prompt for ChatSRA."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.documents import Document
+from langchain_core.runnables import RunnableLambda
+from langchain_sra import ChatSRA
+from langchain_sra.chains import ChunkRetriever, create_stuffed_rag_chain, document_to_chunk
+
+from sra_rag import SRAConfig
+from sra_rag.rag.stuffing import Chunk, stuff_prompt
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "When does the ferry to Skelda leave?"
+CHUNKS = [
+    Chunk("The ferry to Skelda leaves Pier 3 at 08:30 and 16:00.", "ferry.txt", 0, 0.9, "f0"),
+    Chunk("Full-time staff get 27 days of paid leave.", "leave.md", 0, 0.5, "l0"),
+    Chunk("The ferry crossing takes 55 minutes.", "ferry.txt", 1, 0.4, "f1"),
+]
+
+
+class ListStore:
+    def __init__(self, chunks: list[Chunk]) -> None:
+        self.chunks = chunks
+
+    def retrieve(self, question: str, top_k: int = 8) -> list[Chunk]:
+        return self.chunks[:top_k]
+
+
+@pytest.fixture(scope="module")
+def chat() -> ChatSRA:
+    return ChatSRA(max_new_tokens=5)
+
+
+def test_invoke_stuffs_all_documents_and_matches_the_engine(chat: ChatSRA) -> None:
+    sra = SRAConfig.preset("demo")
+    chain = create_stuffed_rag_chain(ChunkRetriever(store=ListStore(CHUNKS), top_k=3), chat, sra=sra)
+    result = chain.invoke({"input": QUESTION})
+    assert result["input"] == QUESTION
+    assert [document.id for document in result["context"]] == ["f0", "f1", "l0"]
+    assert result["sources"] == ["ferry.txt", "leave.md"] and result["dropped"] == []
+    stuffed = stuff_prompt(chat.engine, QUESTION, CHUNKS, max_new_tokens=5)
+    assert result["prompt_tokens"] == stuffed.prompt_tokens == chat.engine.count_tokens(stuffed.messages)
+    direct = chat.engine.generate(
+        stuffed.messages, max_new_tokens=5, sra=sra, tail_from=stuffed.tail_from, stop=["\nQuestion:"]
+    )
+    assert result["answer"] == direct
+
+
+def test_stream_yields_answer_pieces_after_the_context(chat: ChatSRA) -> None:
+    chain = create_stuffed_rag_chain(
+        ChunkRetriever(store=ListStore(CHUNKS), top_k=3), chat, sra=SRAConfig(enabled=False)
+    )
+    chunks = list(chain.stream(QUESTION))
+    assert chunks[0]["sources"] == ["ferry.txt", "leave.md"] and "answer" not in chunks[0]
+    pieces = [chunk["answer"] for chunk in chunks[1:]]
+    assert pieces and all(set(chunk) == {"answer"} for chunk in chunks[1:])
+    assert "".join(pieces) == chain.invoke({"input": QUESTION})["answer"]
+
+
+def test_documents_without_metadata_and_bad_input(chat: ChatSRA) -> None:
+    bare = Document(page_content="Some text.")
+    assert document_to_chunk(bare, 2) == Chunk("Some text.", "document 3", None, None, "rank-2")
+    retriever = RunnableLambda(lambda question: [bare])
+    result = create_stuffed_rag_chain(retriever, chat, max_new_tokens=2).invoke(QUESTION)
+    assert result["sources"] == ["document 1"] and result["context"] == [bare]
+    with pytest.raises(ValueError, match="question"):
+        create_stuffed_rag_chain(retriever, chat).invoke({"question": QUESTION})
+    with pytest.raises(ValueError, match="overflow"):
+        create_stuffed_rag_chain(retriever, chat, overflow="cut")  # type: ignore[arg-type]
+    empty = create_stuffed_rag_chain(RunnableLambda(lambda question: []), chat)
+    with pytest.raises(ValueError, match="no documents"):
+        empty.invoke(QUESTION)
