@@ -1,5 +1,148 @@
-"""Command-line commands of this subpackage (gathered by ``sra_rag.cli``)."""
+"""Command-line commands of this subpackage (gathered by ``sra_rag.cli``): ``eval`` and ``tune``.
+
+Heavy imports (torch, transformers, matplotlib) happen inside the commands so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 app = typer.Typer()
+
+# (lengths in tokens, gold depths, prompts per cell) of the two modes.
+QUICK: tuple[list[int], list[float], int] = ([512, 1024], [0.0, 0.5, 1.0], 1)
+FULL: tuple[list[int], list[float], int] = ([1024, 2048, 4096], [0.0, 0.25, 0.5, 0.75, 1.0], 4)
+
+SuitesOption = Annotated[
+    list[str] | None,
+    typer.Option("--suite", "-s", help="Suite to run (repeatable): passkey, kv, qa, summary. Default: all."),
+]
+LengthsOption = Annotated[
+    list[int] | None,
+    typer.Option("--length", "-l", help="Context length in tokens (repeatable). Default: quick 512 1024; full 1k-4k."),
+]
+DepthsOption = Annotated[
+    list[float] | None, typer.Option("--depth", help="Gold depth in [0, 1] (repeatable). Default: 0 .5 1 / 0-1 by .25.")
+]
+PerCellOption = Annotated[
+    int | None,
+    typer.Option("--examples", "-n", min=1, help="Prompts per (length, depth) cell. Default: quick 1, full 4."),
+]
+QuickOption = Annotated[bool, typer.Option("--quick/--full", help="Quick mode (CI, minutes) or the full grid.")]
+OutOption = Annotated[Path, typer.Option("--out", help="Folder for report.md, results.json and the PNG plots.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the generated prompts.")]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model", help="Hub id (from the local cache), folder or .gguf file (default: the embedded SmolLM2)."
+    ),
+]
+PlotsOption = Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots (needs matplotlib).")]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+
+
+def _grid(
+    quick: bool, lengths: list[int] | None, depths: list[float] | None, per_cell: int | None
+) -> tuple[list[int], list[float], int]:
+    default_lengths, default_depths, default_per_cell = QUICK if quick else FULL
+    return list(lengths or default_lengths), list(depths or default_depths), per_cell or default_per_cell
+
+
+def _suites(names: list[str] | None) -> list[str]:
+    from sra_rag.evaluation.suites import SUITES
+
+    chosen = list(names or SUITES)
+    unknown = [name for name in chosen if name not in SUITES]
+    if unknown:
+        raise typer.BadParameter(f"unknown suite(s) {unknown}; choose from {sorted(SUITES)}", param_hint="--suite")
+    return chosen
+
+
+@app.command("eval")
+def eval_command(
+    settings: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="SRA settings to compare with stock attention: presets (paper, demo, recommended) and/or "
+            "inline overrides such as 'paper:inner=false,beta_outer=2,tail=question'. Default: paper recommended."
+        ),
+    ] = None,
+    suite: SuitesOption = None,
+    length: LengthsOption = None,
+    depth: DepthsOption = None,
+    examples: PerCellOption = None,
+    quick: QuickOption = True,
+    out: OutOption = Path("sra-eval"),
+    seed: SeedOption = 0,
+    model: ModelOption = None,
+    plots: PlotsOption = True,
+    progress: ProgressOption = True,
+) -> None:
+    """Compare stock attention and SRA settings on the synthetic long-context suites (offline, seeded)."""
+    from sra_rag.engine import SRAEngine
+    from sra_rag.evaluation import report, runner, suites
+
+    lengths, depths, per_cell = _grid(quick, length, depth, examples)
+    names = _suites(suite)
+    try:
+        parsed = runner.parse_settings(settings or ["paper", "recommended"])
+        engine = SRAEngine.shared(model)
+        built = []
+        for name in names:
+            built += suites.build(name, engine.count_tokens, lengths, depths, per_cell, seed)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    typer.echo(f"{engine.name}: {len(built)} prompts x {len(parsed)} settings", err=True)
+    records = runner.run(engine, built, parsed, progress=progress)
+    path = report.write_report(records, out, plots=plots, title=f"SRA evaluation ({engine.name}, seed {seed})")
+    typer.echo(report.markdown_table(records))
+    typer.echo(f"\nWrote {path}", err=True)
+
+
+@app.command("tune")
+def tune_command(
+    suite: SuitesOption = None,
+    length: LengthsOption = None,
+    depth: DepthsOption = None,
+    candidates: Annotated[
+        int | None,
+        typer.Option("--candidates", "-c", min=1, help="Random sample of this many candidates (default all)."),
+    ] = None,
+    dev_examples: Annotated[int, typer.Option("--dev-examples", min=1, help="Dev prompts per cell.")] = 1,
+    test_examples: Annotated[int, typer.Option("--test-examples", min=1, help="Test prompts per cell.")] = 2,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Dev finalists confirmed on the test split.")] = 3,
+    quick: QuickOption = True,
+    out: OutOption = Path("sra-tune"),
+    seed: SeedOption = 0,
+    model: ModelOption = None,
+    progress: ProgressOption = True,
+) -> None:
+    """Search SRA settings on a dev split and confirm the best on a held-out test split."""
+    from sra_rag.engine import SRAEngine
+    from sra_rag.evaluation import tune
+
+    lengths, depths, _ = _grid(quick, length, depth, None)
+    specs = tune.candidates(candidates, seed)
+    names = _suites(suite)
+    engine = SRAEngine.shared(model)
+    try:
+        result = tune.search(
+            engine,
+            names,
+            lengths,
+            specs,
+            depths=depths,
+            dev_per_cell=dev_examples,
+            test_per_cell=test_examples,
+            top_k=top_k,
+            seed=seed,
+            progress=progress,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    path = tune.write_tune_report(result, out)
+    typer.echo(tune.ranking_table(result.test_ranking))
+    typer.echo(f"\nWrote {path}", err=True)

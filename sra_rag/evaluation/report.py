@@ -1,0 +1,246 @@
+"""Accuracy with Wilson intervals, markdown tables, JSON and PNG plots of evaluation records.
+
+Accuracy is the share of scored answers found (one per example, except ``summary``: one per planted
+fact, so its intervals treat facts as independent, which makes them somewhat too narrow).
+Plots use matplotlib's Agg backend (``pip install 'sra-rag[eval]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sra_rag.evaluation.runner import Record
+
+Z_95 = 1.959963984540054
+POSITION_BINS = 5  # answer depths are grouped into this many equal bins for the per-position views
+
+
+@dataclass(frozen=True)
+class Score:
+    """``hits`` of ``total`` answers; ``accuracy`` and the Wilson interval ``[low, high]`` in [0, 1]."""
+
+    hits: int
+    total: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.hits / self.total if self.total else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.hits, self.total)
+
+    def cell(self) -> str:
+        """``"45 [30-61]"``: accuracy and 95% interval in percent."""
+        low, high = self.interval
+        return f"{100 * self.accuracy:.0f} [{100 * low:.0f}-{100 * high:.0f}]"
+
+
+def wilson_interval(hits: int, total: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (default 95%); ``(0, 1)`` when ``total`` is 0."""
+    if hits < 0 or total < 0 or hits > total:
+        raise ValueError(f"need 0 <= hits <= total, got hits={hits}, total={total}")
+    if total == 0:
+        return 0.0, 1.0
+    p = hits / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def position_bin(position: float, bins: int = POSITION_BINS) -> float:
+    """The centre of the depth bin that ``position`` (in [0, 1]) falls in."""
+    index = min(bins - 1, int(position * bins))
+    return (index + 0.5) / bins
+
+
+def settings_of(records: Iterable[Record]) -> list[str]:
+    return list(dict.fromkeys(record.setting for record in records))
+
+
+def scores(records: Iterable[Record], *, by_position: bool = False) -> dict[tuple[Any, ...], Score]:
+    """``(suite, setting, length)`` -> :class:`Score`; with ``by_position`` the key gains the
+    depth bin of each answer: ``(suite, setting, length, bin)``."""
+    counts: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
+    for record in records:
+        for hit, position in zip(record.hits, record.positions, strict=True):
+            key: tuple[Any, ...] = (record.suite, record.setting, record.length)
+            if by_position:
+                key = (*key, position_bin(position))
+            counts[key][0] += int(hit)
+            counts[key][1] += 1
+    return {key: Score(hits, total) for key, (hits, total) in counts.items()}
+
+
+def prefill_ratios(records: Sequence[Record], baseline: str) -> dict[str, float]:
+    """Median, over examples, of each setting's prefill time divided by the baseline's on the same example."""
+    times = {(record.example_id, record.setting): record.prefill_s for record in records}
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for (example_id, setting), seconds in times.items():
+        base = times.get((example_id, baseline))
+        if base:
+            ratios[setting].append(seconds / base)
+    return {setting: statistics.median(values) for setting, values in ratios.items()}
+
+
+def markdown_table(records: Sequence[Record], baseline: str | None = None) -> str:
+    """One row per (suite, length), one column per setting: ``accuracy [95% CI]`` in percent and,
+    for non-baseline settings, the difference to the baseline in points."""
+    settings = settings_of(records)
+    baseline = baseline if baseline is not None else settings[0]
+    table = scores(records)
+    prompt_sizes: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for record in records:
+        prompt_sizes[(record.suite, record.length)].append(record.prompt_tokens)
+    lines = [
+        "| suite | length (prompt tokens) | n | " + " | ".join(f"`{s}`" for s in settings) + " |",
+        "|---|---|---|" + "---|" * len(settings),
+    ]
+    for suite, length in sorted(prompt_sizes, key=lambda key: (key[0], key[1])):
+        base = table.get((suite, baseline, length))
+        cells = []
+        for setting in settings:
+            score = table.get((suite, setting, length))
+            if score is None:
+                cells.append("-")
+                continue
+            text = score.cell()
+            if setting != baseline and base is not None:
+                text += f" ({100 * (score.accuracy - base.accuracy):+.0f})"
+            cells.append(text)
+        total = next(iter(s.total for (su, _, n), s in table.items() if su == suite and n == length))
+        mean_tokens = round(statistics.mean(prompt_sizes[(suite, length)]))
+        lines.append(f"| {suite} | {length} ({mean_tokens}) | {total} | " + " | ".join(cells) + " |")
+    ratios = prefill_ratios(records, baseline)
+    lines.append("")
+    lines.append(
+        "Prefill time relative to `"
+        + baseline
+        + "` (median over prompts): "
+        + ", ".join(f"`{s}` {ratios[s]:.2f}x" for s in settings if s in ratios)
+    )
+    return "\n".join(lines)
+
+
+def save_records(records: Sequence[Record], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([record.to_dict() for record in records], indent=1))
+
+
+def load_records(path: Path) -> list[Record]:
+    """Records from :func:`save_records` (a JSON list) or from a JSON-lines file."""
+    text = Path(path).read_text()
+    rows = (
+        json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line]
+    )
+    return [Record(**row) for row in rows]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("Plots need matplotlib: pip install 'sra-rag[eval]'") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_heatmaps(records: Sequence[Record], out_dir: Path) -> list[Path]:
+    """One PNG per suite: a length x depth accuracy heatmap per setting. Returns the files written."""
+    plt = _pyplot()
+    table = scores(records, by_position=True)
+    settings = settings_of(records)
+    written = []
+    for suite in dict.fromkeys(record.suite for record in records):
+        lengths = sorted({key[2] for key in table if key[0] == suite})
+        bins = sorted({key[3] for key in table if key[0] == suite})
+        figure, axes = plt.subplots(
+            1, len(settings), figsize=(2.2 * len(settings) + 0.8, 0.5 * len(lengths) + 1.6), squeeze=False
+        )
+        image = None
+        for axis, setting in zip(axes[0], settings, strict=True):
+            grid = [
+                [
+                    table[(suite, setting, n, b)].accuracy if (suite, setting, n, b) in table else float("nan")
+                    for b in bins
+                ]
+                for n in lengths
+            ]
+            image = axis.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            axis.set_title(_short(setting), fontsize=7)
+            axis.set_xticks(range(len(bins)), [f"{b:.0%}" for b in bins], fontsize=6)
+            axis.set_yticks(range(len(lengths)), [str(n) for n in lengths], fontsize=6)
+            axis.set_xlabel("depth", fontsize=7)
+        axes[0][0].set_ylabel("length (tokens)", fontsize=7)
+        if image is not None:
+            figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
+        figure.suptitle(f"{suite}: accuracy by length and depth", fontsize=9)
+        path = Path(out_dir) / f"heatmap_{suite}.png"
+        figure.savefig(path, dpi=80)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def plot_positions(records: Sequence[Record], out_dir: Path) -> list[Path]:
+    """One PNG per suite: accuracy against the gold item's depth, a line per setting, a panel per length."""
+    plt = _pyplot()
+    table = scores(records, by_position=True)
+    settings = settings_of(records)
+    written = []
+    for suite in dict.fromkeys(record.suite for record in records):
+        lengths = sorted({key[2] for key in table if key[0] == suite})
+        figure, axes = plt.subplots(1, len(lengths), figsize=(3.2 * len(lengths), 2.8), squeeze=False, sharey=True)
+        for axis, length in zip(axes[0], lengths, strict=True):
+            for setting in settings:
+                points = sorted((key[3], score) for key, score in table.items() if key[:3] == (suite, setting, length))
+                if not points:
+                    continue
+                xs = [x for x, _ in points]
+                axis.plot(xs, [s.accuracy for _, s in points], marker="o", label=_short(setting))
+                axis.fill_between(
+                    xs, [s.interval[0] for _, s in points], [s.interval[1] for _, s in points], alpha=0.12
+                )
+            axis.set_title(f"{length} tokens", fontsize=8)
+            axis.set_xlabel("gold depth", fontsize=7)
+            axis.set_ylim(-0.02, 1.02)
+        axes[0][0].set_ylabel("accuracy", fontsize=7)
+        axes[0][-1].legend(fontsize=6)
+        figure.suptitle(f"{suite}: accuracy by position (95% Wilson bands)", fontsize=9)
+        figure.tight_layout()
+        path = Path(out_dir) / f"positions_{suite}.png"
+        figure.savefig(path, dpi=80)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def _short(setting: str, width: int = 40) -> str:
+    return setting if len(setting) <= width else setting[: width - 1] + "…"
+
+
+def write_report(
+    records: Sequence[Record], out_dir: Path, *, plots: bool = True, title: str = "SRA evaluation"
+) -> Path:
+    """Write ``results.json`` (raw records), ``report.md`` (table) and, with ``plots``, the PNGs
+    into ``out_dir``. Returns the markdown file."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_records(records, out_dir / "results.json")
+    parts = [f"# {title}", "", markdown_table(records)]
+    if plots:
+        images = plot_heatmaps(records, out_dir) + plot_positions(records, out_dir)
+        parts += ["", *(f"![{image.stem}]({image.name})" for image in images)]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path

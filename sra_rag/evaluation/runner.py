@@ -1,0 +1,172 @@
+"""Run SRA settings over suite examples: the same prompts for every setting, greedy decoding.
+
+A setting is written as ``NAME`` or ``NAME:key=value,...``: NAME is an SRA preset (``off``,
+``paper``, ``demo``, ``recommended``) and the overrides are :class:`~sra_rag.config.SRAConfig`
+fields, plus ``tail=question`` (the SRA tail starts at the question, ``tail_from``) or
+``tail=fixed`` (the config's ``tail_length``, the spec's reference behaviour and the default).
+Example: ``paper:inner=false,beta_outer=2,outer_target=attention,tail=question``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from sra_rag.config import SRAConfig
+from sra_rag.evaluation.suites import Example
+
+if TYPE_CHECKING:
+    from sra_rag.engine import SRAEngine
+
+TAIL_MODES = ("fixed", "question")
+RECOMMENDED_TAIL = "question"  # how the reader and the CLI run the recommended preset (question-aware tail)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """An SRA configuration under test: ``name`` (its spec string), ``config`` and whether the tail
+    is the question (``tail_from``) rather than ``config.tail_length``."""
+
+    name: str
+    config: SRAConfig
+    question_tail: bool = False
+
+    @property
+    def is_baseline(self) -> bool:
+        return not self.config.enabled
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    field = SRAConfig.model_fields.get(key)
+    if field is None:
+        raise ValueError(
+            f"unknown SRA setting {key!r}; use one of {sorted(SRAConfig.model_fields)} or tail=fixed|question"
+        )
+    if field.annotation is bool:
+        lowered = raw.lower()
+        if lowered not in {"true", "false", "1", "0", "on", "off", "yes", "no"}:
+            raise ValueError(f"{key} expects true or false, got {raw!r}")
+        return lowered in {"true", "1", "on", "yes"}
+    return raw  # pydantic converts and validates numbers and literals
+
+
+def parse_setting(spec: str) -> Setting:
+    """``"paper"``, ``"off"``, ``"paper:beta_outer=2,inner=false,tail=question"`` -> :class:`Setting`.
+
+    Raises ValueError naming the bad preset, key or value."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("an SRA setting must be a non-empty string such as 'paper' or 'paper:beta_outer=2'")
+    spec = spec.strip()
+    preset, _, rest = spec.partition(":")
+    fields = SRAConfig.preset(preset.strip()).model_dump()
+    question_tail = preset.strip() == "recommended" and RECOMMENDED_TAIL == "question"
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not raw:
+            raise ValueError(f"setting {spec!r}: expected key=value, got {item!r}")
+        if key == "tail":
+            if raw not in TAIL_MODES:
+                raise ValueError(f"setting {spec!r}: tail must be one of {TAIL_MODES}, got {raw!r}")
+            question_tail = raw == "question"
+        else:
+            fields[key] = _parse_value(key, raw)
+    try:
+        config = SRAConfig(**fields)
+    except Exception as error:  # pydantic's ValidationError: restate with the spec that caused it
+        raise ValueError(f"setting {spec!r} is not a valid SRAConfig: {error}") from error
+    return Setting(spec, config, question_tail and config.enabled)
+
+
+def parse_settings(specs: Iterable[str], *, baseline: bool = True) -> list[Setting]:
+    """Parse several specs; with ``baseline`` the stock-attention setting ``off`` comes first
+    (every report compares against it). Duplicates are dropped."""
+    settings = [parse_setting(spec) for spec in specs]
+    if baseline and not any(setting.is_baseline for setting in settings):
+        settings.insert(0, parse_setting("off"))
+    unique: dict[str, Setting] = {}
+    for setting in settings:
+        unique.setdefault(setting.name, setting)
+    return list(unique.values())
+
+
+@dataclass
+class Record:
+    """One (example, setting) result. ``hits``: one verdict per answer of the example, with its
+    ``positions`` (depth in [0, 1]); ``prefill_s``: seconds to the first generated piece (prefill
+    plus one decoding step); ``total_s``: seconds for the whole completion."""
+
+    suite: str
+    example_id: str
+    setting: str
+    length: int
+    depth: float | None
+    prompt_tokens: int
+    output: str
+    hits: list[bool]
+    positions: list[float]
+    prefill_s: float
+    total_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_one(engine: SRAEngine, example: Example, setting: Setting) -> Record:
+    """Generate the answer of one example under one setting (greedy) and score it."""
+    start = time.perf_counter()
+    stream = engine.stream(
+        example.messages,
+        max_new_tokens=example.max_new_tokens,
+        sra=setting.config,
+        stop=list(example.stop) or None,
+        temperature=0.0,
+        tail_from=example.question if setting.question_tail else None,
+    )
+    first: float | None = None
+    for _ in stream:
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    return Record(
+        suite=example.suite,
+        example_id=example.id,
+        setting=setting.name,
+        length=example.length,
+        depth=example.depth,
+        prompt_tokens=stream.prompt_tokens,
+        output=stream.text,
+        hits=example.score(stream.text),
+        positions=[answer.position for answer in example.answers],
+        prefill_s=(first or end) - start,
+        total_s=end - start,
+    )
+
+
+def run(
+    engine: SRAEngine,
+    examples: Sequence[Example],
+    settings: Sequence[Setting],
+    *,
+    progress: bool = True,
+    on_record: Callable[[Record], None] | None = None,
+) -> list[Record]:
+    """Every setting on every example. Settings alternate per example, so a change in machine load
+    affects all of them alike (the prefill-time ratios stay fair)."""
+    if not settings:
+        raise ValueError("no settings to run; pass at least one, e.g. 'off' and 'paper'")
+    from tqdm.auto import tqdm
+
+    records = []
+    with tqdm(total=len(examples) * len(settings), desc="eval", unit="gen", disable=not progress) as bar:
+        for example in examples:
+            for setting in settings:
+                record = run_one(engine, example, setting)
+                records.append(record)
+                if on_record is not None:
+                    on_record(record)
+                bar.set_postfix_str(f"{example.suite} {example.length} {setting.name[:32]}", refresh=False)
+                bar.update()
+    return records

@@ -1,0 +1,282 @@
+"""The evaluation harness: seeded suites with answers planted where their labels say, scoring,
+Wilson intervals, setting strings, reports and plots, the settings search, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sra_rag.config import SRAConfig
+from sra_rag.evaluation import report, runner, suites, tune
+from sra_rag.evaluation.runner import Record
+from sra_rag.evaluation.suites import Answer, Example
+
+
+def words(text: str) -> int:
+    """A cheap stand-in for a tokenizer: whitespace-separated words."""
+    return len(text.split())
+
+
+def chars(text: str) -> int:
+    """Another stand-in: about four characters per token."""
+    return len(text) // 4 + 1
+
+
+@pytest.mark.parametrize("suite", sorted(suites.SUITES))
+def test_suites_are_seeded_and_deterministic(suite: str) -> None:
+    first = suites.build(suite, chars, [300, 600], [0.0, 0.5, 1.0], 2, seed=3)
+    again = suites.build(suite, chars, [300, 600], [0.0, 0.5, 1.0], 2, seed=3)
+    other = suites.build(suite, chars, [300, 600], [0.0, 0.5, 1.0], 2, seed=4)
+    assert first == again
+    assert [e.answers for e in first] != [e.answers for e in other]
+    assert len({e.id for e in first}) == len(first)
+    for example in first:
+        content = example.messages[-1]["content"]
+        assert content.rstrip().endswith(example.question)
+        assert all(answer.text in content for answer in example.answers)
+        # The context is about the asked size (the template and question add a little).
+        assert 0.9 * example.length <= chars(content) <= 1.2 * example.length + 80
+
+
+def _relative_offset(content: str, needle: str, start_marker: str, end_marker: str) -> float:
+    start = content.index(start_marker) + len(start_marker)
+    end = content.rindex(end_marker)
+    return (content.index(needle) - start) / (end - start)
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_passkey_needle_sits_at_its_depth(depth: float) -> None:
+    (example,) = suites.passkey(words, [800], [depth], 1, seed=0)
+    content = example.messages[0]["content"]
+    offset = _relative_offset(content, "The pass key is", "quiz you about it.\n\n", suites.PASSKEY_QUESTION)
+    assert offset == pytest.approx(depth, abs=0.05)
+    assert example.answers[0].position == depth
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_kv_and_qa_gold_items_sit_at_their_positions(depth: float) -> None:
+    (pairs,) = suites.kv(words, [600], [depth], 1, seed=1)
+    content = pairs.messages[0]["content"]
+    key = re.search(r'Key: "([0-9a-f-]+)"', content).group(1)
+    lines = [line for line in content.splitlines() if line.startswith('  "')]
+    gold = next(i for i, line in enumerate(lines) if line.startswith(f'  "{key}"'))
+    assert gold / (len(lines) - 1) == pairs.answers[0].position == pytest.approx(depth, abs=0.01)
+    assert lines[gold].split('"')[3].startswith(pairs.answers[0].text)
+
+    (qa,) = suites.qa(words, [600], [depth], 1, seed=1)
+    content = qa.messages[0]["content"]
+    person = re.search(r"In which town was (.+?) born\?", content).group(1)
+    documents = re.split(r"\n\nDocument \[\d+\]\n", "\n\n" + content.split("below.\n\n", 1)[1])[1:]
+    gold = next(i for i, doc in enumerate(documents) if doc.startswith(person))
+    assert gold / (len(documents) - 1) == qa.answers[0].position == pytest.approx(depth, abs=0.05)
+    assert "born in" in documents[gold] and qa.answers[0].text in documents[gold]
+
+
+def test_summary_plants_one_fact_per_depth_in_order() -> None:
+    (example,) = suites.summary(words, [900], [0.1, 0.5, 0.9], 1, seed=2)
+    content = example.messages[0]["content"]
+    offsets = [_relative_offset(content, a.text, "meeting.\n\n", suites.SUMMARY_INSTRUCTION) for a in example.answers]
+    assert offsets == pytest.approx([0.1, 0.5, 0.9], abs=0.05)
+    assert [a.position for a in example.answers] == [0.1, 0.5, 0.9]
+
+
+def test_scorer_accepts_right_and_rejects_wrong_answers() -> None:
+    example = Example("qa", "x", [{"role": "user", "content": "q"}], "q", (Answer("Velmora", 0.5),), 100, 0.5, 8)
+    assert example.score("The town is  VELMORA.") == [True]
+    assert example.score("The town is Velmoran") == [True]  # containment; town names never nest in one prompt
+    assert example.score("Vel mora") == [False]
+    assert example.score("") == [False]
+    facts = Example("summary", "y", [], "q", (Answer("1234", 0.1), Answer("5678", 0.9)), 100, None, 8)
+    assert facts.score("It costs 5678 crowns.") == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"lengths": [10]}, "lengths"),
+        ({"depths": [1.5]}, "depths"),
+        ({"per_cell": 0}, "per_cell"),
+    ],
+)
+def test_suites_reject_bad_grids(bad: dict, message: str) -> None:
+    arguments = {"lengths": [200], "depths": [0.5], "per_cell": 1} | bad
+    with pytest.raises(ValueError, match=message):
+        suites.passkey(words, **arguments)
+    with pytest.raises(ValueError, match="unknown suite"):
+        suites.build("trivia", words, [200], [0.5])
+
+
+@pytest.mark.parametrize(
+    ("hits", "total", "low", "high"),
+    # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table I, method 3.
+    [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)],
+)
+def test_wilson_interval_matches_known_values(hits: int, total: int, low: float, high: float) -> None:
+    assert report.wilson_interval(hits, total) == pytest.approx((low, high), abs=1e-4)
+
+
+def test_wilson_interval_rejects_impossible_counts() -> None:
+    assert report.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="hits"):
+        report.wilson_interval(3, 2)
+
+
+def test_parse_setting_presets_overrides_and_tail() -> None:
+    setting = runner.parse_setting("paper:inner=false,beta_outer=2,outer_target=attention,tail=question")
+    assert setting.config == SRAConfig(inner=False, beta_outer=2.0, outer_target="attention")
+    assert setting.question_tail
+    assert runner.parse_setting("paper").config == SRAConfig() and not runner.parse_setting("paper").question_tail
+    assert runner.parse_setting("off").is_baseline
+    assert not runner.parse_setting("off:tail=question").question_tail  # no tail without SRA
+    settings = runner.parse_settings(["paper", "paper", "demo"])
+    assert [s.name for s in settings] == ["off", "paper", "demo"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "non-empty"),
+        ("best", "unknown SRA preset"),
+        ("paper:gamma=2", "unknown SRA setting 'gamma'"),
+        ("paper:inner=maybe", "true or false"),
+        ("paper:beta_outer=-1", "not a valid SRAConfig"),
+        ("paper:tail=half", "tail must be one of"),
+        ("paper:beta_outer", "expected key=value"),
+    ],
+)
+def test_parse_setting_rejects_bad_specs(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        runner.parse_setting(spec)
+
+
+def fake_records() -> list[Record]:
+    """Two settings on four passkey prompts: ``off`` finds 2 of 4, ``paper`` 3 of 4 and is twice as slow."""
+    records = []
+    for index, depth in enumerate([0.0, 0.3, 0.6, 1.0]):
+        for setting, hit, seconds in [("off", index < 2, 1.0), ("paper", index < 3, 2.0)]:
+            records.append(
+                Record(
+                    "passkey", f"p{index}", setting, 1024, depth, 1040, "out", [hit], [depth], seconds, seconds + 0.1
+                )
+            )
+    return records
+
+
+def test_scores_table_and_ratios() -> None:
+    records = fake_records()
+    table = report.scores(records)
+    assert table[("passkey", "off", 1024)] == report.Score(2, 4)
+    assert table[("passkey", "paper", 1024)].accuracy == 0.75
+    by_position = report.scores(records, by_position=True)
+    assert by_position[("passkey", "paper", 1024, 0.9)] == report.Score(0, 1)
+    assert report.prefill_ratios(records, "off") == {"off": 1.0, "paper": 2.0}
+    markdown = report.markdown_table(records)
+    assert "| passkey | 1024 (1040) | 4 | 50 [15-85] | 75 [30-95] (+25) |" in markdown
+    assert "`paper` 2.00x" in markdown
+
+
+def test_write_report_writes_table_json_and_plots(tmp_path: Path) -> None:
+    path = report.write_report(fake_records(), tmp_path)
+    assert path.read_text().startswith("# SRA evaluation")
+    assert len(json.loads((tmp_path / "results.json").read_text())) == 8
+    assert report.load_records(tmp_path / "results.json") == fake_records()
+    for name in ["heatmap_passkey.png", "positions_passkey.png"]:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in path.read_text()
+
+
+def test_rank_puts_the_safest_setting_first() -> None:
+    records = fake_records()
+    for record in [r for r in records if r.setting == "paper"]:
+        records.append(Record(**(record.to_dict() | {"setting": "harmful", "hits": [False]})))
+    ranking = tune.rank(records)
+    assert [r.setting for r in ranking] == ["paper", "harmful"]
+    assert ranking[0].mean_gain == pytest.approx(25.0) and ranking[0].cost == pytest.approx(2.0)
+    assert ranking[1].worst_gain == pytest.approx(-50.0)
+    with pytest.raises(ValueError, match="no baseline"):
+        tune.rank(records, baseline="stock")
+
+
+def test_search_space_candidates_are_valid_and_distinct() -> None:
+    specs = tune.candidates()
+    assert len(specs) == len(set(specs))
+    # Outer-only and both: every dimension; inner-only: no outer target.
+    assert len(specs) == 2 * (2 * 3 * 3 * 2) + 2 * 3 * 3
+    assert all(runner.parse_setting(spec).config.enabled for spec in specs)
+    assert tune.candidates(5, seed=1) == tune.candidates(5, seed=1) != tune.candidates(5, seed=2)
+
+
+def test_dev_and_test_splits_share_no_prompt() -> None:
+    class Counter:
+        count_tokens = staticmethod(words)
+
+    dev = tune._examples(Counter(), ["passkey", "qa"], [300], [0.0, 1.0], 2, seed=0)
+    test = tune._examples(Counter(), ["passkey", "qa"], [300], [0.0, 1.0], 2, seed=tune.TEST_SEED_OFFSET)
+    assert len(dev) == len(test) == 8
+    assert not {a.text for e in dev for a in e.answers} & {a.text for e in test for a in e.answers}
+
+
+def test_recommended_preset_is_a_valid_config() -> None:
+    config = SRAConfig.preset("recommended")
+    assert isinstance(config, SRAConfig)
+    assert config == SRAConfig(**config.model_dump())
+
+
+def test_eval_module_reexports_the_evaluation_api() -> None:
+    import sra_rag.eval
+    import sra_rag.evaluation
+
+    assert sra_rag.eval.wilson_interval is sra_rag.evaluation.wilson_interval
+    assert set(sra_rag.evaluation.__all__) <= set(dir(sra_rag.eval))
+
+
+@pytest.mark.slow
+def test_cli_eval_quick_runs_end_to_end(embedded_engine, tmp_path: Path) -> None:
+    from sra_rag.cli import build_app
+
+    out = tmp_path / "eval"
+    arguments = ["eval", "off", "paper:inner=false,beta_outer=2,tail=question", "--suite", "passkey", "--suite", "qa"]
+    arguments += ["--length", "200", "--depth", "0.5", "-n", "1", "--quick", "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(build_app(), arguments, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    records = report.load_records(out / "results.json")
+    assert {(r.suite, r.setting) for r in records} == {
+        (suite, setting)
+        for suite in ["passkey", "qa"]
+        for setting in ["off", "paper:inner=false,beta_outer=2,tail=question"]
+    }
+    assert all(r.prompt_tokens > 200 and r.output for r in records)
+    # A 200-token haystack is easy: stock attention finds the pass key.
+    assert next(r for r in records if r.suite == "passkey" and r.setting == "off").hits == [True]
+    assert "| passkey | 200 (" in result.output
+    assert (out / "heatmap_qa.png").exists() and (out / "positions_passkey.png").exists()
+
+
+@pytest.mark.slow
+def test_cli_tune_quick_runs_end_to_end(embedded_engine, tmp_path: Path) -> None:
+    from sra_rag.cli import build_app
+
+    arguments = ["tune", "--suite", "passkey", "--length", "200", "--depth", "0.5", "--candidates", "1"]
+    arguments += ["--test-examples", "1", "--top-k", "1", "--out", str(tmp_path), "--no-progress"]
+    result = CliRunner().invoke(build_app(), arguments, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    dev = report.load_records(tmp_path / "tune_dev.json")
+    test = report.load_records(tmp_path / "tune_test.json")
+    assert len(dev) == 2 and {r.setting for r in dev} >= {"off"}
+    assert {r.setting for r in test} == {"off", "paper", next(r.setting for r in dev if r.setting != "off")}
+    assert all(r.output for r in dev + test)
+    assert "Best on test" in (tmp_path / "tune.md").read_text()
+    assert (tmp_path / "tune_gain_cost.png").exists()
+
+
+def test_cli_rejects_unknown_suite_and_setting(tmp_path: Path) -> None:
+    from sra_rag.cli import build_app
+
+    result = CliRunner().invoke(build_app(), ["eval", "paper:gamma=1", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "gamma" in result.output
+    result = CliRunner().invoke(build_app(), ["eval", "--suite", "trivia", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "trivia" in result.output
