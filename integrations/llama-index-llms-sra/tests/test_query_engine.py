@@ -59,6 +59,13 @@ def test_streaming_gives_the_same_text(llm: SRALLM) -> None:
     assert response.metadata["sources"] == ["ferry.txt", "leave.md"]
 
 
+async def test_aquery_matches_query(llm: SRALLM) -> None:
+    query_engine = SRAQueryEngine(retriever=ChunkRetriever(ListStore(CHUNKS)), llm=llm, sra=SRAConfig(enabled=False))
+    response = await query_engine.aquery(QUESTION)
+    assert response.response == query_engine.query(QUESTION).response
+    assert response.metadata["sources"] == ["ferry.txt", "leave.md"]
+
+
 def test_node_metadata_becomes_citable_chunks_and_empty_retrieval_is_an_error(llm: SRALLM) -> None:
     nodes = ChunkRetriever(ListStore(CHUNKS), top_k=2).retrieve(QUESTION)
     assert [node_to_chunk(node) for node in nodes] == CHUNKS[:2]

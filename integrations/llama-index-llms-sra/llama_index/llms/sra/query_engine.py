@@ -14,6 +14,7 @@ Scaled ReAttention's tail covers exactly the question and instruction. ::
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
@@ -86,6 +87,10 @@ class SRAQueryEngine(CustomQueryEngine):
             return StreamingResponse(tokens, source_nodes=source_nodes, metadata=metadata)
         response = self.llm.chat(messages, **kwargs)
         return Response(response.message.content, source_nodes=source_nodes, metadata=metadata)
+
+    async def acustom_query(self, query_str: str) -> RESPONSE_TYPE:
+        # Retrieval, tokenising and generation block for seconds; keep them off the event loop.
+        return await asyncio.to_thread(self.custom_query, query_str)
 
     def _stuff(self, query_str: str, nodes: list[NodeWithScore]) -> tuple[StuffedPrompt, dict[str, NodeWithScore]]:
         if not nodes:
