@@ -158,6 +158,7 @@ def summarize(
             map_tokens=map_tokens,
             question_tail=question_tail,
             allow_map_reduce=map_reduce,
+            progress=True,
         )
         with _warnings_to_stderr():
             result = summarizer.stream(text, title=file.name)
@@ -174,7 +175,8 @@ def demo(
     preset: PresetOption = "recommended",
     sra: SraSwitch = None,
 ) -> None:
-    """Ingest the bundled sample documents (idempotent) and answer two sample questions."""
+    """Ingest the bundled sample documents (idempotent) and answer two sample questions. Chunks
+    that do not fit the context window are dropped with a warning."""
     from sra_rag.rag.samples import SAMPLE_QUESTIONS, samples_path
 
     with _user_errors():

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tqdm.auto import tqdm
+
 from sra_rag.config import SRAConfig
 from sra_rag.rag.splitting import split_text
 
@@ -77,7 +79,8 @@ class Summarizer:
     ``max_new_tokens``: the final summary's length limit; ``map_tokens``: each part summary's limit
     in the map-reduce fallback; ``question_tail``: let the SRA tail cover exactly the instruction
     (False: the config's ``tail_length``); ``allow_map_reduce=False`` raises
-    :class:`~sra_rag.engine.ContextWindowExceededError` instead of falling back.
+    :class:`~sra_rag.engine.ContextWindowExceededError` instead of falling back; ``progress``:
+    a progress bar over the map step.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class Summarizer:
         map_tokens: int = 160,
         question_tail: bool = True,
         allow_map_reduce: bool = True,
+        progress: bool = False,
     ) -> None:
         if sra is not None and not isinstance(sra, SRAConfig):
             raise TypeError(f"sra must be an SRAConfig, got {type(sra).__name__}")
@@ -101,6 +105,7 @@ class Summarizer:
         self.map_tokens = map_tokens
         self.question_tail = question_tail
         self.allow_map_reduce = allow_map_reduce
+        self.progress = progress
 
     def stream(self, text: str, *, title: str | None = None) -> SummaryStream:
         """Summarize ``text`` (``title``: the document's name, shown to the model). One pass if it
@@ -125,7 +130,7 @@ class Summarizer:
         warnings.warn(message, MapReduceFallbackWarning, stacklevel=2)
         summaries = [
             self._complete(_messages(part, title, PART_INSTRUCTION, index + 1, len(parts)), PART_INSTRUCTION)
-            for index, part in enumerate(parts)
+            for index, part in enumerate(tqdm(parts, desc="Summarizing parts", unit="part", disable=not self.progress))
         ]
         combined = _combine(summaries)
         # Reduce in rounds while the part summaries themselves do not fit one prompt.
