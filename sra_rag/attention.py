@@ -115,11 +115,14 @@ def _threshold_below(tau: float) -> float:
     return float(torch.nextafter(tau32, torch.tensor(float("-inf"))))
 
 
-def edit_probabilities(probs: torch.Tensor, targets: slice | torch.Tensor, tau: float, beta: float) -> torch.Tensor:
+def edit_probabilities(
+    probs: torch.Tensor, targets: slice | torch.Tensor, tau: float, beta: float, renormalize: bool = False
+) -> torch.Tensor:
     """Apply the spec's edit (steps 1-4) in place to rows ``probs (heads, rows, keys)``.
 
     ``targets`` selects the target columns. Returns the eligibility ``(heads, rows)``. Every row is
-    edited; the caller keeps the stock output of the ineligible ones.
+    edited; the caller keeps the stock output of the ineligible ones. ``renormalize`` (a variant,
+    ``SRAConfig.renormalize``) divides each edited row by its sum.
     """
     target_probs = probs[..., targets].clone()
     eligible = target_probs.amax(dim=-1) > tau
@@ -127,6 +130,8 @@ def edit_probabilities(probs: torch.Tensor, targets: slice | torch.Tensor, tau: 
     removed = 1.0 - probs.sum(dim=-1, keepdim=True)
     weights = torch.where(target_probs >= tau, 100.0, 5.0)
     probs[..., targets] += beta * removed * weights / weights.sum(dim=-1, keepdim=True)
+    if renormalize:
+        probs /= probs.sum(dim=-1, keepdim=True)
     return eligible
 
 
@@ -221,7 +226,9 @@ def _edit_sequence(
 
     for rows in chunks:
         probs = probabilities(rows)
-        eligible = edit_probabilities(probs, slice(targets.start, targets.stop), edit.tau, edit.beta)
+        eligible = edit_probabilities(
+            probs, slice(targets.start, targets.stop), edit.tau, edit.beta, config.renormalize
+        )
         if not bool(eligible.any()):
             continue
         count = rows.stop - rows.start
@@ -363,6 +370,8 @@ def sra_reference_attention_forward(
                         # Step 4: hand beta times that mass to the target block, favouring its survivors.
                         weights = torch.where(p[columns] >= edit.tau, 100.0, 5.0)
                         edited[columns] += edit.beta * removed * weights / weights.sum()
+                        if config.renormalize:  # a variant; the spec's step 5 keeps the row as it is
+                            edited = edited / edited.sum()
                         probs[b, head, row] = edited
 
     # Step 5: rows are not renormalised.

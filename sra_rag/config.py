@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 OuterTarget = Literal["schedule", "attention"]
 
@@ -47,6 +47,29 @@ class SRAConfig(BaseModel):
         ),
     )
 
+    renormalize: bool = Field(
+        False,
+        description=(
+            "Variant beyond the paper: divide each edited row by its sum after the edit, so it stays a "
+            "distribution (beta then sets the target block's share instead of scaling the row up). "
+            "False is the spec (step 5: no renormalisation)."
+        ),
+    )
+    outer_layers: tuple[float, float] = Field(
+        (0.0, 1.0),
+        description=(
+            "Variant beyond the paper: the outer loop runs only at layers l with "
+            "lo <= l / (L - 1) < hi (still never at the first and last layer). (0, 1) is the spec."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_layer_band(self) -> SRAConfig:
+        low, high = self.outer_layers
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(f"outer_layers must satisfy 0 <= lo < hi <= 1, got {self.outer_layers}")
+        return self
+
     def tail_for(self, n: int) -> int:
         """The tail length for a prompt of ``n`` real tokens (spec: dynamic tail)."""
         if self.dynamic_tail:
@@ -79,6 +102,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "beta_outer": 5.0,
     },
     "off": {"enabled": False},
-    # Replaced by the settings the evaluation finds safe and helpful (issue: evidence).
-    "recommended": {"enabled": False},
+    # Measured in docs/eval/README-section.md: outer loop only, mild strength, target block chosen by
+    # the tail's attention; run with the question-aware tail (tail_from), as the reader and CLI do.
+    "recommended": {"inner": False, "beta_outer": 2.0, "outer_target": "attention"},
 }

@@ -57,6 +57,9 @@ def outer_edit(n: int, layer_idx: int, num_layers: int, config: SRAConfig) -> Ed
     t = config.tail_for(n)
     if not config.outer or not 1 <= layer_idx <= num_layers - 2 or n <= t + 3 or t == 0:
         return None
+    low, high = config.outer_layers
+    if not low <= layer_idx / (num_layers - 1) < high:
+        return None
     c = math.ceil((n - t - 3) / (num_layers + 3))
     start = (layer_idx + 2) * c + 3
     stop = min((layer_idx + 3) * c + 3, n - t)

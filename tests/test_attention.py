@@ -60,8 +60,10 @@ def edited_rows(n, layer, config):
         SMALL.model_copy(update={"alpha_inner": 2.0, "alpha_outer": 0.05}),
         SMALL.model_copy(update={"dynamic_tail": True, "tail_divisor": 6}),
         SMALL.model_copy(update={"outer_target": "attention"}),
+        SMALL.model_copy(update={"renormalize": True}),
+        SMALL.model_copy(update={"outer_layers": (0.5, 1.0), "inner": False}),
     ],
-    ids=["small", "beta1-0", "alphas", "dynamic-tail", "attention-target"],
+    ids=["small", "beta1-0", "alphas", "dynamic-tail", "attention-target", "renormalize", "outer-band"],
 )
 def test_fast_path_equals_the_literal_reference(layer, config):
     qkv = random_qkv(n=96, seed=layer)
@@ -122,6 +124,14 @@ def test_row_sums_follow_beta(beta):
     outside[targets] = False
     kept = edited[..., outside][eligible]
     assert torch.all((kept == 0) | (kept >= tau))
+
+
+def test_renormalized_rows_sum_to_one():
+    generator = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(2, 4, 30, generator=generator) * 3, dim=-1)
+    eligible = edit_probabilities(probs, slice(5, 12), 0.02, 4.0, renormalize=True)
+    assert eligible.any()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4))
 
 
 def test_batch_with_padding_equals_each_sequence_alone():

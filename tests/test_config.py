@@ -19,6 +19,8 @@ def test_defaults_match_the_spec_table():
         "inner": True,
         "outer": True,
         "outer_target": "schedule",
+        "renormalize": False,
+        "outer_layers": (0.0, 1.0),
     }
 
 

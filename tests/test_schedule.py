@@ -72,3 +72,15 @@ def test_dynamic_tail_changes_the_rows():
     config = SRAConfig(dynamic_tail=True, tail_divisor=10)
     edit = outer_edit(1000, 3, L, config)
     assert (edit.row_start, edit.row_stop) == (900, 1000)
+
+
+def test_outer_layer_band():
+    n = 3000
+    band = SRAConfig(outer_layers=(0.5, 1.0))
+    active = [layer for layer in range(L) if outer_edit(n, layer, L, band) is not None]
+    assert active == list(range(math.ceil(0.5 * (L - 1)), L - 1))
+    assert [outer_edit(n, layer, L, SRAConfig(outer_layers=(0.0, 1.0))) for layer in range(L)] == [
+        outer_edit(n, layer, L, SRAConfig()) for layer in range(L)
+    ]
+    with pytest.raises(ValueError, match="outer_layers"):
+        SRAConfig(outer_layers=(0.6, 0.4))
