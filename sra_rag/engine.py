@@ -7,6 +7,7 @@ forward call; decoding steps are ordinary attention (spec: "Prefill and decoding
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import threading
@@ -197,6 +198,15 @@ class SRAEngine:
             if key not in cls._shared:
                 cls._shared[key] = cls.from_pretrained(model, **kwargs)
             return cls._shared[key]
+
+    def with_context_window(self, context_window: int) -> SRAEngine:
+        """A view of this engine (same model and tokenizer, no reload) whose prompts must fit a smaller
+        ``context_window``, for example to leave memory headroom or to test long-input policies."""
+        if not isinstance(context_window, int) or not 0 < context_window <= self.context_window:
+            raise ValueError(f"context_window must be an integer in [1, {self.context_window}], got {context_window!r}")
+        view = copy.copy(self)
+        view.context_window = context_window
+        return view
 
     @property
     def device(self) -> torch.device:

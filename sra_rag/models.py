@@ -12,11 +12,14 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +138,18 @@ def _load_folder(
     return model, tokenizer
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-tensor progress bars: a load takes about a second once converted."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load(
     source: ModelSource,
     *,
@@ -145,6 +160,18 @@ def load(
     **kwargs: object,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model and tokenizer from ``source`` in ``dtype`` (on the CPU; the caller moves it)."""
+    with _quiet_loading():
+        return _load(source, dtype, attn_implementation, trust_remote_code, local_files_only, **kwargs)
+
+
+def _load(
+    source: ModelSource,
+    dtype: torch.dtype,
+    attn_implementation: str,
+    trust_remote_code: bool,
+    local_files_only: bool,
+    **kwargs: object,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if source.gguf_file is not None:
         if kwargs or trust_remote_code:
             raise ValueError(f"extra loading options {sorted(kwargs)} are not supported for GGUF files")

@@ -213,3 +213,13 @@ def test_loading_never_reaches_the_network(embedded_engine):
         assert engine.generate("Say hi.", max_new_tokens=3)
     finally:
         pytest_socket.enable_socket()
+
+
+def test_with_context_window_shares_the_model(embedded_engine):
+    small = embedded_engine.with_context_window(64)
+    assert small.model is embedded_engine.model and small.context_window == 64
+    assert embedded_engine.context_window == 8192
+    with pytest.raises(ContextWindowExceededError):
+        small.generate(long_messages(), max_new_tokens=4)
+    with pytest.raises(ValueError, match="context_window"):
+        embedded_engine.with_context_window(10**6)
