@@ -224,6 +224,9 @@ def test_recommended_preset_is_a_valid_config() -> None:
     config = SRAConfig.preset("recommended")
     assert isinstance(config, SRAConfig)
     assert config == SRAConfig(**config.model_dump())
+    assert config.enabled and config != SRAConfig.preset("paper")
+    # The harness runs it the way the reader and the CLI do: with the question-aware tail.
+    assert runner.parse_setting("recommended").question_tail
 
 
 def test_eval_module_reexports_the_evaluation_api() -> None:

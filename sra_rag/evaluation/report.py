@@ -179,12 +179,13 @@ def plot_heatmaps(records: Sequence[Record], out_dir: Path) -> list[Path]:
             image = axis.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
             axis.set_title(_short(setting), fontsize=7)
             axis.set_xticks(range(len(bins)), [f"{b:.0%}" for b in bins], fontsize=6)
-            axis.set_yticks(range(len(lengths)), [str(n) for n in lengths], fontsize=6)
+            axis.set_yticks(range(len(lengths)), [str(n) for n in lengths] if axis is axes[0][0] else [], fontsize=6)
             axis.set_xlabel("depth", fontsize=7)
         axes[0][0].set_ylabel("length (tokens)", fontsize=7)
-        if image is not None:
-            figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
         figure.suptitle(f"{suite}: accuracy by length and depth", fontsize=9)
+        figure.subplots_adjust(top=0.78, bottom=0.22, left=0.1, right=0.86, wspace=0.15)
+        if image is not None:
+            figure.colorbar(image, cax=figure.add_axes((0.89, 0.22, 0.015, 0.56)), label="accuracy")
         path = Path(out_dir) / f"heatmap_{suite}.png"
         figure.savefig(path, dpi=80)
         plt.close(figure)
