@@ -58,6 +58,8 @@ class SRASettings(BaseModel):
     inner: bool = _mirror("inner")
     outer: bool = _mirror("outer")
     outer_target: Literal["schedule", "attention"] = _mirror("outer_target")
+    renormalize: bool = _mirror("renormalize")
+    outer_layers: tuple[float, float] = _mirror("outer_layers")
 
     _engine: SRAEngine | None = PrivateAttr(default=None)
 
@@ -96,7 +98,9 @@ class SRASettings(BaseModel):
     @property
     def sra_config(self) -> SRAConfig:
         """The object's SRA settings as one validated :class:`~sra_rag.SRAConfig`."""
-        return SRAConfig(**{name: getattr(self, name) for name in SRA_FIELDS})
+        # Settings the core adds before this adapter mirrors them keep SRAConfig's defaults.
+        mirrored = [name for name in SRA_FIELDS if name in type(self).model_fields]
+        return SRAConfig(**{name: getattr(self, name) for name in mirrored})
 
     @property
     def _identifying_params(self) -> dict[str, Any]:

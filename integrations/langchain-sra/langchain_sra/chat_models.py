@@ -44,7 +44,7 @@ class ChatSRA(SRASettings, BaseChatModel):
     Construction: ``model`` (None: the embedded SmolLM2-135M-Instruct), ``device``, ``dtype``,
     ``max_tokens`` (alias ``max_new_tokens``), ``temperature``, ``top_p``, ``seed``, ``stop``,
     ``streaming``, and the SRA fields of :class:`~sra_rag.SRAConfig` (``enabled``,
-    ``begin_length``, ..., ``outer_target``) or ``sra=SRAConfig(...)``; ``engine=`` uses an
+    ``begin_length``, ..., ``outer_layers``) or ``sra=SRAConfig(...)``; ``engine=`` uses an
     :class:`~sra_rag.SRAEngine` loaded yourself. Objects on the same model share one engine.
 
     Each call (``invoke``, ``stream``, ``batch``, ``bind``, and the async variants) accepts ``stop``,

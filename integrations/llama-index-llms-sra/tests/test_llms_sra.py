@@ -54,6 +54,7 @@ def test_objects_on_one_model_share_one_engine(llm: SRALLM, embedded_engine: SRA
 
 
 def test_fields_mirror_sra_config() -> None:
+    assert set(SRAConfig.model_fields) <= set(SRALLM.model_fields)
     llm = SRALLM()
     assert llm.sra_config == SRAConfig()
     demo = SRAConfig.preset("demo")

@@ -69,7 +69,7 @@ class SRALLM(CustomLLM):
     one loaded :class:`~sra_rag.SRAEngine` (``SRAEngine.shared``), loaded on first use. Pass
     ``engine=`` to use an engine loaded yourself.
 
-    The SRA fields (``enabled``, ``begin_length``, ..., ``outer_target``) mirror
+    The SRA fields (``enabled``, ``begin_length``, ..., ``outer_layers``) mirror
     :class:`~sra_rag.SRAConfig` with its defaults; ``sra=SRAConfig(...)`` at construction sets them
     all at once. Every call accepts the same names as keyword arguments, or ``sra=SRAConfig(...)``,
     merged over the object's settings, plus ``max_new_tokens`` (or ``max_tokens``),
@@ -105,6 +105,8 @@ class SRALLM(CustomLLM):
     inner: bool = _mirror("inner")
     outer: bool = _mirror("outer")
     outer_target: Literal["schedule", "attention"] = _mirror("outer_target")
+    renormalize: bool = _mirror("renormalize")
+    outer_layers: tuple[float, float] = _mirror("outer_layers")
 
     _engine: SRAEngine | None = PrivateAttr(default=None)
 
@@ -142,7 +144,9 @@ class SRALLM(CustomLLM):
     @property
     def sra_config(self) -> SRAConfig:
         """The object's SRA settings as one validated :class:`~sra_rag.SRAConfig`."""
-        return SRAConfig(**{name: getattr(self, name) for name in SRA_FIELDS})
+        # Settings the core adds before this adapter mirrors them keep SRAConfig's defaults.
+        mirrored = [name for name in SRA_FIELDS if name in type(self).model_fields]
+        return SRAConfig(**{name: getattr(self, name) for name in mirrored})
 
     @property
     def metadata(self) -> LLMMetadata:
