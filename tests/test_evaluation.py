@@ -130,6 +130,8 @@ def test_parse_setting_presets_overrides_and_tail() -> None:
     assert setting.config == SRAConfig(inner=False, beta_outer=2.0, outer_target="attention")
     assert setting.question_tail
     assert runner.parse_setting("paper").config == SRAConfig() and not runner.parse_setting("paper").question_tail
+    layered = runner.parse_setting("paper:outer_layers=0.5/1,renormalize=true").config
+    assert layered.outer_layers == (0.5, 1.0) and layered.renormalize
     assert runner.parse_setting("off").is_baseline
     assert not runner.parse_setting("off:tail=question").question_tail  # no tail without SRA
     settings = runner.parse_settings(["paper", "paper", "demo"])
@@ -146,6 +148,7 @@ def test_parse_setting_presets_overrides_and_tail() -> None:
         ("paper:beta_outer=-1", "not a valid SRAConfig"),
         ("paper:tail=half", "tail must be one of"),
         ("paper:beta_outer", "expected key=value"),
+        ("paper:outer_layers=0.7/0.2", "not a valid SRAConfig"),
     ],
 )
 def test_parse_setting_rejects_bad_specs(spec: str, message: str) -> None:
@@ -205,7 +208,7 @@ def test_search_space_candidates_are_valid_and_distinct() -> None:
     specs = tune.candidates()
     assert len(specs) == len(set(specs))
     # Outer-only and both: every dimension; inner-only: no outer target.
-    assert len(specs) == 2 * (2 * 3 * 3 * 2) + 2 * 3 * 3
+    assert len(specs) == 2 * (2 * 3 * 3 * 2 * 2) + 2 * 3 * 3 * 2
     assert all(runner.parse_setting(spec).config.enabled for spec in specs)
     assert tune.candidates(5, seed=1) == tune.candidates(5, seed=1) != tune.candidates(5, seed=2)
 

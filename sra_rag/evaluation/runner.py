@@ -4,6 +4,7 @@ A setting is written as ``NAME`` or ``NAME:key=value,...``: NAME is an SRA prese
 ``paper``, ``demo``, ``recommended``) and the overrides are :class:`~sra_rag.config.SRAConfig`
 fields, plus ``tail=question`` (the SRA tail starts at the question, ``tail_from``) or
 ``tail=fixed`` (the config's ``tail_length``, the spec's reference behaviour and the default).
+Pairs are written with a slash: ``outer_layers=0.5/1``.
 Example: ``paper:inner=false,beta_outer=2,outer_target=attention,tail=question``.
 """
 
@@ -49,6 +50,9 @@ def _parse_value(key: str, raw: str) -> Any:
         if lowered not in {"true", "false", "1", "0", "on", "off", "yes", "no"}:
             raise ValueError(f"{key} expects true or false, got {raw!r}")
         return lowered in {"true", "1", "on", "yes"}
+    if getattr(field.annotation, "__origin__", None) is tuple:
+        # "," separates settings and ":" the preset, so a pair is written "0.5/1".
+        return tuple(part.strip() for part in raw.split("/"))
     return raw  # pydantic converts and validates numbers and literals
 
 

@@ -29,17 +29,21 @@ TEST_SEED_OFFSET = 1000
 # The searched dimensions. ``loops``: which SRA loops run; ``tail``: the question-aware tail or the
 # config's fixed tail_length (spec: 200 tokens); ``beta``/``alpha``: strength and elimination
 # factors, applied to every loop that runs; ``outer_target``: the spec's sliding block or the
-# variant that follows the tail's attention.
+# variant that follows the tail's attention; ``renormalize``: the spec's unnormalised rows or the
+# variant that keeps edited rows a distribution.
 SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "loops": ("outer", "inner", "both"),
     "tail": ("question", "fixed"),
     "beta": (1.5, 2.0, 4.0),
     "alpha": (0.3, 0.5, 1.0),
     "outer_target": ("schedule", "attention"),
+    "renormalize": (False, True),
 }
 
 
-def candidate_spec(loops: str, tail: str, beta: float, alpha: float, outer_target: str) -> str:
+def candidate_spec(
+    loops: str, tail: str, beta: float, alpha: float, outer_target: str, renormalize: bool = False
+) -> str:
     """The setting string of one point of the search space (based on the ``paper`` preset)."""
     if loops not in {"outer", "inner", "both"}:
         raise ValueError(f"loops must be 'outer', 'inner' or 'both', got {loops!r}")
@@ -52,6 +56,8 @@ def candidate_spec(loops: str, tail: str, beta: float, alpha: float, outer_targe
         parts += [f"beta_inner={beta:g}", f"alpha_inner={alpha:g}"]
     if loops != "inner":
         parts += [f"beta_outer={beta:g}", f"alpha_outer={alpha:g}", f"outer_target={outer_target}"]
+    if renormalize:
+        parts.append("renormalize=true")
     parts.append(f"tail={tail}")
     return "paper:" + ",".join(parts)
 
