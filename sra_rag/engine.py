@@ -214,16 +214,18 @@ class SRAEngine:
 
     # -- tokens ------------------------------------------------------------------------------------
 
-    def _render(self, prompt: Prompt) -> tuple[str, bool]:
+    def _render(self, prompt: Prompt, chat_template: bool) -> tuple[str, bool]:
         """Validate ``prompt`` and render it to the exact text the model reads; the flag says
         whether the tokenizer should add its special tokens (plain prompts only)."""
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise ValueError("The prompt is empty; pass some text or a list of chat messages.")
-            if self.tokenizer.chat_template is None:
+            if not chat_template or self.tokenizer.chat_template is None:
                 return prompt, True
             messages = [{"role": "user", "content": prompt}]
         elif isinstance(prompt, Sequence):
+            if not chat_template:
+                raise ValueError("chat_template=False takes an already formatted string, not a list of messages.")
             messages = _validate_messages(prompt)
         else:
             raise TypeError(
@@ -235,11 +237,12 @@ class SRAEngine:
         rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return str(rendered), False
 
-    def prepare(self, prompt: Prompt, *, tail_from: str | None = None) -> PreparedPrompt:
+    def prepare(self, prompt: Prompt, *, tail_from: str | None = None, chat_template: bool = True) -> PreparedPrompt:
         """Apply the chat template (messages, or a string wrapped as one user message) and tokenise
         once. ``tail_from`` marks the question: the SRA tail then spans from its last occurrence in
-        the prompt to the end (instruction and generation prompt included)."""
-        text, add_special_tokens = self._render(prompt)
+        the prompt to the end (instruction and generation prompt included). ``chat_template=False``
+        reads a string prompt as already formatted (only the tokenizer's own special tokens are added)."""
+        text, add_special_tokens = self._render(prompt, chat_template)
         encoding = self.tokenizer(
             text, add_special_tokens=add_special_tokens, return_offsets_mapping=tail_from is not None
         )
@@ -274,11 +277,14 @@ class SRAEngine:
         top_p: float = 1.0,
         seed: int | None = None,
         tail_from: str | None = None,
+        chat_template: bool = True,
     ) -> TextStream:
-        """Generate, yielding text pieces as they are decoded. Returns a :class:`TextStream`."""
+        """Generate, yielding text pieces as they are decoded. Returns a :class:`TextStream`.
+
+        The stream may be read from any thread (each model step enters inference mode itself)."""
         settings = _sampling(max_new_tokens, stop, temperature, top_p, seed)
         config = self._request_config(sra)
-        prepared = self.prepare(prompt, tail_from=tail_from)
+        prepared = self.prepare(prompt, tail_from=tail_from, chat_template=chat_template)
         self._check_fits(prepared.num_tokens, settings.max_new_tokens)
         if prepared.tail_length is not None:
             config = config.model_copy(update={"tail_length": prepared.tail_length, "dynamic_tail": False})
@@ -309,6 +315,26 @@ class SRAEngine:
         if prompt_tokens + max_new_tokens > self.context_window:
             raise ContextWindowExceededError(prompt_tokens, max_new_tokens, self.context_window)
 
+    def _next_token(
+        self,
+        input_ids: torch.Tensor,
+        cache: DynamicCache,
+        config: SRAConfig,
+        warpers: Sequence[LogitsProcessor],
+        generator: torch.Generator,
+    ) -> int:
+        """One forward step (the SRA prefill, or a cached decoding step) and the chosen next token.
+        Inference mode is entered per step, not across the caller's ``yield``: it is thread-local,
+        and a stream may be resumed on another thread (``asyncio.to_thread``)."""
+        with torch.inference_mode():
+            outputs = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, sra_config=config)
+            logits = outputs.logits[:, -1, :].float()
+            for warper in warpers:
+                logits = warper(input_ids, logits)
+            if warpers:
+                return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+            return int(logits.argmax(-1))
+
     def _decode(
         self, prepared: PreparedPrompt, config: SRAConfig, settings: SamplingSettings, stream: TextStream
     ) -> Iterator[str]:
@@ -321,43 +347,36 @@ class SRAEngine:
             warpers.append(TemperatureLogitsWarper(settings.temperature))
             if settings.top_p < 1.0:
                 warpers.append(TopPLogitsWarper(settings.top_p))
+        cache = DynamicCache(config=self.model.config)
         tokens: list[int] = []
         emitted = 0
         text = ""
-        with torch.inference_mode():
-            cache = DynamicCache(config=self.model.config)
-            input_ids = prepared.input_ids
-            outputs = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, sra_config=config)
-            finish: FinishReason = "length"
-            while len(tokens) < settings.max_new_tokens:
-                logits = outputs.logits[:, -1, :].float()
-                for warper in warpers:
-                    logits = warper(input_ids, logits)
-                if warpers:
-                    next_token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
-                else:
-                    next_token = int(logits.argmax(-1))
-                if next_token in self.eos_token_ids:
-                    finish = "stop"
-                    break
-                tokens.append(next_token)
-                stream.completion_tokens = len(tokens)
-                text = str(self.tokenizer.decode(tokens, skip_special_tokens=True))
-                hit = _find_stop(text, settings.stop, emitted)
-                if hit is not None:
-                    text = text[:hit]
-                    finish = "stop"
-                    break
-                # Hold back an incomplete character and anything that may begin a stop sequence.
-                ready = len(text) - _longest_stop_prefix(text, settings.stop)
-                if text.endswith("\ufffd"):
-                    ready = min(ready, len(text.rstrip("\ufffd")))
-                if ready > emitted:
-                    stream.text = text[:ready]
-                    yield text[emitted:ready]
-                    emitted = ready
-                input_ids = torch.tensor([[next_token]], device=self.device)
-                outputs = self.model(input_ids=input_ids, cache=cache, use_cache=True)
+        finish: FinishReason = "length"
+        next_token = self._next_token(prepared.input_ids, cache, config, warpers, generator)
+        while True:
+            if next_token in self.eos_token_ids:
+                finish = "stop"
+                break
+            tokens.append(next_token)
+            stream.completion_tokens = len(tokens)
+            text = str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+            hit = _find_stop(text, settings.stop, emitted)
+            if hit is not None:
+                text = text[:hit]
+                finish = "stop"
+                break
+            # Hold back an incomplete character and anything that may begin a stop sequence.
+            ready = len(text) - _longest_stop_prefix(text, settings.stop)
+            if text.endswith("\ufffd"):
+                ready = min(ready, len(text.rstrip("\ufffd")))
+            if ready > emitted:
+                stream.text = text[:ready]
+                yield text[emitted:ready]
+                emitted = ready
+            if len(tokens) >= settings.max_new_tokens:
+                break
+            step = torch.tensor([[next_token]], device=self.device)
+            next_token = self._next_token(step, cache, config, warpers, generator)
         stream.text = text
         stream.finish_reason = finish
         if len(text) > emitted:

@@ -223,3 +223,23 @@ def test_with_context_window_shares_the_model(embedded_engine):
         small.generate(long_messages(), max_new_tokens=4)
     with pytest.raises(ValueError, match="context_window"):
         embedded_engine.with_context_window(10**6)
+
+
+def test_a_stream_can_be_resumed_on_other_threads(embedded_engine):
+    expected = embedded_engine.generate("Name three fruits.", max_new_tokens=12)
+    stream = embedded_engine.stream("Name three fruits.", max_new_tokens=12)
+    pieces = []
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        while (piece := pool.submit(next, stream, None).result()) is not None:
+            pieces.append(piece)
+    assert "".join(pieces) == expected
+    assert not torch.is_inference_mode_enabled()
+
+
+def test_preformatted_prompts_skip_the_chat_template(embedded_engine):
+    raw = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    prepared = embedded_engine.prepare(raw, chat_template=False)
+    assert embedded_engine.tokenizer.decode(prepared.input_ids[0]) == raw
+    assert "Paris" in embedded_engine.generate(raw, max_new_tokens=10, chat_template=False)
+    with pytest.raises(ValueError, match="formatted string"):
+        embedded_engine.prepare([{"role": "user", "content": "hi"}], chat_template=False)
