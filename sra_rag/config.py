@@ -104,5 +104,5 @@ PRESETS: dict[str, dict[str, object]] = {
     "off": {"enabled": False},
     # Measured in docs/eval/README-section.md: outer loop only, mild strength, target block chosen by
     # the tail's attention; run with the question-aware tail (tail_from), as the reader and CLI do.
-    "recommended": {"inner": False, "beta_outer": 2.0, "outer_target": "attention"},
+    "recommended": {"inner": False, "beta_outer": 2.0, "outer_target": "attention", "outer_layers": (0.5, 1.0)},
 }
