@@ -116,7 +116,11 @@ def markdown_table(records: Sequence[Record], baseline: str | None = None) -> st
             if setting != baseline and base is not None:
                 text += f" ({100 * (score.accuracy - base.accuracy):+.0f})"
             cells.append(text)
-        total = next(iter(s.total for (su, _, n), s in table.items() if su == suite and n == length))
+        total = (
+            base.total
+            if base is not None
+            else max(s.total for (su, _, n), s in table.items() if (su, n) == (suite, length))
+        )
         mean_tokens = round(statistics.mean(prompt_sizes[(suite, length)]))
         lines.append(f"| {suite} | {length} ({mean_tokens}) | {total} | " + " | ".join(cells) + " |")
     ratios = prefill_ratios(records, baseline)
