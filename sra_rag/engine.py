@@ -11,6 +11,7 @@ import copy
 import os
 import random
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,25 +71,28 @@ class SamplingSettings:
 
 @dataclass
 class Completion:
-    """The result of :meth:`SRAEngine.complete`."""
+    """The result of :meth:`SRAEngine.complete`. ``prefill_seconds`` is the wall time of the prompt's
+    forward pass (not compared: two equal completions may take different times)."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
+    prefill_seconds: float = field(default=0.0, compare=False)
 
 
 @dataclass
 class TextStream:
     """Iterator over text pieces as they are generated; after it is exhausted, ``text``,
-    ``completion_tokens`` and ``finish_reason`` describe the whole completion."""
+    ``completion_tokens`` and ``finish_reason`` describe the whole completion. ``prefill_seconds``
+    (the prompt's forward pass, SRA included) is set once the first piece is computed."""
 
     pieces: Iterator[str]
     prompt_tokens: int
     completion_tokens: int = 0
     finish_reason: FinishReason | None = None
     text: str = ""
-    _done: bool = field(default=False, repr=False)
+    prefill_seconds: float | None = None
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -298,7 +302,13 @@ class SRAEngine:
         for _ in stream:
             pass
         assert stream.finish_reason is not None
-        return Completion(stream.text, stream.prompt_tokens, stream.completion_tokens, stream.finish_reason)
+        return Completion(
+            stream.text,
+            stream.prompt_tokens,
+            stream.completion_tokens,
+            stream.finish_reason,
+            stream.prefill_seconds or 0.0,
+        )
 
     def generate(self, prompt: Prompt, **kwargs: Any) -> str:
         """Generate the whole completion and return its text. Same arguments as :meth:`stream`."""
@@ -352,7 +362,9 @@ class SRAEngine:
         emitted = 0
         text = ""
         finish: FinishReason = "length"
+        start = time.perf_counter()
         next_token = self._next_token(prepared.input_ids, cache, config, warpers, generator)
+        stream.prefill_seconds = time.perf_counter() - start
         while True:
             if next_token in self.eos_token_ids:
                 finish = "stop"

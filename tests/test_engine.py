@@ -43,6 +43,7 @@ def test_generate_is_deterministic_and_counts_tokens(embedded_engine):
     second = embedded_engine.complete("What is the capital of France?", max_new_tokens=12)
     assert first == second
     assert "Paris" in first.text
+    assert first.prefill_seconds > 0
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     assert first.prompt_tokens == embedded_engine.count_tokens(messages)
     assert 0 < first.completion_tokens <= 12

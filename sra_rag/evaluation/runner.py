@@ -99,8 +99,8 @@ def parse_settings(specs: Iterable[str], *, baseline: bool = True) -> list[Setti
 @dataclass
 class Record:
     """One (example, setting) result. ``hits``: one verdict per answer of the example, with its
-    ``positions`` (depth in [0, 1]); ``prefill_s``: seconds to the first generated piece (prefill
-    plus one decoding step); ``total_s``: seconds for the whole completion."""
+    ``positions`` (depth in [0, 1]); ``prefill_s``: seconds of the prompt's forward pass (SRA
+    included); ``total_s``: seconds for the whole completion."""
 
     suite: str
     example_id: str
@@ -129,10 +129,8 @@ def run_one(engine: SRAEngine, example: Example, setting: Setting) -> Record:
         temperature=0.0,
         tail_from=example.question if setting.question_tail else None,
     )
-    first: float | None = None
     for _ in stream:
-        if first is None:
-            first = time.perf_counter()
+        pass
     end = time.perf_counter()
     return Record(
         suite=example.suite,
@@ -144,7 +142,7 @@ def run_one(engine: SRAEngine, example: Example, setting: Setting) -> Record:
         output=stream.text,
         hits=example.score(stream.text),
         positions=[answer.position for answer in example.answers],
-        prefill_s=(first or end) - start,
+        prefill_s=stream.prefill_seconds or 0.0,
         total_s=end - start,
     )
 
