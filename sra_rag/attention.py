@@ -92,6 +92,14 @@ def _layer_position(module: torch.nn.Module) -> tuple[int, int]:
     return int(layer_idx), int(num_layers)
 
 
+def _visible(attention_mask: torch.Tensor) -> torch.Tensor:
+    """A boolean view of a mask: SDPA's boolean masks as they are, additive float masks (0 visible,
+    the dtype's minimum hidden) compared against half the minimum."""
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+
+
 def real_positions(
     attention_mask: torch.Tensor | None, batch_index: int, length: int, device: torch.device
 ) -> torch.Tensor:
@@ -102,10 +110,7 @@ def real_positions(
     """
     if attention_mask is None:
         return torch.arange(length, device=device)
-    diagonal = attention_mask[batch_index, 0].diagonal()
-    if diagonal.dtype != torch.bool:
-        diagonal = diagonal > torch.finfo(diagonal.dtype).min / 2
-    return diagonal.nonzero().flatten()
+    return _visible(attention_mask[batch_index, 0].diagonal()).nonzero().flatten()
 
 
 def _threshold_below(tau: float) -> float:
@@ -160,10 +165,7 @@ def _chunk_probabilities(
         hidden = torch.ones(count, count, dtype=torch.bool, device=scores.device).triu(1)
         scores[..., -count:].masked_fill_(hidden, float("-inf"))
     else:
-        mask = attention_mask[batch_index][:, rows, keys]
-        if mask.dtype != torch.bool:
-            mask = mask > torch.finfo(mask.dtype).min / 2
-        scores.masked_fill_(~mask, float("-inf"))
+        scores.masked_fill_(~_visible(attention_mask[batch_index][:, rows, keys]), float("-inf"))
     return torch.softmax(scores, dim=-1)
 
 
