@@ -7,12 +7,13 @@ forward call; decoding steps are ordinary attention (spec: "Prefill and decoding
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -99,6 +100,47 @@ class TextStream:
 
     def __next__(self) -> str:
         return next(self.pieces)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        """Yield the pieces without blocking the event loop: one worker thread (``sra-stream``)
+        generates the whole stream and hands pieces over, so there is no thread hop per token.
+        When the consumer stops early, the worker stops after the next piece."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue()
+        stopped = threading.Event()
+
+        def put(item: object, error: BaseException | None = None) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (item, error))
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                stopped.set()
+
+        def consume() -> None:
+            try:
+                for piece in self:
+                    if stopped.is_set():
+                        return
+                    put(piece)
+            except BaseException as error:  # handed to the consumer, which re-raises it
+                put(_DONE, error)
+            else:
+                put(_DONE)
+
+        threading.Thread(target=consume, name="sra-stream", daemon=True).start()
+        try:
+            while True:
+                item, error = await queue.get()
+                if error is not None:
+                    raise error
+                if item is _DONE:
+                    return
+                assert isinstance(item, str)
+                yield item
+        finally:
+            stopped.set()
+
+
+_DONE = object()
 
 
 def _longest_stop_prefix(text: str, stops: Sequence[str]) -> int:

@@ -244,3 +244,15 @@ def test_preformatted_prompts_skip_the_chat_template(embedded_engine):
     assert "Paris" in embedded_engine.generate(raw, max_new_tokens=10, chat_template=False)
     with pytest.raises(ValueError, match="formatted string"):
         embedded_engine.prepare([{"role": "user", "content": "hi"}], chat_template=False)
+
+
+def test_async_iteration_yields_the_same_pieces(embedded_engine):
+    import asyncio
+
+    expected = embedded_engine.generate("Name three rivers.", max_new_tokens=12)
+
+    async def collect():
+        return [piece async for piece in embedded_engine.stream("Name three rivers.", max_new_tokens=12)]
+
+    pieces = asyncio.run(collect())
+    assert len(pieces) > 1 and "".join(pieces) == expected

@@ -1,11 +1,8 @@
-"""What ``ChatSRA`` and ``SRALLM`` share: the settings fields, the shared engine, per-call settings
-and a way to stream from a worker thread into an event loop."""
+"""What ``ChatSRA`` and ``SRALLM`` share: the settings fields, the shared engine and per-call settings.
+Async streaming is the engine's own (``async for piece in engine.stream(...)``)."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from langchain_core.messages import UsageMetadata
@@ -172,49 +169,3 @@ def token_usage(result: Completion | TextStream) -> dict[str, int]:
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
     }
-
-
-_DONE = object()
-
-
-async def pieces_from_thread(stream: TextStream) -> AsyncIterator[str]:
-    """Yield ``stream``'s pieces without blocking the event loop.
-
-    One worker thread consumes the whole stream, because the engine's decoding generator holds
-    thread-local torch state (``inference_mode``) and must be resumed on the thread that started it;
-    ``run_in_executor(None, next, ...)`` could resume it on another pool thread. When the consumer
-    stops early, the worker stops after the next piece.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue()
-    stopped = threading.Event()
-
-    def put(item: object, error: BaseException | None = None) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (item, error))
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            stopped.set()
-
-    def consume() -> None:
-        try:
-            for piece in stream:
-                if stopped.is_set():
-                    return
-                put(piece)
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            put(_DONE, error)
-        else:
-            put(_DONE)
-
-    threading.Thread(target=consume, name="sra-stream", daemon=True).start()
-    try:
-        while True:
-            item, error = await queue.get()
-            if error is not None:
-                raise error
-            if item is _DONE:
-                return
-            assert isinstance(item, str)
-            yield item
-    finally:
-        stopped.set()

@@ -24,7 +24,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Chat
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
-from langchain_sra.base import SRASettings, pieces_from_thread, token_usage, usage_metadata
+from langchain_sra.base import SRASettings, token_usage, usage_metadata
 from sra_rag import Completion, TextStream
 
 ROLES = {
@@ -122,7 +122,7 @@ class ChatSRA(SRASettings, BaseChatModel):
         settings = self.call_settings(stop, kwargs)
         # Tokenising a long prompt takes a while too, so it also runs off the event loop.
         stream = await asyncio.to_thread(self.engine.stream, engine_messages(messages), **settings)
-        async for piece in pieces_from_thread(stream):
+        async for piece in stream:
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
         yield self._last_chunk(stream)
 

@@ -20,7 +20,7 @@ from langchain_core.language_models import BaseLLM, LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict
 
-from langchain_sra.base import SRASettings, pieces_from_thread, token_usage
+from langchain_sra.base import SRASettings, token_usage
 from sra_rag import Completion, TextStream
 
 
@@ -82,7 +82,7 @@ class SRALLM(SRASettings, BaseLLM):
             settings = self.call_settings(stop, kwargs)
             if self.streaming:
                 stream = await asyncio.to_thread(self.engine.stream, prompt, **settings)
-                async for piece in pieces_from_thread(stream):
+                async for piece in stream:
                     if run_manager:
                         await run_manager.on_llm_new_token(piece, chunk=GenerationChunk(text=piece))
                 results.append(stream)
@@ -115,7 +115,7 @@ class SRALLM(SRASettings, BaseLLM):
         settings = self.call_settings(stop, kwargs)
         # Tokenising a long prompt takes a while too, so it also runs off the event loop.
         stream = await asyncio.to_thread(self.engine.stream, prompt, **settings)
-        async for piece in pieces_from_thread(stream):
+        async for piece in stream:
             chunk = GenerationChunk(text=piece)
             if run_manager:
                 await run_manager.on_llm_new_token(piece, chunk=chunk)

@@ -14,8 +14,7 @@ travel as an :class:`sra_rag.SRAConfig`. ::
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from llama_index.core.base.llms.types import (
@@ -267,7 +266,7 @@ class SRALLM(CustomLLM):
 
         async def gen() -> CompletionResponseAsyncGen:
             text = ""
-            async for piece in _pieces_from_thread(stream):
+            async for piece in stream:
                 text += piece
                 yield self._response(text, piece, stream)
             yield self._response(text, "", stream)
@@ -310,49 +309,3 @@ def _to_chat(response: CompletionResponse) -> ChatResponse:
         raw=response.raw,
         additional_kwargs=response.additional_kwargs,
     )
-
-
-_DONE = object()
-
-
-async def _pieces_from_thread(stream: TextStream) -> AsyncIterator[str]:
-    """Yield ``stream``'s pieces without blocking the event loop.
-
-    One worker thread consumes the whole stream, because the engine's decoding generator holds
-    thread-local torch state (``inference_mode``) and must be resumed on the thread that started it;
-    ``asyncio.to_thread(next, ...)`` could resume it on another pool thread. When the consumer
-    stops early, the worker stops after the next piece.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue()
-    stopped = threading.Event()
-
-    def put(item: object, error: BaseException | None = None) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (item, error))
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            stopped.set()
-
-    def consume() -> None:
-        try:
-            for piece in stream:
-                if stopped.is_set():
-                    return
-                put(piece)
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            put(_DONE, error)
-        else:
-            put(_DONE)
-
-    threading.Thread(target=consume, name="sra-stream", daemon=True).start()
-    try:
-        while True:
-            item, error = await queue.get()
-            if error is not None:
-                raise error
-            if item is _DONE:
-                return
-            assert isinstance(item, str)
-            yield item
-    finally:
-        stopped.set()
