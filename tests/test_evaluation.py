@@ -42,6 +42,17 @@ def test_suites_are_seeded_and_deterministic(suite: str) -> None:
         assert 0.9 * example.length <= chars(content) <= 1.2 * example.length + 80
 
 
+@pytest.mark.parametrize("suite", sorted(suites.SUITES))
+def test_a_cells_prompts_do_not_depend_on_the_rest_of_the_grid(suite: str) -> None:
+    # Runs over different grids (1k-2k today, 4k added later) must be comparable cell by cell.
+    small = suites.build(suite, chars, [300], [0.5], 2, seed=5)
+    large = suites.build(suite, chars, [200, 300, 600], [0.0, 0.5, 1.0], 2, seed=5)
+    cell = [e for e in large if e.length == 300 and e.depth in (0.5, None)]
+    if suite == "summary":  # one report per length carries every depth
+        small = suites.build(suite, chars, [300], [0.0, 0.5, 1.0], 2, seed=5)
+    assert small == cell
+
+
 def _relative_offset(content: str, needle: str, start_marker: str, end_marker: str) -> float:
     start = content.index(start_marker) + len(start_marker)
     end = content.rindex(end_marker)
