@@ -215,7 +215,11 @@ def format_table(rows: list[Row], decode: dict[str, float], engine: SRAEngine, a
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="hub id, folder or .gguf (default: the embedded model)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="hub id, folder, .gguf or smollm2-135m / qwen2.5-coder-0.5b (default: the embedded model)",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])

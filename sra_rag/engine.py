@@ -207,8 +207,9 @@ class SRAEngine:
     ) -> SRAEngine:
         """Load a model with SRA attention.
 
-        ``model=None`` loads the embedded SmolLM2-135M-Instruct; otherwise a hub id (read from the
-        local cache), a local folder or a ``.gguf`` file. ``device=None`` picks CUDA when available,
+        ``model=None`` loads the embedded SmolLM2-135M-Instruct; otherwise a model installed from
+        PyPI (a key of :data:`sra_rag.models.PACKAGED_MODELS`, e.g. ``"qwen2.5-coder-0.5b"``), a hub
+        id (read from the local cache), a local folder or a ``.gguf`` file. ``device=None`` picks CUDA when available,
         else the CPU; ``dtype=None`` picks bfloat16 on CUDA and float32 on the CPU.
         """
         source: ModelSource = resolve_source(model, gguf_file)

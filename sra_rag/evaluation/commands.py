@@ -37,7 +37,9 @@ SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the generated p
 ModelOption = Annotated[
     str | None,
     typer.Option(
-        "--model", help="Hub id (from the local cache), folder or .gguf file (default: the embedded SmolLM2)."
+        "--model",
+        help="Hub id (from the local cache), folder, .gguf file, or a model installed from PyPI: "
+        "smollm2-135m (the default) or qwen2.5-coder-0.5b.",
     ),
 ]
 PlotsOption = Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots (needs matplotlib).")]

@@ -39,7 +39,9 @@ CollectionOption = Annotated[str, typer.Option("--collection", help="Collection 
 ModelOption = Annotated[
     str | None,
     typer.Option(
-        "--model", help="Hub id (from the local cache), folder or .gguf file (default: the embedded SmolLM2)."
+        "--model",
+        help="Hub id (from the local cache), folder, .gguf file, or a model installed from PyPI: "
+        "smollm2-135m (the default) or qwen2.5-coder-0.5b.",
     ),
 ]
 PresetOption = Annotated[str, typer.Option("--preset", help="SRA preset: paper, demo, off or recommended.")]
