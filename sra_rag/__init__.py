@@ -5,6 +5,7 @@ from sra_rag.attention import register, sra_settings
 from sra_rag.config import SRAConfig
 from sra_rag.engine import Completion, ContextWindowExceededError, SRAEngine, TextStream
 from sra_rag.models import ModelNotSupportedError
+from sra_rag.options import SRAOptions
 
 __all__ = [
     "Completion",
@@ -12,6 +13,7 @@ __all__ = [
     "ModelNotSupportedError",
     "SRAConfig",
     "SRAEngine",
+    "SRAOptions",
     "TextStream",
     "register",
     "sra_settings",

@@ -85,7 +85,7 @@ class ChatSRA(SRASettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        result = self.engine.complete(engine_messages(messages), **self.call_settings(stop, kwargs))
+        result = self.engine.complete(engine_messages(messages), **self.engine_settings(stop, kwargs))
         return self._result(result)
 
     async def _agenerate(
@@ -95,7 +95,7 @@ class ChatSRA(SRASettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        settings = self.call_settings(stop, kwargs)
+        settings = self.engine_settings(stop, kwargs)
         result = await asyncio.to_thread(self.engine.complete, engine_messages(messages), **settings)
         return self._result(result)
 
@@ -107,7 +107,7 @@ class ChatSRA(SRASettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        stream = self.engine.stream(engine_messages(messages), **self.call_settings(stop, kwargs))
+        stream = self.engine.stream(engine_messages(messages), **self.engine_settings(stop, kwargs))
         for piece in stream:
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
         yield self._last_chunk(stream)
@@ -119,7 +119,7 @@ class ChatSRA(SRASettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        settings = self.call_settings(stop, kwargs)
+        settings = self.engine_settings(stop, kwargs)
         # Tokenising a long prompt takes a while too, so it also runs off the event loop.
         stream = await asyncio.to_thread(self.engine.stream, engine_messages(messages), **settings)
         async for piece in stream:

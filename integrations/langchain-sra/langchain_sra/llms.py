@@ -61,13 +61,13 @@ class SRALLM(SRASettings, BaseLLM):
         results: list[Completion | TextStream] = []
         for prompt in prompts:
             if self.streaming:
-                stream = self.engine.stream(prompt, **self.call_settings(stop, kwargs))
+                stream = self.engine.stream(prompt, **self.engine_settings(stop, kwargs))
                 for piece in stream:
                     if run_manager:
                         run_manager.on_llm_new_token(piece, chunk=GenerationChunk(text=piece))
                 results.append(stream)
             else:
-                results.append(self.engine.complete(prompt, **self.call_settings(stop, kwargs)))
+                results.append(self.engine.complete(prompt, **self.engine_settings(stop, kwargs)))
         return self._result(results)
 
     async def _agenerate(
@@ -79,7 +79,7 @@ class SRALLM(SRASettings, BaseLLM):
     ) -> LLMResult:
         results: list[Completion | TextStream] = []
         for prompt in prompts:
-            settings = self.call_settings(stop, kwargs)
+            settings = self.engine_settings(stop, kwargs)
             if self.streaming:
                 stream = await asyncio.to_thread(self.engine.stream, prompt, **settings)
                 async for piece in stream:
@@ -97,7 +97,7 @@ class SRALLM(SRASettings, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        stream = self.engine.stream(prompt, **self.call_settings(stop, kwargs))
+        stream = self.engine.stream(prompt, **self.engine_settings(stop, kwargs))
         for piece in stream:
             chunk = GenerationChunk(text=piece)
             if run_manager:
@@ -112,7 +112,7 @@ class SRALLM(SRASettings, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        settings = self.call_settings(stop, kwargs)
+        settings = self.engine_settings(stop, kwargs)
         # Tokenising a long prompt takes a while too, so it also runs off the event loop.
         stream = await asyncio.to_thread(self.engine.stream, prompt, **settings)
         async for piece in stream:

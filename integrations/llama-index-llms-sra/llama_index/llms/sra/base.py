@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -29,17 +29,11 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     TextBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from sra_rag import Completion, SRAConfig, SRAEngine, TextStream
-
-SRA_FIELDS: tuple[str, ...] = tuple(SRAConfig.model_fields)
-"""The SRA settings an ``SRALLM`` mirrors as fields and accepts as per-call keyword arguments."""
-
-GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "tail_from")
-"""Per-call keyword arguments passed through to the engine as they are."""
+from sra_rag import Completion, SRAOptions, TextStream
 
 ROLES = {
     MessageRole.SYSTEM: "system",
@@ -54,19 +48,15 @@ ROLES = {
 EnginePrompt = str | list[dict[str, str]]
 
 
-def _mirror(name: str) -> Any:
-    """A field with :class:`SRAConfig`'s default and description for the setting ``name``."""
-    field = SRAConfig.model_fields[name]
-    return Field(default=field.default, description=field.description)
-
-
-class SRALLM(CustomLLM):
+class SRALLM(SRAOptions, CustomLLM):
     """A local Hugging Face causal LM with Scaled ReAttention (arXiv 2307.13365).
 
-    ``model=None`` is the embedded SmolLM2-135M-Instruct; otherwise a hub id in the local cache, a
-    local folder or a ``.gguf`` file. Objects with the same ``model``, ``device`` and ``dtype`` share
-    one loaded :class:`~sra_rag.SRAEngine` (``SRAEngine.shared``), loaded on first use. Pass
-    ``engine=`` to use an engine loaded yourself.
+    The fields and per-call settings are the core's :class:`~sra_rag.SRAOptions`. ``model=None``
+    is the embedded SmolLM2-135M-Instruct; otherwise a model installed from PyPI
+    (``"qwen2.5-coder-0.5b"``), a hub id in the local cache, a local folder or a ``.gguf`` file.
+    Objects with the same ``model``, ``device`` and ``dtype`` share one loaded
+    :class:`~sra_rag.SRAEngine` (``SRAEngine.shared``), loaded on first use. Pass ``engine=`` to
+    use an engine loaded yourself.
 
     The SRA fields (``enabled``, ``begin_length``, ..., ``outer_layers``) mirror
     :class:`~sra_rag.SRAConfig` with its defaults; ``sra=SRAConfig(...)`` at construction sets them
@@ -80,72 +70,13 @@ class SRALLM(CustomLLM):
     carries the final counts and ``raw["finish_reason"]``.
     """
 
-    model: str | None = Field(default=None, description="Hub id, folder or .gguf file; None: the embedded model.")
-    device: str | None = Field(default=None, description="Torch device; None: CUDA if available, else CPU.")
-    dtype: str | None = Field(default=None, description="Torch dtype name; None: bfloat16 on CUDA, float32 on CPU.")
-    max_new_tokens: int = Field(default=256, gt=0, description="Tokens to generate at most (LlamaIndex num_output).")
-    temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature; 0 is greedy decoding.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
-    seed: int | None = Field(default=None, description="Random seed for sampling; None: a fresh one per call.")
-    stop: list[str] | None = Field(default=None, description="Stop sequences; the text ends before the first one.")
     context_window: int | None = Field(
         default=None, gt=0, description="Tokens LlamaIndex may plan prompts for; None: the model's whole window."
     )
 
-    enabled: bool = _mirror("enabled")
-    begin_length: int = _mirror("begin_length")
-    tail_length: int = _mirror("tail_length")
-    dynamic_tail: bool = _mirror("dynamic_tail")
-    tail_divisor: int = _mirror("tail_divisor")
-    alpha_inner: float = _mirror("alpha_inner")
-    alpha_outer: float = _mirror("alpha_outer")
-    beta_inner: float = _mirror("beta_inner")
-    beta_outer: float = _mirror("beta_outer")
-    inner: bool = _mirror("inner")
-    outer: bool = _mirror("outer")
-    outer_target: Literal["schedule", "attention"] = _mirror("outer_target")
-    renormalize: bool = _mirror("renormalize")
-    outer_layers: tuple[float, float] = _mirror("outer_layers")
-
-    _engine: SRAEngine | None = PrivateAttr(default=None)
-
-    def __init__(self, *, sra: SRAConfig | None = None, engine: SRAEngine | None = None, **data: Any) -> None:
-        if sra is not None:
-            if not isinstance(sra, SRAConfig):
-                raise TypeError(f"sra must be an SRAConfig, got {type(sra).__name__}")
-            both = sorted(set(data) & set(SRA_FIELDS))
-            if both:
-                raise TypeError(f"pass the SRA settings either as sra=SRAConfig(...) or as fields, not both: {both}")
-            data = {**sra.model_dump(), **data}
-        if engine is not None and not isinstance(engine, SRAEngine):
-            raise TypeError(f"engine must be an SRAEngine, got {type(engine).__name__}")
-        super().__init__(**data)
-        self._engine = engine
-
-    @model_validator(mode="after")
-    def _check_sra_fields(self) -> SRALLM:
-        self.sra_config  # noqa: B018 -- builds the SRAConfig, so bad settings fail at construction
-        return self
-
     @classmethod
     def class_name(cls) -> str:
         return "SRALLM"
-
-    @property
-    def engine(self) -> SRAEngine:
-        """The shared engine (loaded on first use)."""
-        if self._engine is None:
-            # Only set options go into the key, so SRALLM() shares SRAEngine.shared()'s engine.
-            options = {key: value for key, value in (("device", self.device), ("dtype", self.dtype)) if value}
-            self._engine = SRAEngine.shared(self.model, **options)
-        return self._engine
-
-    @property
-    def sra_config(self) -> SRAConfig:
-        """The object's SRA settings as one validated :class:`~sra_rag.SRAConfig`."""
-        # Settings the core adds before this adapter mirrors them keep SRAConfig's defaults.
-        mirrored = [name for name in SRA_FIELDS if name in type(self).model_fields]
-        return SRAConfig(**{name: getattr(self, name) for name in mirrored})
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -173,7 +104,7 @@ class SRALLM(CustomLLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        stream = self.engine.stream(self._completion_prompt(prompt, formatted), **self._call_settings(kwargs))
+        stream = self.engine.stream(self._completion_prompt(prompt, formatted), **self.call_settings(kwargs))
         return self._responses(stream)
 
     @llm_completion_callback()
@@ -192,7 +123,7 @@ class SRALLM(CustomLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        stream = self.engine.stream(_engine_messages(messages), **self._call_settings(kwargs))
+        stream = self.engine.stream(_engine_messages(messages), **self.call_settings(kwargs))
         return (_to_chat(response) for response in self._responses(stream))
 
     @llm_chat_callback()
@@ -220,37 +151,8 @@ class SRALLM(CustomLLM):
             return prompt
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": prompt}]
 
-    def _call_settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Engine keyword arguments for one call: this object's settings with ``kwargs`` over them."""
-        call = dict(kwargs)
-        if "max_tokens" in call:
-            if "max_new_tokens" in call:
-                raise TypeError("pass max_new_tokens or its alias max_tokens, not both")
-            call["max_new_tokens"] = call.pop("max_tokens")
-        base = call.pop("sra", None)
-        if base is None:
-            base = self.sra_config
-        elif not isinstance(base, SRAConfig):
-            raise TypeError(f"sra must be an SRAConfig, got {type(base).__name__}")
-        updates = {name: call.pop(name) for name in SRA_FIELDS if name in call}
-        unknown = sorted(set(call) - set(GENERATION_KEYS))
-        if unknown:
-            raise TypeError(
-                f"SRALLM got unexpected keyword arguments {unknown}; it accepts sra=SRAConfig(...), the SRA "
-                f"settings {list(SRA_FIELDS)} and {list(GENERATION_KEYS)} (max_tokens for max_new_tokens)."
-            )
-        settings: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "stop": self.stop,
-        }
-        # Validated again, because model_copy(update=...) would not check the overrides.
-        return {**settings, **call, "sra": SRAConfig(**{**base.model_dump(), **updates})}
-
     def _complete(self, prompt: EnginePrompt, kwargs: dict[str, Any]) -> CompletionResponse:
-        result = self.engine.complete(prompt, **self._call_settings(kwargs))
+        result = self.engine.complete(prompt, **self.call_settings(kwargs))
         return self._response(result.text, None, result)
 
     def _responses(self, stream: TextStream) -> CompletionResponseGen:
@@ -262,7 +164,7 @@ class SRALLM(CustomLLM):
 
     async def _astream(self, prompt: EnginePrompt, kwargs: dict[str, Any]) -> CompletionResponseAsyncGen:
         # Tokenising a long prompt takes a while too, so it also runs off the event loop.
-        stream = await asyncio.to_thread(self.engine.stream, prompt, **self._call_settings(kwargs))
+        stream = await asyncio.to_thread(self.engine.stream, prompt, **self.call_settings(kwargs))
 
         async def gen() -> CompletionResponseAsyncGen:
             text = ""

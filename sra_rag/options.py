@@ -1,0 +1,138 @@
+"""Settings that every framework adapter exposes, as one pydantic mixin.
+
+LlamaIndex's ``SRALLM`` and LangChain's ``ChatSRA`` / ``SRALLM`` are pydantic models; each puts
+:class:`SRAOptions` before its framework base class, so the fields, the shared engine and the merge
+of per-call settings are written once, here, and cannot drift between ecosystems::
+
+    class ChatSRA(SRAOptions, BaseChatModel): ...
+
+The SRA fields mirror :class:`~sra_rag.SRAConfig` (same names, defaults and descriptions) and are
+checked by building the config at construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
+
+from sra_rag.config import SRAConfig
+from sra_rag.engine import SRAEngine
+
+SRA_FIELDS: tuple[str, ...] = tuple(SRAConfig.model_fields)
+"""The SRA settings mirrored as fields and accepted as per-call keyword arguments."""
+
+GENERATION_KEYS: tuple[str, ...] = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "tail_from")
+"""Per-call keyword arguments passed through to the engine (``max_tokens`` is an alias of the first)."""
+
+
+def _mirror(name: str) -> Any:
+    """A field with :class:`SRAConfig`'s default and description for the setting ``name``."""
+    field = SRAConfig.model_fields[name]
+    return Field(default=field.default, description=field.description)
+
+
+class SRAOptions(BaseModel):
+    """The model, generation and SRA settings of an adapter, and its engine.
+
+    ``model=None`` is the embedded SmolLM2-135M-Instruct; otherwise a model installed from PyPI
+    (``"qwen2.5-coder-0.5b"``), a hub id in the local cache, a local folder or a ``.gguf`` file.
+    Objects with the same ``model``, ``device`` and ``dtype`` share one :class:`~sra_rag.SRAEngine`
+    (``SRAEngine.shared``), loaded on first use; ``engine=`` uses one loaded yourself.
+    ``sra=SRAConfig(...)`` at construction sets every SRA field at once.
+    """
+
+    model: str | None = Field(default=None, description="Model to load (see the class doc); None: the embedded one.")
+    device: str | None = Field(default=None, description="Torch device; None: CUDA if available, else CPU.")
+    dtype: str | None = Field(default=None, description="Torch dtype name; None: bfloat16 on CUDA, float32 on CPU.")
+    max_new_tokens: int = Field(default=256, gt=0, description="Tokens to generate at most.")
+    temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature; 0 is greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    seed: int | None = Field(default=None, description="Random seed for sampling; None: a fresh one per call.")
+    stop: list[str] | None = Field(default=None, description="Default stop sequences; a call's stop replaces them.")
+
+    enabled: bool = _mirror("enabled")
+    begin_length: int = _mirror("begin_length")
+    tail_length: int = _mirror("tail_length")
+    dynamic_tail: bool = _mirror("dynamic_tail")
+    tail_divisor: int = _mirror("tail_divisor")
+    alpha_inner: float = _mirror("alpha_inner")
+    alpha_outer: float = _mirror("alpha_outer")
+    beta_inner: float = _mirror("beta_inner")
+    beta_outer: float = _mirror("beta_outer")
+    inner: bool = _mirror("inner")
+    outer: bool = _mirror("outer")
+    outer_target: Literal["schedule", "attention"] = _mirror("outer_target")
+    renormalize: bool = _mirror("renormalize")
+    outer_layers: tuple[float, float] = _mirror("outer_layers")
+
+    _engine: SRAEngine | None = PrivateAttr(default=None)
+
+    def __init__(self, *, sra: SRAConfig | None = None, engine: SRAEngine | None = None, **data: Any) -> None:
+        if sra is not None:
+            if not isinstance(sra, SRAConfig):
+                raise TypeError(f"sra must be an SRAConfig, got {type(sra).__name__}")
+            both = sorted(set(data) & set(SRA_FIELDS))
+            if both:
+                raise TypeError(f"pass the SRA settings either as sra=SRAConfig(...) or as fields, not both: {both}")
+            data = {**sra.model_dump(), **data}
+        if engine is not None and not isinstance(engine, SRAEngine):
+            raise TypeError(f"engine must be an SRAEngine, got {type(engine).__name__}")
+        super().__init__(**data)
+        self._engine = engine
+
+    @model_validator(mode="after")
+    def _check_sra_fields(self) -> SRAOptions:
+        self.sra_config  # noqa: B018 -- builds the SRAConfig, so bad settings fail at construction
+        return self
+
+    @property
+    def engine(self) -> SRAEngine:
+        """The shared engine (loaded on first use)."""
+        if self._engine is None:
+            # Only set options go into the key, so a default object shares SRAEngine.shared()'s engine.
+            options = {key: value for key, value in (("device", self.device), ("dtype", self.dtype)) if value}
+            self._engine = SRAEngine.shared(self.model, **options)
+        return self._engine
+
+    @property
+    def sra_config(self) -> SRAConfig:
+        """The object's SRA settings as one validated :class:`~sra_rag.SRAConfig`."""
+        return SRAConfig(**{name: getattr(self, name) for name in SRA_FIELDS})
+
+    def call_settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Engine keyword arguments for one call: this object's settings with the call's over them.
+
+        ``kwargs`` may hold ``sra=SRAConfig(...)`` (replaces the object's SRA settings), single SRA
+        fields (merged over those), ``max_new_tokens`` or ``max_tokens``, ``temperature``,
+        ``top_p``, ``seed``, ``stop`` (``None``: the object's) and ``tail_from``. Anything else is
+        a TypeError that lists what is accepted.
+        """
+        call = dict(kwargs)
+        if "max_tokens" in call:
+            if "max_new_tokens" in call:
+                raise TypeError("pass max_new_tokens or its alias max_tokens, not both")
+            call["max_new_tokens"] = call.pop("max_tokens")
+        base = call.pop("sra", None)
+        if base is None:
+            base = self.sra_config
+        elif not isinstance(base, SRAConfig):
+            raise TypeError(f"sra must be an SRAConfig, got {type(base).__name__}")
+        updates = {name: call.pop(name) for name in SRA_FIELDS if name in call}
+        unknown = sorted(set(call) - set(GENERATION_KEYS))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword arguments {unknown}; it accepts "
+                f"sra=SRAConfig(...), the SRA settings {list(SRA_FIELDS)} and {list(GENERATION_KEYS)} "
+                "(max_tokens for max_new_tokens)."
+            )
+        if call.get("stop") is None:
+            call["stop"] = self.stop
+        settings: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+        # Validated again, because model_copy(update=...) would not check the overrides.
+        return {**settings, **call, "sra": SRAConfig(**{**base.model_dump(), **updates})}
