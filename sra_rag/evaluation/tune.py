@@ -30,7 +30,8 @@ TEST_SEED_OFFSET = 1000
 # config's fixed tail_length (spec: 200 tokens); ``beta``/``alpha``: strength and elimination
 # factors, applied to every loop that runs; ``outer_target``: the spec's sliding block or the
 # variant that follows the tail's attention; ``renormalize``: the spec's unnormalised rows or the
-# variant that keeps edited rows a distribution.
+# variant that keeps edited rows a distribution; ``layers``: the outer loop in every layer the spec
+# names or only in the upper half of the model (``outer_layers``).
 SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "loops": ("outer", "inner", "both"),
     "tail": ("question", "fixed"),
@@ -38,11 +39,18 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "alpha": (0.3, 0.5, 1.0),
     "outer_target": ("schedule", "attention"),
     "renormalize": (False, True),
+    "layers": ((0.0, 1.0), (0.5, 1.0)),
 }
 
 
 def candidate_spec(
-    loops: str, tail: str, beta: float, alpha: float, outer_target: str, renormalize: bool = False
+    loops: str,
+    tail: str,
+    beta: float,
+    alpha: float,
+    outer_target: str,
+    renormalize: bool = False,
+    layers: tuple[float, float] = (0.0, 1.0),
 ) -> str:
     """The setting string of one point of the search space (based on the ``paper`` preset)."""
     if loops not in {"outer", "inner", "both"}:
@@ -56,6 +64,8 @@ def candidate_spec(
         parts += [f"beta_inner={beta:g}", f"alpha_inner={alpha:g}"]
     if loops != "inner":
         parts += [f"beta_outer={beta:g}", f"alpha_outer={alpha:g}", f"outer_target={outer_target}"]
+        if tuple(layers) != (0.0, 1.0):
+            parts.append(f"outer_layers={layers[0]:g}/{layers[1]:g}")
     if renormalize:
         parts.append("renormalize=true")
     parts.append(f"tail={tail}")
