@@ -261,6 +261,7 @@ def test_cli_eval_quick_runs_end_to_end(embedded_engine, tmp_path: Path) -> None
     result = CliRunner().invoke(build_app(), arguments, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     records = report.load_records(out / "results.json")
+    assert report.load_records(out / "records.jsonl") == records  # written as the run went
     assert {(r.suite, r.setting) for r in records} == {
         (suite, setting)
         for suite in ["passkey", "qa"]

@@ -5,6 +5,7 @@ Heavy imports (torch, transformers, matplotlib) happen inside the commands so th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -32,7 +33,10 @@ PerCellOption = Annotated[
     typer.Option("--examples", "-n", min=1, help="Prompts per (length, depth) cell. Default: quick 1, full 4."),
 ]
 QuickOption = Annotated[bool, typer.Option("--quick/--full", help="Quick mode (CI, minutes) or the full grid.")]
-OutOption = Annotated[Path, typer.Option("--out", help="Folder for report.md, results.json and the PNG plots.")]
+OutOption = Annotated[
+    Path,
+    typer.Option("--out", help="Folder for report.md, results.json, the PNG plots and records.jsonl (written live)."),
+]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the generated prompts.")]
 ModelOption = Annotated[
     str | None,
@@ -98,7 +102,16 @@ def eval_command(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     typer.echo(f"{engine.name}: {len(built)} prompts x {len(parsed)} settings", err=True)
-    records = runner.run(engine, built, parsed, progress=progress)
+    # Each result is appended as it finishes, so an interrupted run keeps what it measured
+    # (report.load_records reads the file).
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "records.jsonl").open("w") as log:
+
+        def keep(record: runner.Record) -> None:
+            log.write(json.dumps(record.to_dict()) + "\n")
+            log.flush()
+
+        records = runner.run(engine, built, parsed, progress=progress, on_record=keep)
     path = report.write_report(records, out, plots=plots, title=f"SRA evaluation ({engine.name}, seed {seed})")
     typer.echo(report.markdown_table(records))
     typer.echo(f"\nWrote {path}", err=True)
