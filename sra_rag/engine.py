@@ -357,6 +357,41 @@ class SRAEngine:
         """Generate the whole completion and return its text. Same arguments as :meth:`stream`."""
         return self.complete(prompt, **kwargs).text
 
+    def log_likelihood(
+        self,
+        prompt: Prompt,
+        continuation: str,
+        *,
+        sra: SRAConfig | None = None,
+        tail_from: str | None = None,
+        chat_template: bool = True,
+    ) -> float:
+        """Log-probability (natural log, summed over tokens) that the model replies to ``prompt``
+        with ``continuation``, read exactly as generation would read it: the prompt's forward pass
+        is the SRA prefill, and the continuation's tokens go through the KV cache like decoding
+        steps (ordinary attention). A continuous measure of what a setting does to a known answer,
+        more sensitive than the exact match of a greedy completion."""
+        if not isinstance(continuation, str) or not continuation:
+            raise ValueError("continuation must be a non-empty string")
+        config = self._request_config(sra)
+        prepared = self.prepare(prompt, tail_from=tail_from, chat_template=chat_template)
+        target = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        self._check_fits(prepared.num_tokens, len(target))
+        if prepared.tail_length is not None:
+            config = config.model_copy(update={"tail_length": prepared.tail_length, "dynamic_tail": False})
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            prefill = self.model(
+                input_ids=prepared.input_ids, cache=cache, use_cache=True, logits_to_keep=1, sra_config=config
+            )
+            logits = [prefill.logits[0, -1:]]
+            if len(target) > 1:
+                rest = torch.tensor([target[:-1]], device=self.device)
+                logits.append(self.model(input_ids=rest, cache=cache, use_cache=True, sra_config=config).logits[0])
+            log_probs = torch.log_softmax(torch.cat(logits).float(), dim=-1)
+            chosen = log_probs.gather(-1, torch.tensor(target, device=self.device)[:, None])
+        return float(chosen.sum())
+
     def _request_config(self, sra: SRAConfig | None) -> SRAConfig:
         if sra is None:
             return self.sra

@@ -256,3 +256,32 @@ def test_async_iteration_yields_the_same_pieces(embedded_engine):
 
     pieces = asyncio.run(collect())
     assert len(pieces) > 1 and "".join(pieces) == expected
+
+
+def test_log_likelihood_reads_the_answer_as_generation_would(embedded_engine):
+    messages = long_messages()
+    answer = "The door is green."
+    off = SRAConfig.preset("off")
+    # Stock attention: one forward pass over prompt + answer gives the same numbers.
+    prompt_ids = embedded_engine.prepare(messages).input_ids
+    answer_ids = torch.tensor([embedded_engine.tokenizer(answer, add_special_tokens=False)["input_ids"]])
+    full = torch.cat([prompt_ids, answer_ids], dim=1)
+    with torch.inference_mode():
+        logits = embedded_engine.model(input_ids=full, sra_config=off).logits[0].float()
+    positions = torch.arange(prompt_ids.shape[1] - 1, full.shape[1] - 1)
+    expected = torch.log_softmax(logits[positions], -1).gather(-1, answer_ids[0][:, None]).sum()
+    stock = embedded_engine.log_likelihood(messages, answer, sra=off)
+    assert stock == pytest.approx(float(expected), abs=1e-3)
+    assert stock < 0
+    # The greedy reply is the likeliest first token, and SRA (prefill only) changes the numbers.
+    greedy = embedded_engine.generate(messages, max_new_tokens=1, sra=off)
+    assert embedded_engine.log_likelihood(messages, greedy, sra=off) > embedded_engine.log_likelihood(
+        messages, "Purple", sra=off
+    )
+    paper = embedded_engine.log_likelihood(messages, answer, sra=SRAConfig.preset("paper"))
+    tailed = embedded_engine.log_likelihood(messages, answer, sra=SRAConfig(), tail_from=f"Question: {QUESTION}")
+    assert len({round(stock, 3), round(paper, 3), round(tailed, 3)}) == 3
+    with pytest.raises(ValueError, match="non-empty"):
+        embedded_engine.log_likelihood(messages, "")
+    with pytest.raises(ContextWindowExceededError):
+        embedded_engine.log_likelihood(messages, "word " * 9000)

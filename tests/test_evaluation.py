@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,19 @@ def fake_records() -> list[Record]:
     return records
 
 
+def test_likelihood_table_pairs_each_prompt_with_its_baseline(tmp_path: Path) -> None:
+    records = fake_records()
+    assert report.likelihood_table(records) == ""  # nothing measured
+    # paper moves the answer's log-probability by +1, +1, +1 and -1 nats on the four prompts
+    for record in records:
+        index = int(record.example_id[1:])
+        record.answer_logprob = -5.0 - index + (0.0 if record.setting == "off" else (1.0 if index < 3 else -1.0))
+    table = report.likelihood_table(records)
+    half = report.Z_95 * statistics.stdev([1, 1, 1, -1]) / 2
+    assert f"| passkey | 1024 | +0.50 [{0.5 - half:+.2f}, {0.5 + half:+.2f}] 3/4 |" in table
+    assert table in report.write_report(records, tmp_path, plots=False).read_text()
+
+
 def test_scores_table_and_ratios() -> None:
     records = fake_records()
     table = report.scores(records)
@@ -258,6 +272,7 @@ def test_cli_eval_quick_runs_end_to_end(embedded_engine, tmp_path: Path) -> None
     out = tmp_path / "eval"
     arguments = ["eval", "off", "paper:inner=false,beta_outer=2,tail=question", "--suite", "passkey", "--suite", "qa"]
     arguments += ["--length", "200", "--depth", "0.5", "-n", "1", "--quick", "--out", str(out), "--no-progress"]
+    arguments += ["--likelihood"]
     result = CliRunner().invoke(build_app(), arguments, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     records = report.load_records(out / "results.json")
@@ -268,6 +283,8 @@ def test_cli_eval_quick_runs_end_to_end(embedded_engine, tmp_path: Path) -> None
         for setting in ["off", "paper:inner=false,beta_outer=2,tail=question"]
     }
     assert all(r.prompt_tokens > 200 and r.output for r in records)
+    assert all(r.answer_logprob is not None and r.answer_logprob < 0 for r in records)
+    assert "Change of the answer's log-probability" in result.output
     # A 200-token haystack is easy: stock attention finds the pass key.
     assert next(r for r in records if r.suite == "passkey" and r.setting == "off").hits == [True]
     assert "| passkey | 200 (" in result.output

@@ -6,7 +6,7 @@ prompts; :mod:`~sra_rag.evaluation.report` turns the records into tables with Wi
 plots; :mod:`~sra_rag.evaluation.tune` searches settings on a dev split and checks them on a test split.
 """
 
-from sra_rag.evaluation.report import Score, markdown_table, scores, wilson_interval, write_report
+from sra_rag.evaluation.report import Score, likelihood_table, markdown_table, scores, wilson_interval, write_report
 from sra_rag.evaluation.runner import Record, Setting, parse_setting, parse_settings, run, run_one
 from sra_rag.evaluation.suites import SUITES, Answer, Example, build
 from sra_rag.evaluation.tune import SEARCH_SPACE, Ranking, TuneResult, candidates, rank, search, write_tune_report
@@ -23,6 +23,7 @@ __all__ = [
     "TuneResult",
     "build",
     "candidates",
+    "likelihood_table",
     "markdown_table",
     "parse_setting",
     "parse_settings",

@@ -48,6 +48,13 @@ ModelOption = Annotated[
 ]
 PlotsOption = Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots (needs matplotlib).")]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+LikelihoodOption = Annotated[
+    bool,
+    typer.Option(
+        "--likelihood/--no-likelihood",
+        help="Also measure each answer's log-probability under every setting (one more prefill per prompt).",
+    ),
+]
 
 
 def _grid(
@@ -86,6 +93,7 @@ def eval_command(
     model: ModelOption = None,
     plots: PlotsOption = True,
     progress: ProgressOption = True,
+    likelihood: LikelihoodOption = False,
 ) -> None:
     """Compare stock attention and SRA settings on the synthetic long-context suites (offline, seeded)."""
     from sra_rag.engine import SRAEngine
@@ -111,9 +119,11 @@ def eval_command(
             log.write(json.dumps(record.to_dict()) + "\n")
             log.flush()
 
-        records = runner.run(engine, built, parsed, progress=progress, on_record=keep)
+        records = runner.run(engine, built, parsed, progress=progress, likelihood=likelihood, on_record=keep)
     path = report.write_report(records, out, plots=plots, title=f"SRA evaluation ({engine.name}, seed {seed})")
     typer.echo(report.markdown_table(records))
+    if likelihood:
+        typer.echo("\n" + report.likelihood_table(records))
     typer.echo(f"\nWrote {path}", err=True)
 
 

@@ -234,6 +234,42 @@ def _short(setting: str, width: int = 40) -> str:
     return setting if len(setting) <= width else setting[: width - 1] + "…"
 
 
+def likelihood_table(records: Sequence[Record], baseline: str | None = None) -> str:
+    """Paired change of the first answer's log-probability against the baseline, per (suite,
+    length) and setting: mean in nats with a 95% normal interval over prompts, and how many prompts
+    moved towards the answer. Empty when no record carries ``answer_logprob``."""
+    settings = settings_of(records)
+    baseline = baseline if baseline is not None else settings[0]
+    logprobs = {(r.example_id, r.setting): r.answer_logprob for r in records if r.answer_logprob is not None}
+    if not logprobs:
+        return ""
+    cells: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    for record in records:
+        value, base = logprobs.get((record.example_id, record.setting)), logprobs.get((record.example_id, baseline))
+        if record.setting != baseline and value is not None and base is not None:
+            cells[(record.suite, record.length, record.setting)].append(value - base)
+    others = [s for s in settings if s != baseline]
+    lines = [
+        f"Change of the answer's log-probability against `{baseline}` (nats, mean [95% CI], prompts improved):",
+        "",
+        "| suite | length | " + " | ".join(f"`{s}`" for s in others) + " |",
+        "|---|---|" + "---|" * len(others),
+    ]
+    for suite, length in sorted({(suite, length) for suite, length, _ in cells}):
+        row = []
+        for setting in others:
+            deltas = cells.get((suite, length, setting), [])
+            if not deltas:
+                row.append("-")
+                continue
+            mean = statistics.fmean(deltas)
+            half = Z_95 * statistics.stdev(deltas) / math.sqrt(len(deltas)) if len(deltas) > 1 else float("inf")
+            better = sum(delta > 0 for delta in deltas)
+            row.append(f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] {better}/{len(deltas)}")
+        lines.append(f"| {suite} | {length} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def write_report(
     records: Sequence[Record], out_dir: Path, *, plots: bool = True, title: str = "SRA evaluation"
 ) -> Path:
@@ -243,6 +279,9 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_records(records, out_dir / "results.json")
     parts = [f"# {title}", "", markdown_table(records)]
+    likelihoods = likelihood_table(records)
+    if likelihoods:
+        parts += ["", likelihoods]
     if plots:
         images = plot_heatmaps(records, out_dir) + plot_positions(records, out_dir)
         parts += ["", *(f"![{image.stem}]({image.name})" for image in images)]

@@ -100,7 +100,9 @@ def parse_settings(specs: Iterable[str], *, baseline: bool = True) -> list[Setti
 class Record:
     """One (example, setting) result. ``hits``: one verdict per answer of the example, with its
     ``positions`` (depth in [0, 1]); ``prefill_s``: seconds of the prompt's forward pass (SRA
-    included); ``total_s``: seconds for the whole completion."""
+    included); ``total_s``: seconds for the whole completion; ``answer_logprob``: with
+    ``likelihood``, the log-probability of the first answer as the reply
+    (:meth:`~sra_rag.SRAEngine.log_likelihood`), else None."""
 
     suite: str
     example_id: str
@@ -113,13 +115,16 @@ class Record:
     positions: list[float]
     prefill_s: float
     total_s: float
+    answer_logprob: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def run_one(engine: SRAEngine, example: Example, setting: Setting) -> Record:
-    """Generate the answer of one example under one setting (greedy) and score it."""
+def run_one(engine: SRAEngine, example: Example, setting: Setting, *, likelihood: bool = False) -> Record:
+    """Generate the answer of one example under one setting (greedy) and score it; with
+    ``likelihood``, also measure the first answer's log-probability (one more prefill)."""
+    tail_from = example.question if setting.question_tail else None
     start = time.perf_counter()
     stream = engine.stream(
         example.messages,
@@ -127,11 +132,16 @@ def run_one(engine: SRAEngine, example: Example, setting: Setting) -> Record:
         sra=setting.config,
         stop=list(example.stop) or None,
         temperature=0.0,
-        tail_from=example.question if setting.question_tail else None,
+        tail_from=tail_from,
     )
     for _ in stream:
         pass
     end = time.perf_counter()
+    logprob = None
+    if likelihood:
+        logprob = engine.log_likelihood(
+            example.messages, example.answers[0].text, sra=setting.config, tail_from=tail_from
+        )
     return Record(
         suite=example.suite,
         example_id=example.id,
@@ -144,6 +154,7 @@ def run_one(engine: SRAEngine, example: Example, setting: Setting) -> Record:
         positions=[answer.position for answer in example.answers],
         prefill_s=stream.prefill_seconds or 0.0,
         total_s=end - start,
+        answer_logprob=logprob,
     )
 
 
@@ -153,6 +164,7 @@ def run(
     settings: Sequence[Setting],
     *,
     progress: bool = True,
+    likelihood: bool = False,
     on_record: Callable[[Record], None] | None = None,
 ) -> list[Record]:
     """Every setting on every example. Settings alternate per example, so a change in machine load
@@ -165,7 +177,7 @@ def run(
     with tqdm(total=len(examples) * len(settings), desc="eval", unit="gen", disable=not progress) as bar:
         for example in examples:
             for setting in settings:
-                record = run_one(engine, example, setting)
+                record = run_one(engine, example, setting, likelihood=likelihood)
                 records.append(record)
                 if on_record is not None:
                     on_record(record)
