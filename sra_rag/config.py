@@ -102,7 +102,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "beta_outer": 5.0,
     },
     "off": {"enabled": False},
-    # Measured in docs/eval/README-section.md: outer loop only, mild strength, target block chosen by
+    # Measured in README.md, "Does SRA help?": outer loop only, mild strength, target block chosen by
     # the tail's attention; run with the question-aware tail (tail_from), as the reader and CLI do.
     "recommended": {"inner": False, "beta_outer": 2.0, "outer_target": "attention", "outer_layers": (0.5, 1.0)},
 }

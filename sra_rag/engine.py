@@ -209,8 +209,8 @@ class SRAEngine:
 
         ``model=None`` loads the embedded SmolLM2-135M-Instruct; otherwise a model installed from
         PyPI (a key of :data:`sra_rag.models.PACKAGED_MODELS`, e.g. ``"qwen2.5-coder-0.5b"``), a hub
-        id (read from the local cache), a local folder or a ``.gguf`` file. ``device=None`` picks CUDA when available,
-        else the CPU; ``dtype=None`` picks bfloat16 on CUDA and float32 on the CPU.
+        id (read from the local cache), a local folder or a ``.gguf`` file. ``device=None`` picks CUDA
+        when available, else the CPU; ``dtype=None`` picks bfloat16 on CUDA and float32 on the CPU.
         """
         source: ModelSource = resolve_source(model, gguf_file)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -330,11 +330,7 @@ class SRAEngine:
 
         The stream may be read from any thread (each model step enters inference mode itself)."""
         settings = _sampling(max_new_tokens, stop, temperature, top_p, seed)
-        config = self._request_config(sra)
-        prepared = self.prepare(prompt, tail_from=tail_from, chat_template=chat_template)
-        self._check_fits(prepared.num_tokens, settings.max_new_tokens)
-        if prepared.tail_length is not None:
-            config = config.model_copy(update={"tail_length": prepared.tail_length, "dynamic_tail": False})
+        prepared, config = self._request(prompt, sra, tail_from, chat_template, settings.max_new_tokens)
         stream = TextStream(iter(()), prompt_tokens=prepared.num_tokens)
         stream.pieces = self._decode(prepared, config, settings, stream)
         return stream
@@ -373,12 +369,8 @@ class SRAEngine:
         more sensitive than the exact match of a greedy completion."""
         if not isinstance(continuation, str) or not continuation:
             raise ValueError("continuation must be a non-empty string")
-        config = self._request_config(sra)
-        prepared = self.prepare(prompt, tail_from=tail_from, chat_template=chat_template)
         target = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
-        self._check_fits(prepared.num_tokens, len(target))
-        if prepared.tail_length is not None:
-            config = config.model_copy(update={"tail_length": prepared.tail_length, "dynamic_tail": False})
+        prepared, config = self._request(prompt, sra, tail_from, chat_template, len(target))
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
             prefill = self.model(
@@ -391,6 +383,19 @@ class SRAEngine:
             log_probs = torch.log_softmax(torch.cat(logits).float(), dim=-1)
             chosen = log_probs.gather(-1, torch.tensor(target, device=self.device)[:, None])
         return float(chosen.sum())
+
+    def _request(
+        self, prompt: Prompt, sra: SRAConfig | None, tail_from: str | None, chat_template: bool, new_tokens: int
+    ) -> tuple[PreparedPrompt, SRAConfig]:
+        """What generation and scoring share: the tokenised prompt (checked to fit with
+        ``new_tokens`` more) and the call's SRA settings, with the tail set to the question when
+        ``tail_from`` is given."""
+        config = self._request_config(sra)
+        prepared = self.prepare(prompt, tail_from=tail_from, chat_template=chat_template)
+        self._check_fits(prepared.num_tokens, new_tokens)
+        if prepared.tail_length is not None:
+            config = config.model_copy(update={"tail_length": prepared.tail_length, "dynamic_tail": False})
+        return prepared, config
 
     def _request_config(self, sra: SRAConfig | None) -> SRAConfig:
         if sra is None:
