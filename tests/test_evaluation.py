@@ -106,6 +106,23 @@ def test_scorer_accepts_right_and_rejects_wrong_answers() -> None:
     assert facts.score("It costs 5678 crowns.") == [False, True]
 
 
+def test_scorer_with_choices_takes_the_first_town_named() -> None:
+    example = Example(
+        "qa", "x", [], "q", (Answer("Velmora", 0.5),), 100, 0.5, 40,
+        choices=("Kalomi", "Velmora", "Torbi"), ignore=("Torbi Kalomi",),
+    )  # fmt: skip
+    assert example.score("The answer to this question is:\n\nVelmora") == [True]  # a lead-in line is fine
+    assert example.score("Torbi Kalomi was born in the town of Velmora.") == [True]  # the subject is ignored
+    assert example.score("Document [3]\nKalomi\n\nOr maybe Velmora.") == [False]  # a wrong town came first
+    assert example.score("Velmoran") == [False]  # whole words only
+    assert example.score("I do not know.") == [False]
+    (qa,) = suites.qa(words, [600], [0.5], 1, seed=1)
+    content = qa.messages[0]["content"]
+    assert qa.answers[0].text in qa.choices and all(f"town of {town}." in content for town in qa.choices)
+    assert len(set(qa.choices)) == len(qa.choices) == content.count("Document [")
+    assert qa.ignore[0] in qa.question and not qa.stop
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
@@ -192,6 +209,17 @@ def test_likelihood_table_pairs_each_prompt_with_its_baseline(tmp_path: Path) ->
     half = report.Z_95 * statistics.stdev([1, 1, 1, -1]) / 2
     assert f"| passkey | 1024 | +0.50 [{0.5 - half:+.2f}, {0.5 + half:+.2f}] 3/4 |" in table
     assert table in report.write_report(records, tmp_path, plots=False).read_text()
+
+
+def test_paired_table_bounds_the_change_per_prompt(tmp_path: Path) -> None:
+    records = fake_records()  # paper gains prompt p2 (0 -> 1) and matches off on the other three
+    records[5].output = "another reply"  # p2 under paper
+    table = report.paired_table(records)
+    half = 100 * report.Z_95 * statistics.stdev([0, 0, 1, 0]) / 2
+    assert f"| passkey | 1024 | +25 [{25 - half:+.0f}, {25 + half:+.0f}] changed 1/4 |" in table
+    assert table in report.write_report(records, tmp_path, plots=False).read_text()
+    only_baseline = [record for record in records if record.setting == "off"]
+    assert report.paired_table(only_baseline) == ""
 
 
 def test_scores_table_and_ratios() -> None:

@@ -11,7 +11,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,40 +234,95 @@ def _short(setting: str, width: int = 40) -> str:
     return setting if len(setting) <= width else setting[: width - 1] + "…"
 
 
-def likelihood_table(records: Sequence[Record], baseline: str | None = None) -> str:
-    """Paired change of the first answer's log-probability against the baseline, per (suite,
-    length) and setting: mean in nats with a 95% normal interval over prompts, and how many prompts
-    moved towards the answer. Empty when no record carries ``answer_logprob``."""
+def _paired_deltas(
+    records: Sequence[Record], baseline: str, value: Callable[[Record], float | None]
+) -> dict[tuple[str, int, str], list[tuple[float, Record, Record]]]:
+    """``(suite, length, setting)`` -> per prompt: (``value`` of the setting's record minus the
+    baseline's on the same prompt, the record, the baseline's record); prompts where either value is
+    None are left out."""
+    by_prompt = {(record.example_id, record.setting): record for record in records}
+    cells: dict[tuple[str, int, str], list[tuple[float, Record, Record]]] = defaultdict(list)
+    for record in records:
+        base = by_prompt.get((record.example_id, baseline))
+        if record.setting == baseline or base is None:
+            continue
+        mine, theirs = value(record), value(base)
+        if mine is not None and theirs is not None:
+            cells[(record.suite, record.length, record.setting)].append((mine - theirs, record, base))
+    return cells
+
+
+def _mean_interval(deltas: Sequence[float], scale: float = 1.0) -> str:
+    """``"+0.50 [-0.10, +1.10]"``: mean and 95% normal interval (``scale`` multiplies both)."""
+    mean = statistics.fmean(deltas)
+    half = Z_95 * statistics.stdev(deltas) / math.sqrt(len(deltas)) if len(deltas) > 1 else float("inf")
+    digits = 2 if scale == 1.0 else 0
+    return f"{scale * mean:+.{digits}f} [{scale * (mean - half):+.{digits}f}, {scale * (mean + half):+.{digits}f}]"
+
+
+def _paired_table(
+    records: Sequence[Record],
+    baseline: str | None,
+    value: Callable[[Record], float | None],
+    heading: str,
+    cell: Callable[[list[tuple[float, Record, Record]]], str],
+) -> str:
     settings = settings_of(records)
     baseline = baseline if baseline is not None else settings[0]
-    logprobs = {(r.example_id, r.setting): r.answer_logprob for r in records if r.answer_logprob is not None}
-    if not logprobs:
+    cells = _paired_deltas(records, baseline, value)
+    if not cells:
         return ""
-    cells: dict[tuple[str, int, str], list[float]] = defaultdict(list)
-    for record in records:
-        value, base = logprobs.get((record.example_id, record.setting)), logprobs.get((record.example_id, baseline))
-        if record.setting != baseline and value is not None and base is not None:
-            cells[(record.suite, record.length, record.setting)].append(value - base)
     others = [s for s in settings if s != baseline]
     lines = [
-        f"Change of the answer's log-probability against `{baseline}` (nats, mean [95% CI], prompts improved):",
+        heading.format(baseline=baseline),
         "",
         "| suite | length | " + " | ".join(f"`{s}`" for s in others) + " |",
         "|---|---|" + "---|" * len(others),
     ]
     for suite, length in sorted({(suite, length) for suite, length, _ in cells}):
-        row = []
-        for setting in others:
-            deltas = cells.get((suite, length, setting), [])
-            if not deltas:
-                row.append("-")
-                continue
-            mean = statistics.fmean(deltas)
-            half = Z_95 * statistics.stdev(deltas) / math.sqrt(len(deltas)) if len(deltas) > 1 else float("inf")
-            better = sum(delta > 0 for delta in deltas)
-            row.append(f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] {better}/{len(deltas)}")
+        row = [cell(cells[(suite, length, s)]) if (suite, length, s) in cells else "-" for s in others]
         lines.append(f"| {suite} | {length} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def paired_table(records: Sequence[Record], baseline: str | None = None) -> str:
+    """Paired change of each prompt's score (share of its answers found) against the baseline, per
+    (suite, length) and setting: mean in points with a 95% normal interval over prompts, and on how
+    many prompts the reply differs from the baseline's at all. This is the instrument for "no worse
+    than the baseline by more than k points": the interval's lower end bounds the loss."""
+
+    def score(record: Record) -> float:
+        return statistics.fmean(record.hits) if record.hits else 0.0
+
+    def cell(pairs: list[tuple[float, Record, Record]]) -> str:
+        changed = sum(record.output != base.output for _, record, base in pairs)
+        return f"{_mean_interval([delta for delta, _, _ in pairs], 100)} changed {changed}/{len(pairs)}"
+
+    return _paired_table(
+        records,
+        baseline,
+        score,
+        "Paired change of the score against `{baseline}` (points, mean [95% CI], replies that differ):",
+        cell,
+    )
+
+
+def likelihood_table(records: Sequence[Record], baseline: str | None = None) -> str:
+    """Paired change of the first answer's log-probability against the baseline, per (suite,
+    length) and setting: mean in nats with a 95% normal interval over prompts, and how many prompts
+    moved towards the answer. Empty when no record carries ``answer_logprob``."""
+
+    def cell(pairs: list[tuple[float, Record, Record]]) -> str:
+        deltas = [delta for delta, _, _ in pairs]
+        return f"{_mean_interval(deltas)} {sum(delta > 0 for delta in deltas)}/{len(deltas)}"
+
+    return _paired_table(
+        records,
+        baseline,
+        lambda record: record.answer_logprob,
+        "Change of the answer's log-probability against `{baseline}` (nats, mean [95% CI], prompts improved):",
+        cell,
+    )
 
 
 def write_report(
@@ -279,9 +334,9 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_records(records, out_dir / "results.json")
     parts = [f"# {title}", "", markdown_table(records)]
-    likelihoods = likelihood_table(records)
-    if likelihoods:
-        parts += ["", likelihoods]
+    for table in (paired_table(records), likelihood_table(records)):
+        if table:
+            parts += ["", table]
     if plots:
         images = plot_heatmaps(records, out_dir) + plot_positions(records, out_dir)
         parts += ["", *(f"![{image.stem}]({image.name})" for image in images)]

@@ -43,6 +43,13 @@ class Example:
     question-aware SRA tail (``tail_from``); ``answers``: the scored items; ``length``: the target
     context size in tokens (a label: the exact prompt size is measured by the runner);
     ``depth``: the gold item's depth label (None for suites with items at several depths).
+
+    ``choices``: for suites whose context holds many candidate answers (every town of a QA
+    prompt), all of them, the gold one included. Then an answer counts only when it is the *first*
+    choice the output names: a reply that lists several candidates, or recites a wrong document
+    before the right one, is wrong, while a lead-in ("The answer to this question is:") or a
+    sentence around the answer is not penalised. ``ignore``: text removed from the output before
+    scoring (the question's subject, which replies restate and whose words may match a choice).
     """
 
     suite: str
@@ -54,15 +61,30 @@ class Example:
     depth: float | None
     max_new_tokens: int
     stop: tuple[str, ...] = field(default=())
+    choices: tuple[str, ...] = field(default=())
+    ignore: tuple[str, ...] = field(default=())
 
     def score(self, output: str) -> list[bool]:
-        """One verdict per answer: does its text appear in ``output``?"""
+        """One verdict per answer: does its text appear in ``output`` (with ``choices``: is it the
+        first choice ``output`` names, as a whole word)?"""
         normalised = _normalise(output)
-        return [_normalise(answer.text) in normalised for answer in self.answers]
+        for text in self.ignore:
+            normalised = normalised.replace(_normalise(text), " ")
+        if not self.choices:
+            return [_normalise(answer.text) in normalised for answer in self.answers]
+        named = _first_named(normalised, self.choices)
+        return [named == _normalise(answer.text) for answer in self.answers]
 
 
 def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _first_named(normalised: str, choices: Sequence[str]) -> str | None:
+    """The choice (normalised) that occurs first in ``normalised`` as a whole word, or None."""
+    alternatives = sorted({_normalise(choice) for choice in choices}, key=len, reverse=True)
+    match = re.search(r"\b(?:" + "|".join(map(re.escape, alternatives)) + r")\b", normalised)
+    return match.group(0) if match else None
 
 
 def _check_grid(lengths: Sequence[int], depths: Sequence[float], per_cell: int) -> None:
@@ -233,8 +255,10 @@ def qa(
     count_tokens: TokenCounter, lengths: Sequence[int], depths: Sequence[float], per_cell: int = 1, seed: int = 0
 ) -> list[Example]:
     """Multi-document QA: numbered biographies of invented people; the question asks for one
-    person's birth town (an invented name), and the gold document sits at the given depth. The answer
-    line may run to 40 tokens: models often answer in a sentence that restates the person's name."""
+    person's birth town (an invented name), and the gold document sits at the given depth. The reply
+    is right when the first town it names is the gold one (see :class:`Example`): models often open
+    with a lead-in line or a sentence that restates the person's name, so the reply may run to 40
+    tokens and is not cut at the first line break."""
     _check_grid(lengths, depths, per_cell)
     examples = []
     for length in lengths:
@@ -270,7 +294,8 @@ def qa(
                         length=length,
                         depth=depth,
                         max_new_tokens=40,
-                        stop=("\n",),
+                        choices=tuple(people.values()),
+                        ignore=(person,),
                     )
                 )
     return examples
