@@ -211,15 +211,16 @@ def test_likelihood_table_pairs_each_prompt_with_its_baseline(tmp_path: Path) ->
     assert table in report.write_report(records, tmp_path, plots=False).read_text()
 
 
-def test_paired_table_bounds_the_change_per_prompt(tmp_path: Path) -> None:
+def test_paired_table_counts_answers_gained_and_lost(tmp_path: Path) -> None:
     records = fake_records()  # paper gains prompt p2 (0 -> 1) and matches off on the other three
     records[5].output = "another reply"  # p2 under paper
     table = report.paired_table(records)
-    half = 100 * report.Z_95 * statistics.stdev([0, 0, 1, 0]) / 2
-    assert f"| passkey | 1024 | +25 [{25 - half:+.0f}, {25 + half:+.0f}] changed 1/4 |" in table
-    assert table in report.write_report(records, tmp_path, plots=False).read_text()
-    only_baseline = [record for record in records if record.setting == "off"]
-    assert report.paired_table(only_baseline) == ""
+    bound = 100 * report.wilson_interval(0, 4)[1]
+    assert f"| passkey | 1024 | +25: +1 -0 of 4 (lost <= {bound:.0f}%); 1 differ |" in table
+    records[3].hits = [False]  # paper now also loses p1
+    assert "| passkey | 1024 | +0: +1 -1 of 4 (lost <= 70%); 1 differ |" in report.paired_table(records)
+    assert report.paired_table(records) in report.write_report(records, tmp_path, plots=False).read_text()
+    assert report.paired_table([record for record in records if record.setting == "off"]) == ""
 
 
 def test_scores_table_and_ratios() -> None:

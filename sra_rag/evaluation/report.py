@@ -252,12 +252,11 @@ def _paired_deltas(
     return cells
 
 
-def _mean_interval(deltas: Sequence[float], scale: float = 1.0) -> str:
-    """``"+0.50 [-0.10, +1.10]"``: mean and 95% normal interval (``scale`` multiplies both)."""
+def _mean_interval(deltas: Sequence[float]) -> str:
+    """``"+0.50 [-0.10, +1.10]"``: mean and 95% normal interval."""
     mean = statistics.fmean(deltas)
     half = Z_95 * statistics.stdev(deltas) / math.sqrt(len(deltas)) if len(deltas) > 1 else float("inf")
-    digits = 2 if scale == 1.0 else 0
-    return f"{scale * mean:+.{digits}f} [{scale * (mean - half):+.{digits}f}, {scale * (mean + half):+.{digits}f}]"
+    return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
 
 
 def _paired_table(
@@ -286,23 +285,31 @@ def _paired_table(
 
 
 def paired_table(records: Sequence[Record], baseline: str | None = None) -> str:
-    """Paired change of each prompt's score (share of its answers found) against the baseline, per
-    (suite, length) and setting: mean in points with a 95% normal interval over prompts, and on how
-    many prompts the reply differs from the baseline's at all. This is the instrument for "no worse
-    than the baseline by more than k points": the interval's lower end bounds the loss."""
-
-    def score(record: Record) -> float:
-        return statistics.fmean(record.hits) if record.hits else 0.0
+    """Paired comparison against the baseline on the same prompts, per (suite, length) and setting,
+    answer by answer (one per prompt; one per planted fact for summaries): the change in points,
+    how many answers the setting gained (missed by the baseline, found by the setting) and lost,
+    the 95% Wilson upper bound of the share of answers lost, and how many replies differ from the
+    baseline's at all. The bound is the instrument for "no worse than the baseline by more than k
+    points": the net loss is at most the share of answers lost."""
 
     def cell(pairs: list[tuple[float, Record, Record]]) -> str:
+        gained = lost = total = 0
+        for _, record, base in pairs:
+            for mine, theirs in zip(record.hits, base.hits, strict=True):
+                gained += mine and not theirs
+                lost += theirs and not mine
+                total += 1
+        bound = 100 * wilson_interval(lost, total)[1]
         changed = sum(record.output != base.output for _, record, base in pairs)
-        return f"{_mean_interval([delta for delta, _, _ in pairs], 100)} changed {changed}/{len(pairs)}"
+        change = 100 * (gained - lost) / total
+        return f"{change:+.0f}: +{gained} -{lost} of {total} (lost <= {bound:.0f}%); {changed} differ"
 
     return _paired_table(
         records,
         baseline,
-        score,
-        "Paired change of the score against `{baseline}` (points, mean [95% CI], replies that differ):",
+        lambda record: 0.0,
+        "Paired against `{baseline}`, answer by answer: change in points: answers gained and lost of n "
+        "(95% upper bound of the share lost); replies that differ at all:",
         cell,
     )
 
