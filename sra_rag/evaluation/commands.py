@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from sra_rag.cli import ModelOption
+
 app = typer.Typer()
 
 # (lengths in tokens, gold depths, prompts per cell) of the two modes.
@@ -38,14 +40,6 @@ OutOption = Annotated[
     typer.Option("--out", help="Folder for report.md, results.json, the PNG plots and records.jsonl (written live)."),
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the generated prompts.")]
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        help="Hub id (from the local cache), folder, .gguf file, or a model installed from PyPI: "
-        "smollm2-135m (the default) or qwen2.5-coder-0.5b.",
-    ),
-]
 PlotsOption = Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots (needs matplotlib).")]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
 LikelihoodOption = Annotated[

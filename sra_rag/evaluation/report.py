@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sra_rag.evaluation.runner import Record
 
@@ -234,21 +234,17 @@ def _short(setting: str, width: int = 40) -> str:
     return setting if len(setting) <= width else setting[: width - 1] + "…"
 
 
-def _paired_deltas(
-    records: Sequence[Record], baseline: str, value: Callable[[Record], float | None]
-) -> dict[tuple[str, int, str], list[tuple[float, Record, Record]]]:
-    """``(suite, length, setting)`` -> per prompt: (``value`` of the setting's record minus the
-    baseline's on the same prompt, the record, the baseline's record); prompts where either value is
-    None are left out."""
+def _pairs(
+    records: Sequence[Record], baseline: str, measured: Callable[[Record], bool]
+) -> dict[tuple[str, int, str], list[tuple[Record, Record]]]:
+    """``(suite, length, setting)`` -> per prompt: (the setting's record, the baseline's record on
+    the same prompt); prompts where either record is not ``measured`` are left out."""
     by_prompt = {(record.example_id, record.setting): record for record in records}
-    cells: dict[tuple[str, int, str], list[tuple[float, Record, Record]]] = defaultdict(list)
+    cells: dict[tuple[str, int, str], list[tuple[Record, Record]]] = defaultdict(list)
     for record in records:
         base = by_prompt.get((record.example_id, baseline))
-        if record.setting == baseline or base is None:
-            continue
-        mine, theirs = value(record), value(base)
-        if mine is not None and theirs is not None:
-            cells[(record.suite, record.length, record.setting)].append((mine - theirs, record, base))
+        if record.setting != baseline and base is not None and measured(record) and measured(base):
+            cells[(record.suite, record.length, record.setting)].append((record, base))
     return cells
 
 
@@ -262,13 +258,13 @@ def _mean_interval(deltas: Sequence[float]) -> str:
 def _paired_table(
     records: Sequence[Record],
     baseline: str | None,
-    value: Callable[[Record], float | None],
     heading: str,
-    cell: Callable[[list[tuple[float, Record, Record]]], str],
+    cell: Callable[[list[tuple[Record, Record]]], str],
+    measured: Callable[[Record], bool] = lambda record: True,
 ) -> str:
     settings = settings_of(records)
     baseline = baseline if baseline is not None else settings[0]
-    cells = _paired_deltas(records, baseline, value)
+    cells = _pairs(records, baseline, measured)
     if not cells:
         return ""
     others = [s for s in settings if s != baseline]
@@ -292,22 +288,21 @@ def paired_table(records: Sequence[Record], baseline: str | None = None) -> str:
     baseline's at all. The bound is the instrument for "no worse than the baseline by more than k
     points": the net loss is at most the share of answers lost."""
 
-    def cell(pairs: list[tuple[float, Record, Record]]) -> str:
+    def cell(pairs: list[tuple[Record, Record]]) -> str:
         gained = lost = total = 0
-        for _, record, base in pairs:
+        for record, base in pairs:
             for mine, theirs in zip(record.hits, base.hits, strict=True):
                 gained += mine and not theirs
                 lost += theirs and not mine
                 total += 1
         bound = 100 * wilson_interval(lost, total)[1]
-        changed = sum(record.output != base.output for _, record, base in pairs)
+        changed = sum(record.output != base.output for record, base in pairs)
         change = 100 * (gained - lost) / total
         return f"{change:+.0f}: +{gained} -{lost} of {total} (lost <= {bound:.0f}%); {changed} differ"
 
     return _paired_table(
         records,
         baseline,
-        lambda record: 0.0,
         "Paired against `{baseline}`, answer by answer: change in points: answers gained and lost of n "
         "(95% upper bound of the share lost); replies that differ at all:",
         cell,
@@ -319,16 +314,17 @@ def likelihood_table(records: Sequence[Record], baseline: str | None = None) -> 
     length) and setting: mean in nats with a 95% normal interval over prompts, and how many prompts
     moved towards the answer. Empty when no record carries ``answer_logprob``."""
 
-    def cell(pairs: list[tuple[float, Record, Record]]) -> str:
-        deltas = [delta for delta, _, _ in pairs]
+    def cell(pairs: list[tuple[Record, Record]]) -> str:
+        # Only pairs with both log-probabilities measured reach here (``measured`` below).
+        deltas = [cast(float, record.answer_logprob) - cast(float, base.answer_logprob) for record, base in pairs]
         return f"{_mean_interval(deltas)} {sum(delta > 0 for delta in deltas)}/{len(deltas)}"
 
     return _paired_table(
         records,
         baseline,
-        lambda record: record.answer_logprob,
         "Change of the answer's log-probability against `{baseline}` (nats, mean [95% CI], prompts improved):",
         cell,
+        measured=lambda record: record.answer_logprob is not None,
     )
 
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sra_rag.cli import ModelOption
+
 if TYPE_CHECKING:
     from sra_rag.config import SRAConfig
     from sra_rag.engine import SRAEngine
@@ -36,14 +38,6 @@ ChromaUrlOption = Annotated[
     typer.Option("--chroma-url", help="Use a Chroma server (e.g. http://localhost:8000) instead of a folder."),
 ]
 CollectionOption = Annotated[str, typer.Option("--collection", help="Collection name in the store.")]
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        help="Hub id (from the local cache), folder, .gguf file, or a model installed from PyPI: "
-        "smollm2-135m (the default) or qwen2.5-coder-0.5b.",
-    ),
-]
 PresetOption = Annotated[str, typer.Option("--preset", help="SRA preset: paper, demo, off or recommended.")]
 SraSwitch = Annotated[
     bool | None, typer.Option("--sra/--no-sra", help="Force SRA on or off (--no-sra: stock attention, for comparison).")
