@@ -262,7 +262,7 @@ def test_search_space_candidates_are_valid_and_distinct() -> None:
     specs = tune.candidates()
     assert len(specs) == len(set(specs))
     # Outer-only and both: every dimension; inner-only: no outer target and no layer band.
-    assert len(specs) == 2 * (2 * 3 * 3 * 2 * 2 * 2) + 2 * 3 * 3 * 2
+    assert len(specs) == 2 * (2 * 3 * 3 * 2 * 2 * 3) + 2 * 3 * 3 * 2
     assert all(runner.parse_setting(spec).config.enabled for spec in specs)
     assert tune.candidates(5, seed=1) == tune.candidates(5, seed=1) != tune.candidates(5, seed=2)
 

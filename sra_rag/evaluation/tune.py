@@ -31,7 +31,7 @@ TEST_SEED_OFFSET = 1000
 # factors, applied to every loop that runs; ``outer_target``: the spec's sliding block or the
 # variant that follows the tail's attention; ``renormalize``: the spec's unnormalised rows or the
 # variant that keeps edited rows a distribution; ``layers``: the outer loop in every layer the spec
-# names or only in the upper half of the model (``outer_layers``).
+# names, only in the upper half of the model or only in its top quarter (``outer_layers``).
 SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "loops": ("outer", "inner", "both"),
     "tail": ("question", "fixed"),
@@ -39,7 +39,7 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "alpha": (0.3, 0.5, 1.0),
     "outer_target": ("schedule", "attention"),
     "renormalize": (False, True),
-    "layers": ((0.0, 1.0), (0.5, 1.0)),
+    "layers": ((0.0, 1.0), (0.5, 1.0), (0.75, 1.0)),
 }
 
 
