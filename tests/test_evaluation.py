@@ -331,7 +331,8 @@ def test_cli_tune_quick_runs_end_to_end(embedded_engine, tmp_path: Path) -> None
     dev = report.load_records(tmp_path / "tune_dev.json")
     test = report.load_records(tmp_path / "tune_test.json")
     assert len(dev) == 2 and {r.setting for r in dev} >= {"off"}
-    assert {r.setting for r in test} == {"off", "paper", next(r.setting for r in dev if r.setting != "off")}
+    finalist = next(r.setting for r in dev if r.setting != "off")
+    assert {r.setting for r in test} == {"off", finalist, *tune.REFERENCE}
     assert all(r.output for r in dev + test)
     assert "Best on test" in (tmp_path / "tune.md").read_text()
     assert (tmp_path / "tune_gain_cost.png").exists()
@@ -344,3 +345,5 @@ def test_cli_rejects_unknown_suite_and_setting(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "gamma" in result.output
     result = CliRunner().invoke(build_app(), ["eval", "--suite", "trivia", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "trivia" in result.output
+    result = CliRunner().invoke(build_app(), ["tune", "--reference", "paper:gamma=1", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "gamma" in result.output

@@ -133,6 +133,13 @@ def tune_command(
     dev_examples: Annotated[int, typer.Option("--dev-examples", min=1, help="Dev prompts per cell.")] = 1,
     test_examples: Annotated[int, typer.Option("--test-examples", min=1, help="Test prompts per cell.")] = 2,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Dev finalists confirmed on the test split.")] = 3,
+    reference: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reference",
+            help="Setting also confirmed on the test split (repeatable). Default: the presets paper and recommended.",
+        ),
+    ] = None,
     quick: QuickOption = True,
     out: OutOption = Path("sra-tune"),
     seed: SeedOption = 0,
@@ -141,11 +148,16 @@ def tune_command(
 ) -> None:
     """Search SRA settings on a dev split and confirm the best on a held-out test split."""
     from sra_rag.engine import SRAEngine
-    from sra_rag.evaluation import tune
+    from sra_rag.evaluation import runner, tune
 
     lengths, depths, _ = _grid(quick, length, depth, None)
     specs = tune.candidates(candidates, seed)
     names = _suites(suite)
+    references = tuple(reference or tune.REFERENCE)
+    try:
+        runner.parse_settings(references)  # a mistyped setting fails before the model loads
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
     engine = SRAEngine.shared(model)
     try:
         result = tune.search(
@@ -158,6 +170,7 @@ def tune_command(
             test_per_cell=test_examples,
             top_k=top_k,
             seed=seed,
+            reference=references,
             progress=progress,
         )
     except ValueError as error:
