@@ -284,11 +284,13 @@ class SRAEngine:
         top_k: int = 0,
         min_p: float = 0.0,
         repetition_penalty: float = 1.0,
+        penalize_prompt: bool = True,
         seed: int | None = None,
         tail_from: str | None = None,
         layout: TextLayout | None = None,
         chat_template: bool = True,
         logits_processors: Sequence[Any] | None = None,
+        logprobs: bool = False,
     ) -> Request:
         """Validate every setting and tokenise the prompt: the :class:`~sra_rag.request.Request`
         that :meth:`submit` runs. Every other generation method calls this, so a bad setting fails
@@ -300,6 +302,7 @@ class SRAEngine:
             top_k=top_k,
             min_p=min_p,
             repetition_penalty=repetition_penalty,
+            penalize_prompt=penalize_prompt,
             seed=seed,
             stop=stop,
         )
@@ -313,6 +316,7 @@ class SRAEngine:
             sampling=sampling,
             layout=prepared.layout,
             logits_processors=processors,
+            logprobs=_flag(logprobs, "logprobs"),
         )
 
     def submit(self, request: Request) -> TextStream:
@@ -329,7 +333,9 @@ class SRAEngine:
 
         Settings (all per request): ``max_new_tokens`` (256), ``sra`` (an :class:`SRAConfig`; the
         engine's by default), ``stop`` (strings, never emitted), ``temperature`` (0: greedy),
-        ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``, ``seed``, ``layout`` (a
+        ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty`` (``penalize_prompt=False``: over
+        the generated tokens only), ``seed``, ``logprobs`` (record each token's log-probability in
+        ``TextStream.logprobs``), ``layout`` (a
         :class:`~sra_rag.layout.TextLayout`), ``tail_from`` (shorthand for a question marker that
         also turns on the question tail), ``chat_template`` and ``logits_processors`` (transformers
         ``LogitsProcessor`` s called with the request's full ids)."""
@@ -445,6 +451,12 @@ def _markers(tail_from: str | None, layout: TextLayout | None) -> TextLayout | N
     if layout is not None and layout.question is not None:
         raise ValueError("pass the question either as tail_from or as layout.question, not both")
     return TextLayout(question=tail_from, documents=layout.documents if layout else ())
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -249,7 +249,7 @@ class Scheduler:
         total = request.num_prompt_tokens + request.sampling.max_new_tokens
         ids = torch.empty((1, total), dtype=torch.long, device=self.device)
         ids[0, : request.num_prompt_tokens] = torch.tensor(request.prompt_ids, device=self.device)
-        sampler = Sampler(request.sampling, request.logits_processors, self.device)
+        sampler = Sampler(request.sampling, request.logits_processors, self.device, request.num_prompt_tokens)
         text = None if request.forced_tokens else IncrementalText(self.tokenizer, request.sampling.stop)
         return _Sequence(request, channel, sampler, text, ids, request.num_prompt_tokens)
 

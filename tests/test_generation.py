@@ -159,6 +159,14 @@ def test_repetition_penalty_covers_the_prompt_and_the_generated_tokens(tiny_engi
     assert set(plain.token_ids) & set(request.prompt_ids) or len(set(plain.token_ids)) < len(plain.token_ids)
 
 
+def test_the_penalty_can_leave_the_prompt_alone(tiny_engine: SRAEngine) -> None:
+    request = tiny_engine.request(prompt(2), max_new_tokens=20, repetition_penalty=1e6, penalize_prompt=False)
+    stream = tiny_engine.submit(request)
+    list(stream)
+    assert len(set(stream.token_ids)) == len(stream.token_ids)  # no generated token twice
+    assert set(stream.token_ids) & set(request.prompt_ids)  # but the prompt's tokens may be repeated
+
+
 def test_a_closed_stream_leaves_the_batch_and_others_go_on(tiny_engine: SRAEngine) -> None:
     expected = tiny_engine.generate(prompt(1), max_new_tokens=30)
     long = tiny_engine.stream(prompt(3), max_new_tokens=1000)
