@@ -1,0 +1,215 @@
+"""Structured output: constrain generation to a JSON schema with xgrammar.
+
+A JSON schema (a dict, a pydantic model class, or ``True`` for any JSON object, OpenAI's
+``json_object`` mode) is validated once, compiled by xgrammar for the model's tokenizer, and applied
+as a transformers :class:`~transformers.LogitsProcessor`: at every step, tokens that cannot continue
+valid JSON get ``-inf``; once the JSON is complete only the stop tokens remain, so generation ends
+there. ::
+
+    compiler = JsonSchemaCompiler(tokenizer, vocab_size=model.config.vocab_size)
+    processor = compiler.processor(MyModel)           # one processor per request
+    model.generate(input_ids, logits_processor=[processor], max_new_tokens=64)
+
+The processor follows transformers' contract: it reads the full input ids (prompt and tokens
+generated so far) and advances one grammar matcher per row from the tokens it has not seen yet, so it
+works inside ``model.generate`` and inside a decoding loop that hands it one request's row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeAlias
+
+import torch
+import xgrammar
+from jsonschema import SchemaError
+from jsonschema.validators import validator_for
+from pydantic import BaseModel
+from transformers import PreTrainedTokenizerBase
+from transformers.generation.logits_process import LogitsProcessor
+
+JsonSchema: TypeAlias = Mapping[str, Any] | type[BaseModel] | bool
+"""What ``json_schema=`` accepts: a JSON Schema dict, a pydantic model class, or ``True`` for any
+JSON object."""
+
+_XGRAMMAR_LOCATION = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")
+"""The time stamp and C++ source location that start xgrammar's error messages."""
+
+_CONTROL = re.compile(rb"[\x00-\x1f]")
+
+ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+"""The schema ``json_schema=True`` stands for: one JSON object with any keys (OpenAI's JSON mode)."""
+
+
+def json_schema_dict(schema: JsonSchema) -> dict[str, Any]:
+    """Validate ``schema`` and return it as a JSON Schema dict.
+
+    ``True`` is :data:`ANY_JSON_OBJECT`; a pydantic model class gives its ``model_json_schema()``;
+    a mapping must be a valid JSON Schema (checked against its declared draft, 2020-12 by default)
+    made of JSON values. Anything else is a ``TypeError``, an invalid schema a ``ValueError``.
+    """
+    if schema is True:
+        return dict(ANY_JSON_OBJECT)
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return schema.model_json_schema()
+    if not isinstance(schema, Mapping):
+        raise TypeError(
+            f"json_schema must be a JSON Schema dict, a pydantic model class or True (any JSON object), got {schema!r}"
+        )
+    try:
+        plain = json.loads(json.dumps(schema))
+    except (TypeError, ValueError) as error:
+        message = f"json_schema must hold only JSON values (str, number, bool, None, list, dict): {error}"
+        raise TypeError(message) from None
+    try:
+        validator_for(plain).check_schema(plain)
+    except SchemaError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+        raise ValueError(f"json_schema is not a valid JSON Schema at {where}: {error.message}") from None
+    return dict(plain)
+
+
+class JsonSchemaCompiler:
+    """Compiles JSON schemas for one tokenizer into :class:`JsonSchemaLogitsProcessor`\\ s.
+
+    ``vocab_size`` is the width of the model's logits (``model.config.vocab_size``; it may exceed
+    the tokenizer's vocabulary), ``stop_token_ids`` the tokens that end generation (default: the
+    tokenizer's EOS). Compiled grammars are cached by xgrammar, so a schema used again costs nothing.
+    Thread-safe; build one per tokenizer and keep it (reading the vocabulary takes a fraction of a
+    second).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        vocab_size: int | None = None,
+        stop_token_ids: Iterable[int] | None = None,
+    ) -> None:
+        stops = sorted({int(token) for token in stop_token_ids or ()} or {tokenizer.eos_token_id} - {None})
+        if not stops:
+            raise ValueError("The tokenizer has no EOS token; pass stop_token_ids=[...] (the tokens that end a reply).")
+        self.stop_token_ids: tuple[int, ...] = tuple(stops)
+        self.tokenizer_info = xgrammar.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=list(stops)
+        )
+        self.vocab_size: int = self.tokenizer_info.vocab_size
+        # Masked besides the grammar: special tokens such as <|im_start|>, which xgrammar reads as
+        # plain text a JSON string may hold (decoding would drop them from the reply), and tokens with
+        # a raw control character, never valid in compact JSON, which xgrammar 0.2 admits in strings
+        # with maxLength or minLength (https://github.com/mlc-ai/xgrammar/issues/800).
+        control = [i for i, token in enumerate(self.tokenizer_info.decoded_vocab) if _CONTROL.search(token)]
+        masked = (set(tokenizer.all_special_ids) | set(control)) - set(stops)
+        self.masked_token_ids: tuple[int, ...] = tuple(sorted(t for t in masked if 0 <= t < self.vocab_size))
+        self._compiler = xgrammar.GrammarCompiler(self.tokenizer_info, max_threads=1)
+
+    def compile(self, schema: JsonSchema) -> xgrammar.CompiledGrammar:
+        """Validate ``schema`` (see :func:`json_schema_dict`) and compile it (cached)."""
+        plain = json_schema_dict(schema)
+        try:
+            # One line, ", " and ": " between items: a small model given free whitespace may emit
+            # newlines until max_new_tokens (vLLM's --disable-any-whitespace addresses the same).
+            return self._compiler.compile_json_schema(json.dumps(plain), any_whitespace=False)
+        except RuntimeError as error:
+            reason = _XGRAMMAR_LOCATION.sub("", str(error)).strip()
+            raise ValueError(f"json_schema cannot be used for constrained decoding: {reason}") from None
+
+    def processor(self, schema: JsonSchema) -> JsonSchemaLogitsProcessor:
+        """A fresh processor constraining one request (every row of its batch) to ``schema``."""
+        return JsonSchemaLogitsProcessor(self.compile(schema), self.stop_token_ids, self.masked_token_ids)
+
+
+class JsonSchemaLogitsProcessor(LogitsProcessor):
+    """Masks every token that cannot continue JSON valid under a compiled schema.
+
+    Called as transformers calls processors: ``input_ids`` ``(batch, n)`` are the full ids of each
+    row (prompt and generated tokens), ``scores`` ``(batch, vocab)`` the next-token logits. The first
+    call fixes the batch size and the prompt length; each later call feeds each row's matcher the
+    tokens generated since the call before. A row whose JSON is complete may only emit a stop token;
+    once it has, the row is left as it is (``model.generate`` pads finished rows). Use one processor
+    per request: it holds that request's state.
+    """
+
+    def __init__(
+        self,
+        grammar: xgrammar.CompiledGrammar,
+        stop_token_ids: Iterable[int],
+        masked_token_ids: Iterable[int] = (),
+    ) -> None:
+        self.grammar = grammar
+        self.vocab_size: int = grammar.tokenizer_info.vocab_size
+        self._stop_token_ids = list(stop_token_ids)
+        self._masked_token_ids = torch.tensor(list(masked_token_ids), dtype=torch.long)
+        self._matchers: list[xgrammar.GrammarMatcher] = []
+        self._bitmask: torch.Tensor | None = None
+        self._prompt_length = 0
+        self._seen = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        batch, length = input_ids.shape
+        if scores.shape[-1] != self.vocab_size:
+            raise ValueError(
+                f"The logits have {scores.shape[-1]} columns but the grammar was compiled for {self.vocab_size} "
+                "tokens; build the JsonSchemaCompiler with vocab_size=model.config.vocab_size."
+            )
+        if not self._matchers:
+            self._matchers = [
+                xgrammar.GrammarMatcher(self.grammar, override_stop_tokens=self._stop_token_ids) for _ in range(batch)
+            ]
+            self._bitmask = xgrammar.allocate_token_bitmask(batch, self.vocab_size)
+            self._prompt_length = length
+        elif batch != len(self._matchers):
+            raise ValueError(
+                f"This processor constrains a batch of {len(self._matchers)} rows and was called with {batch}; "
+                "use one processor per request."
+            )
+        generated = length - self._prompt_length
+        if generated < self._seen:
+            raise ValueError(
+                f"The input ids got shorter ({length} tokens after {self._prompt_length + self._seen}); "
+                "use one processor per request."
+            )
+        assert self._bitmask is not None
+        new_tokens = input_ids[:, self._prompt_length + self._seen :].tolist()
+        self._seen = generated
+        active = []
+        for row, (matcher, tokens) in enumerate(zip(self._matchers, new_tokens, strict=True)):
+            for token in tokens:
+                if matcher.is_terminated():
+                    break  # padding after the stop token
+                if not matcher.accept_token(token):
+                    raise ValueError(
+                        f"Token {token} in row {row} does not continue the JSON schema: the sampler chose a token "
+                        "this processor had masked (it must run before sampling, after any processor that "
+                        "could rule out every allowed token)."
+                    )
+            if matcher.is_terminated():
+                xgrammar.reset_token_bitmask(self._bitmask[row : row + 1])
+            else:
+                matcher.fill_next_token_bitmask(self._bitmask, row)
+                active.append(row)
+        _apply_bitmask(scores, self._bitmask)
+        if active and len(self._masked_token_ids):
+            rows = torch.tensor(active, device=scores.device)[:, None]
+            scores[rows, self._masked_token_ids.to(scores.device)] = -float("inf")
+        return scores
+
+    @property
+    def is_completed(self) -> bool:
+        """Whether every row holds complete JSON (its stop token accepted or still to come)."""
+        return bool(self._matchers) and all(m.is_terminated() or m.is_completed() for m in self._matchers)
+
+
+def _apply_bitmask(scores: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """Set masked logits to ``-inf`` in place; xgrammar has CPU and CUDA kernels, other devices
+    round-trip through the CPU."""
+    if scores.device.type == "cuda":
+        xgrammar.apply_token_bitmask_inplace(scores, bitmask.to(scores.device, non_blocking=True))
+    elif scores.device.type == "cpu":
+        xgrammar.apply_token_bitmask_inplace(scores, bitmask)
+    else:
+        on_cpu = scores.cpu()
+        xgrammar.apply_token_bitmask_inplace(on_cpu, bitmask)
+        scores.copy_(on_cpu)
