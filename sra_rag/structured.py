@@ -39,6 +39,9 @@ _XGRAMMAR_LOCATION = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")
 
 _CONTROL = re.compile(rb"[\x00-\x1f]")
 
+_TEXT = xgrammar.Grammar.from_ebnf("root ::= [^{] [^]*")
+"""Plain text that does not begin with ``{``: the other branch of a reply that may be text or JSON."""
+
 ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
 """The schema ``json_schema=True`` stands for: one JSON object with any keys (OpenAI's JSON mode)."""
 
@@ -97,28 +100,43 @@ class JsonSchemaCompiler:
         )
         self.vocab_size: int = self.tokenizer_info.vocab_size
         # Masked besides the grammar: special tokens such as <|im_start|>, which xgrammar reads as
-        # plain text a JSON string may hold (decoding would drop them from the reply), and tokens with
-        # a raw control character, never valid in compact JSON, which xgrammar 0.2 admits in strings
-        # with maxLength or minLength (https://github.com/mlc-ai/xgrammar/issues/800).
-        control = [i for i, token in enumerate(self.tokenizer_info.decoded_vocab) if _CONTROL.search(token)]
-        masked = (set(tokenizer.all_special_ids) | set(control)) - set(stops)
-        self.masked_token_ids: tuple[int, ...] = tuple(sorted(t for t in masked if 0 <= t < self.vocab_size))
+        # plain text a JSON string may hold (decoding would drop them from the reply), and in JSON
+        # tokens with a raw control character, never valid in compact JSON, which xgrammar 0.2 admits
+        # in strings with maxLength or minLength (https://github.com/mlc-ai/xgrammar/issues/800).
+        vocab = self.tokenizer_info.decoded_vocab
+        special = set(tokenizer.all_special_ids) - set(stops)
+        control = {i for i, token in enumerate(vocab) if _CONTROL.search(token)} - set(stops)
+        self.special_token_ids: tuple[int, ...] = tuple(sorted(t for t in special if 0 <= t < self.vocab_size))
+        self.control_token_ids: tuple[int, ...] = tuple(sorted(control - special))
+        self.brace_token_ids: frozenset[int] = frozenset(i for i, token in enumerate(vocab) if token.startswith(b"{"))
         self._compiler = xgrammar.GrammarCompiler(self.tokenizer_info, max_threads=1)
 
-    def compile(self, schema: JsonSchema) -> xgrammar.CompiledGrammar:
-        """Validate ``schema`` (see :func:`json_schema_dict`) and compile it (cached)."""
-        plain = json_schema_dict(schema)
+    def compile(self, schema: JsonSchema, *, allow_text: bool = False) -> xgrammar.CompiledGrammar:
+        """Validate ``schema`` (see :func:`json_schema_dict`) and compile it (cached). With
+        ``allow_text``, the grammar also admits plain text that does not begin with ``{``."""
+        plain = json.dumps(json_schema_dict(schema))
         try:
             # One line, ", " and ": " between items: a small model given free whitespace may emit
             # newlines until max_new_tokens (vLLM's --disable-any-whitespace addresses the same).
-            return self._compiler.compile_json_schema(json.dumps(plain), any_whitespace=False)
+            if not allow_text:
+                return self._compiler.compile_json_schema(plain, any_whitespace=False)
+            json_grammar = xgrammar.Grammar.from_json_schema(plain, any_whitespace=False)
+            return self._compiler.compile_grammar(xgrammar.Grammar.union(json_grammar, _TEXT))
         except RuntimeError as error:
             reason = _XGRAMMAR_LOCATION.sub("", str(error)).strip()
             raise ValueError(f"json_schema cannot be used for constrained decoding: {reason}") from None
 
-    def processor(self, schema: JsonSchema) -> JsonSchemaLogitsProcessor:
-        """A fresh processor constraining one request (every row of its batch) to ``schema``."""
-        return JsonSchemaLogitsProcessor(self.compile(schema), self.stop_token_ids, self.masked_token_ids)
+    def processor(self, schema: JsonSchema, *, allow_text: bool = False) -> JsonSchemaLogitsProcessor:
+        """A fresh processor constraining one request (every row of its batch) to ``schema``; with
+        ``allow_text``, a row may instead hold plain text that does not begin with ``{`` (the first
+        token decides)."""
+        return JsonSchemaLogitsProcessor(
+            self.compile(schema, allow_text=allow_text),
+            self.stop_token_ids,
+            special_token_ids=self.special_token_ids,
+            control_token_ids=self.control_token_ids,
+            json_start_token_ids=self.brace_token_ids if allow_text else None,
+        )
 
 
 class JsonSchemaLogitsProcessor(LogitsProcessor):
@@ -136,13 +154,19 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
         self,
         grammar: xgrammar.CompiledGrammar,
         stop_token_ids: Iterable[int],
-        masked_token_ids: Iterable[int] = (),
+        *,
+        special_token_ids: Iterable[int] = (),
+        control_token_ids: Iterable[int] = (),
+        json_start_token_ids: frozenset[int] | None = None,
     ) -> None:
         self.grammar = grammar
         self.vocab_size: int = grammar.tokenizer_info.vocab_size
         self._stop_token_ids = list(stop_token_ids)
-        self._masked_token_ids = torch.tensor(list(masked_token_ids), dtype=torch.long)
+        self._text_masked = torch.tensor(list(special_token_ids), dtype=torch.long)
+        self._json_masked = torch.cat([self._text_masked, torch.tensor(list(control_token_ids), dtype=torch.long)])
+        self._json_start_token_ids = json_start_token_ids
         self._matchers: list[xgrammar.GrammarMatcher] = []
+        self._is_json: list[bool] = []
         self._bitmask: torch.Tensor | None = None
         self._prompt_length = 0
         self._seen = 0
@@ -158,6 +182,7 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
             self._matchers = [
                 xgrammar.GrammarMatcher(self.grammar, override_stop_tokens=self._stop_token_ids) for _ in range(batch)
             ]
+            self._is_json = [self._json_start_token_ids is None] * batch
             self._bitmask = xgrammar.allocate_token_bitmask(batch, self.vocab_size)
             self._prompt_length = length
         elif batch != len(self._matchers):
@@ -173,15 +198,18 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
             )
         assert self._bitmask is not None
         new_tokens = input_ids[:, self._prompt_length + self._seen :].tolist()
+        if self._json_start_token_ids is not None and self._seen == 0 and generated > 0:
+            self._is_json = [tokens[0] in self._json_start_token_ids for tokens in new_tokens]
         self._seen = generated
-        active = []
+        json_rows: list[int] = []
+        text_rows: list[int] = []
         for row, (matcher, tokens) in enumerate(zip(self._matchers, new_tokens, strict=True)):
             for token in tokens:
                 if matcher.is_terminated():
                     break  # padding after the stop token
                 if not matcher.accept_token(token):
                     raise ValueError(
-                        f"Token {token} in row {row} does not continue the JSON schema: the sampler chose a token "
+                        f"Token {token} in row {row} does not follow the grammar: the sampler chose a token "
                         "this processor had masked (it must run before sampling, after any processor that "
                         "could rule out every allowed token)."
                     )
@@ -189,11 +217,11 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
                 xgrammar.reset_token_bitmask(self._bitmask[row : row + 1])
             else:
                 matcher.fill_next_token_bitmask(self._bitmask, row)
-                active.append(row)
+                (json_rows if self._is_json[row] else text_rows).append(row)
         _apply_bitmask(scores, self._bitmask)
-        if active and len(self._masked_token_ids):
-            rows = torch.tensor(active, device=scores.device)[:, None]
-            scores[rows, self._masked_token_ids.to(scores.device)] = -float("inf")
+        for rows, masked in ((json_rows, self._json_masked), (text_rows, self._text_masked)):
+            if rows and len(masked):
+                scores[torch.tensor(rows, device=scores.device)[:, None], masked.to(scores.device)] = -float("inf")
         return scores
 
     @property

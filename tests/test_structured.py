@@ -212,10 +212,28 @@ def test_misuse_of_a_processor_is_reported(tokenizer, compiler):
         allowed(processor, [ids(tokenizer, "ab"), ids(tokenizer, "ab")], vocab)
     with pytest.raises(ValueError, match="got shorter"):
         allowed(processor, [ids(tokenizer, "a")], vocab)
-    with pytest.raises(ValueError, match="does not continue the JSON schema"):
+    with pytest.raises(ValueError, match="does not follow the grammar"):
         allowed(processor, [ids(tokenizer, "abx")], vocab)
     with pytest.raises(ValueError, match="vocab_size=model.config.vocab_size"):
         compiler.processor(True)(torch.tensor([[5]]), torch.zeros(1, vocab + 3))
+
+
+def test_a_reply_may_be_text_or_json_when_text_is_allowed(tokenizer, compiler):
+    schema = {"type": "object", "properties": {"n": {"type": "string", "maxLength": 4}}, "required": ["n"]}
+    vocab = len(tokenizer)
+    newline, brace, eos = ids(tokenizer, "\n")[0], ids(tokenizer, "{")[0], tokenizer.eos_token_id
+    text = compiler.processor(schema, allow_text=True)
+    prompt = ids(tokenizer, "q")
+    (first,) = allowed(text, [prompt], vocab)
+    assert {brace, newline, ids(tokenizer, "H")[0]} <= first and eos not in first  # no empty reply
+    (after_text,) = allowed(text, [prompt + ids(tokenizer, "Hi")], vocab)
+    assert {brace, newline, eos} <= after_text  # free text, and it may end anywhere
+    json_reply = compiler.processor(schema, allow_text=True)
+    allowed(json_reply, [prompt], vocab)
+    (in_string,) = allowed(json_reply, [prompt + ids(tokenizer, '{"n": "a')], vocab)
+    assert ids(tokenizer, "b")[0] in in_string and newline not in in_string and eos not in in_string
+    with pytest.raises(ValueError, match="does not follow the grammar"):
+        allowed(json_reply, [prompt + ids(tokenizer, '{"n": "a"x')], vocab)
 
 
 # -- generation with random models ----------------------------------------------------------------
