@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import torch
@@ -75,13 +77,13 @@ def json_schema_dict(schema: JsonSchema) -> dict[str, Any]:
 
 
 class JsonSchemaCompiler:
-    """Compiles JSON schemas for one tokenizer into :class:`JsonSchemaLogitsProcessor`\\ s.
+    """Compiles JSON schemas for one tokenizer into :class:`JsonSchemaLogitsProcessor`\ s.
 
     ``vocab_size`` is the width of the model's logits (``model.config.vocab_size``; it may exceed
     the tokenizer's vocabulary), ``stop_token_ids`` the tokens that end generation (default: the
-    tokenizer's EOS). Compiled grammars are cached by xgrammar, so a schema used again costs nothing.
-    Thread-safe; build one per tokenizer and keep it (reading the vocabulary takes a fraction of a
-    second).
+    tokenizer's EOS). The vocabulary is read on first use (a fraction of a second), and compiled
+    grammars are cached by xgrammar, so a schema used again costs nothing. Thread-safe; keep one per
+    tokenizer.
     """
 
     def __init__(
@@ -94,34 +96,32 @@ class JsonSchemaCompiler:
         stops = sorted({int(token) for token in stop_token_ids or ()} or {tokenizer.eos_token_id} - {None})
         if not stops:
             raise ValueError("The tokenizer has no EOS token; pass stop_token_ids=[...] (the tokens that end a reply).")
+        self.tokenizer = tokenizer
         self.stop_token_ids: tuple[int, ...] = tuple(stops)
-        self.tokenizer_info = xgrammar.TokenizerInfo.from_huggingface(
-            tokenizer, vocab_size=vocab_size, stop_token_ids=list(stops)
-        )
-        self.vocab_size: int = self.tokenizer_info.vocab_size
-        # Masked besides the grammar: special tokens such as <|im_start|>, which xgrammar reads as
-        # plain text a JSON string may hold (decoding would drop them from the reply), and in JSON
-        # tokens with a raw control character, never valid in compact JSON, which xgrammar 0.2 admits
-        # in strings with maxLength or minLength (https://github.com/mlc-ai/xgrammar/issues/800).
-        vocab = self.tokenizer_info.decoded_vocab
-        special = set(tokenizer.all_special_ids) - set(stops)
-        control = {i for i, token in enumerate(vocab) if _CONTROL.search(token)} - set(stops)
-        self.special_token_ids: tuple[int, ...] = tuple(sorted(t for t in special if 0 <= t < self.vocab_size))
-        self.control_token_ids: tuple[int, ...] = tuple(sorted(control - special))
-        self.brace_token_ids: frozenset[int] = frozenset(i for i, token in enumerate(vocab) if token.startswith(b"{"))
-        self._compiler = xgrammar.GrammarCompiler(self.tokenizer_info, max_threads=1)
+        self._vocab_size = vocab_size
+        self._lock = threading.Lock()
+        self._vocabulary: _Vocabulary | None = None
+
+    @property
+    def vocabulary(self) -> _Vocabulary:
+        """The tokenizer as xgrammar reads it, and the token sets masked besides the grammar."""
+        with self._lock:
+            if self._vocabulary is None:
+                self._vocabulary = _Vocabulary.read(self.tokenizer, self._vocab_size, self.stop_token_ids)
+            return self._vocabulary
 
     def compile(self, schema: JsonSchema, *, allow_text: bool = False) -> xgrammar.CompiledGrammar:
         """Validate ``schema`` (see :func:`json_schema_dict`) and compile it (cached). With
         ``allow_text``, the grammar also admits plain text that does not begin with ``{``."""
         plain = json.dumps(json_schema_dict(schema))
+        compiler = self.vocabulary.compiler
         try:
             # One line, ", " and ": " between items: a small model given free whitespace may emit
             # newlines until max_new_tokens (vLLM's --disable-any-whitespace addresses the same).
             if not allow_text:
-                return self._compiler.compile_json_schema(plain, any_whitespace=False)
+                return compiler.compile_json_schema(plain, any_whitespace=False)
             json_grammar = xgrammar.Grammar.from_json_schema(plain, any_whitespace=False)
-            return self._compiler.compile_grammar(xgrammar.Grammar.union(json_grammar, _TEXT))
+            return compiler.compile_grammar(xgrammar.Grammar.union(json_grammar, _TEXT))
         except RuntimeError as error:
             reason = _XGRAMMAR_LOCATION.sub("", str(error)).strip()
             raise ValueError(f"json_schema cannot be used for constrained decoding: {reason}") from None
@@ -130,12 +130,43 @@ class JsonSchemaCompiler:
         """A fresh processor constraining one request (every row of its batch) to ``schema``; with
         ``allow_text``, a row may instead hold plain text that does not begin with ``{`` (the first
         token decides)."""
+        grammar = self.compile(schema, allow_text=allow_text)
+        vocabulary = self.vocabulary
         return JsonSchemaLogitsProcessor(
-            self.compile(schema, allow_text=allow_text),
+            grammar,
             self.stop_token_ids,
-            special_token_ids=self.special_token_ids,
-            control_token_ids=self.control_token_ids,
-            json_start_token_ids=self.brace_token_ids if allow_text else None,
+            special_token_ids=vocabulary.special_token_ids,
+            control_token_ids=vocabulary.control_token_ids,
+            json_start_token_ids=vocabulary.brace_token_ids if allow_text else None,
+        )
+
+
+@dataclass(frozen=True)
+class _Vocabulary:
+    """A tokenizer read for xgrammar, its grammar compiler, and the tokens masked besides the grammar:
+    special tokens such as ``<|im_start|>`` (xgrammar reads them as plain text a JSON string may hold,
+    and decoding would drop them from the reply), tokens with a raw control character (never valid in
+    compact JSON, yet admitted by xgrammar 0.2 in strings with maxLength or minLength:
+    https://github.com/mlc-ai/xgrammar/issues/800), and the tokens that begin with ``{``."""
+
+    info: xgrammar.TokenizerInfo
+    compiler: xgrammar.GrammarCompiler
+    special_token_ids: tuple[int, ...]
+    control_token_ids: tuple[int, ...]
+    brace_token_ids: frozenset[int]
+
+    @classmethod
+    def read(cls, tokenizer: PreTrainedTokenizerBase, vocab_size: int | None, stops: tuple[int, ...]) -> _Vocabulary:
+        info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=list(stops))
+        tokens = info.decoded_vocab
+        special = {t for t in tokenizer.all_special_ids if 0 <= t < info.vocab_size} - set(stops)
+        control = {i for i, token in enumerate(tokens) if _CONTROL.search(token)} - set(stops) - special
+        return cls(
+            info,
+            xgrammar.GrammarCompiler(info, max_threads=1),
+            tuple(sorted(special)),
+            tuple(sorted(control)),
+            frozenset(i for i, token in enumerate(tokens) if token.startswith(b"{")),
         )
 
 
@@ -197,6 +228,9 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
                 "use one processor per request."
             )
         assert self._bitmask is not None
+        if scores.is_inference() and not torch.is_inference_mode_enabled():
+            # Masked in place below; logits made in inference mode are read-only outside it.
+            scores = scores.clone()  # type: ignore[assignment]
         new_tokens = input_ids[:, self._prompt_length + self._seen :].tolist()
         if self._json_start_token_ids is not None and self._seen == 0 and generated > 0:
             self._is_json = [tokens[0] in self._json_start_token_ids for tokens in new_tokens]

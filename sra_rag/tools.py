@@ -166,6 +166,30 @@ def offer_tools(messages: Sequence[Mapping[str, str]], tools: Sequence[Tool], ch
     return [{"role": "system", "content": prompt}, *converted]
 
 
+@dataclass(frozen=True)
+class ToolRequest:
+    """What a request with tools runs: the messages with the tools offered, and the JSON schema of a
+    call (None for ``"none"``); ``allow_text``: the reply may instead be text (``"auto"``)."""
+
+    messages: list[dict[str, str]]
+    schema: dict[str, Any] | None
+    allow_text: bool
+
+
+def tool_request(
+    messages: Sequence[Mapping[str, str]],
+    tools: Iterable[Tool | Mapping[str, Any]],
+    tool_choice: str | bool | Mapping[str, Any] | None,
+) -> ToolRequest:
+    """Validate ``tools`` and ``tool_choice`` and build what a request with them runs."""
+    checked = as_tools(tools)
+    choice = tool_choice_of(tool_choice, checked)
+    offered = offer_tools(messages, checked, choice)
+    if choice == "none":
+        return ToolRequest(offered, None, allow_text=True)
+    return ToolRequest(offered, tool_call_schema(checked, choice), allow_text=choice == "auto")
+
+
 def render_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
     """A past call as the assistant's text, in the format the model is asked to produce."""
     return json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False)

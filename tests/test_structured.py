@@ -245,7 +245,7 @@ class NoSurrogates(LogitsProcessor):
     maxLength), a trained model does not."""
 
     def __init__(self, compiler: JsonSchemaCompiler) -> None:
-        self.token = compiler.tokenizer_info.decoded_vocab.index(b"\xed")
+        self.token = compiler.vocabulary.info.decoded_vocab.index(b"\xed")
 
     def __call__(self, input_ids, scores):
         scores[:, self.token] = -float("inf")
