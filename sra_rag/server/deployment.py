@@ -73,7 +73,7 @@ def reader_app(
     """The Ray Serve application: ``replicas`` copies of the app, each with an engine loaded from ``spec``.
     A replica takes up to ``max_batch + queue_size`` requests from Ray's proxy, so the app's own queue
     (429 with ``Retry-After`` when full) governs each replica."""
-    return SRAReader.options(
+    return SRAReader.options(  # type: ignore[attr-defined]  # serve.deployment made it a Deployment
         num_replicas=replicas,
         max_ongoing_requests=settings.max_batch + settings.queue_size,
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},

@@ -61,11 +61,16 @@ class APIError(Exception):
 
 
 def field_path(loc: Sequence[str | int]) -> str:
-    """``("body", "messages", 0, "content")`` -> ``"messages.0.content"`` (the request body is implied)."""
-    parts = [str(part) for part in loc]
+    """``("body", "messages", 0, "content")`` -> ``"messages.0.content"`` (the request body is implied;
+    pydantic's tags of union members, such as ``str`` or ``list[str]``, are left out)."""
+    parts = [str(part) for part in loc if not _union_tag(part)]
     if parts and parts[0] == "body":
         parts = parts[1:]
     return ".".join(parts)
+
+
+def _union_tag(part: str | int) -> bool:
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none") or "[" in part)
 
 
 def validation_error(errors: Sequence[Mapping[str, Any]]) -> APIError:

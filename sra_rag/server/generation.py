@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -94,8 +95,8 @@ def completion_job(engine: SRAEngine, request: CompletionRequest, settings: Serv
     """A completion reads ``prompt`` as formatted text; with documents, ``prompt`` is the question."""
     options = _sampling(engine, request)
     if request.documents is not None:
-        return _stuffed_job(engine, request, settings, request.text, None, options)
-    prompt = request.text
+        return _stuffed_job(engine, request, settings, request.prompt, None, options)
+    prompt = request.prompt
     options["max_new_tokens"] = _max_new_tokens(engine, request.token_limit, prompt, False, settings, "prompt")
     return Job(prompt, False, options, "prompt")
 
@@ -142,10 +143,19 @@ def _sampling(engine: SRAEngine, request: ChatCompletionRequest | CompletionRequ
         "seed": request.seed,
         "stop": request.stop,
     }
-    if isinstance(request.response_format, JSONSchemaFormat):
-        options["json_schema"] = request.response_format.json_schema.json_schema
-    elif isinstance(request.response_format, JSONObjectFormat):
-        options["json_schema"] = {"type": "object"}
+    output = request.response_format
+    if isinstance(output, (JSONSchemaFormat, JSONObjectFormat)):
+        if "json_schema" not in inspect.signature(engine.stream).parameters:
+            raise APIError(
+                400,
+                f"response_format {output.type!r} needs constrained decoding, which this version of the engine "
+                "lacks; leave response_format unset or use a version with json_schema support.",
+                param="response_format",
+            )
+        if isinstance(output, JSONSchemaFormat):
+            options["json_schema"] = output.json_schema.json_schema
+        else:
+            options["json_schema"] = {"type": "object"}  # any JSON object
     return options
 
 

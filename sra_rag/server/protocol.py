@@ -155,12 +155,14 @@ class _GenerationRequest(_Request):
             raise ValueError("is not supported; leave it unset or empty")
         return value
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = [stop] if isinstance(stop, str) else stop or []
-        if any(not item for item in stops):
-            raise ValueError("stop sequences must be non-empty strings")
+    def _stops(cls, stop: Any) -> Any:
+        stops = [stop] if isinstance(stop, str) else stop
+        if stop is not None and (
+            not isinstance(stops, list) or not all(isinstance(item, str) and item for item in stops)
+        ):
+            raise ValueError("stop must be a non-empty string or a list of non-empty strings")
         return stop
 
     @field_validator("documents")
@@ -243,17 +245,21 @@ class ChatCompletionRequest(_GenerationRequest):
 class CompletionRequest(_GenerationRequest):
     """``POST /v1/completions``: ``prompt`` is read as already formatted text (no chat template)."""
 
-    prompt: str | list[str]
+    prompt: str
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = None
     logprobs: int | None = None
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        if isinstance(prompt, list) and len(prompt) != 1:
+    def _one_prompt(cls, prompt: Any) -> Any:
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if isinstance(prompt, list) and all(isinstance(item, str) for item in prompt):
             raise ValueError(f"send exactly one prompt per request, got a list of {len(prompt)}")
+        if not isinstance(prompt, str):
+            raise ValueError("prompt must be a string (token ids are not supported)")
         return prompt
 
     @field_validator("echo")
@@ -283,10 +289,6 @@ class CompletionRequest(_GenerationRequest):
         if value is not None:
             raise ValueError("log-probabilities are not supported; leave logprobs unset")
         return value
-
-    @property
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
     @property
     def token_limit(self) -> int | None:

@@ -42,14 +42,15 @@ def tiny_engine() -> SRAEngine:
 
 class GatedEngine:
     """``engine`` whose streams produce one piece per :meth:`release` (``release(None)``: all), so a
-    test decides when generation moves. ``streams`` holds every stream opened, ``pieces_taken`` how
-    many pieces each has produced."""
+    test decides when generation moves. ``calls`` holds the arguments of every ``stream`` call,
+    ``streams`` every stream opened, ``pieces_taken`` how many pieces each has produced."""
 
     def __init__(self, engine: SRAEngine) -> None:
         self._engine = engine
         self._permits = threading.Semaphore(0)
         self._open = threading.Event()
         self.streams: list[Any] = []
+        self.calls: list[dict[str, Any]] = []
         self.pieces_taken: list[int] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -63,6 +64,7 @@ class GatedEngine:
             self._permits.release(pieces)
 
     def stream(self, prompt: Any, **kwargs: Any) -> Any:
+        self.calls.append({"prompt": prompt, **kwargs})
         stream = self._engine.stream(prompt, **kwargs)
         index = len(self.streams)
         self.streams.append(stream)
