@@ -29,6 +29,7 @@ test-fast: install
 
 bench: install
 	$(PYTHON) -m sra_rag.benchmark
+	$(PYTHON) -m sra_rag.server.benchmark
 
 lint: install
 	$(PYTHON) -m ruff check sra_rag tests integrations examples
