@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -144,18 +143,10 @@ def _sampling(engine: SRAEngine, request: ChatCompletionRequest | CompletionRequ
         "stop": request.stop,
     }
     output = request.response_format
-    if isinstance(output, (JSONSchemaFormat, JSONObjectFormat)):
-        if "json_schema" not in inspect.signature(engine.stream).parameters:
-            raise APIError(
-                400,
-                f"response_format {output.type!r} needs constrained decoding, which this version of the engine "
-                "lacks; leave response_format unset or use a version with json_schema support.",
-                param="response_format",
-            )
-        if isinstance(output, JSONSchemaFormat):
-            options["json_schema"] = output.json_schema.json_schema
-        else:
-            options["json_schema"] = {"type": "object"}  # any JSON object
+    if isinstance(output, JSONSchemaFormat):
+        options["json_schema"] = output.json_schema.json_schema
+    elif isinstance(output, JSONObjectFormat):
+        options["json_schema"] = {"type": "object"}  # any JSON object
     return options
 
 

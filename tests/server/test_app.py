@@ -220,15 +220,6 @@ def test_malformed_json_unknown_routes_and_methods(url: str) -> None:
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_response_format_without_constrained_decoding_is_a_clear_400(url: str, tiny_engine) -> None:
-    import inspect
-
-    if "json_schema" in inspect.signature(tiny_engine.stream).parameters:
-        pytest.skip("the engine has constrained decoding")
-    response = chat(url, response_format={"type": "json_object"})
-    assert response.status_code == 400 and response.json()["error"]["param"] == "response_format"
-
-
 # -- per-request SRA and documents ----------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sra_rag import SRAConfig
 from sra_rag.server.admission import Admission, AdmissionTimeoutError, QueueFullError
 from sra_rag.server.errors import APIError, validation_error
-from sra_rag.server.generation import cited_numbers, resolve_sra
+from sra_rag.server.generation import chat_job, cited_numbers, resolve_sra
 from sra_rag.server.protocol import ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, Delta, dump
 from sra_rag.server.settings import EngineSpec, ServerSettings
 
@@ -99,10 +99,23 @@ def test_invalid_requests_name_the_field(fields, param: str, words: str) -> None
     assert words in error.message
 
 
-def test_json_schema_response_format_keeps_the_schema() -> None:
+def test_response_format_becomes_the_engines_json_schema(tiny_engine) -> None:
     schema = {"type": "object", "properties": {"town": {"type": "string"}}, "required": ["town"]}
-    request = chat(response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
-    assert request.response_format.json_schema.json_schema == schema
+    settings = ServerSettings()
+    wanted = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+    assert chat_job(tiny_engine, chat(response_format=wanted), settings).options["json_schema"] == schema
+    loose = chat_job(tiny_engine, chat(response_format={"type": "json_object"}), settings)
+    assert loose.options["json_schema"] == {"type": "object"}
+    plain = chat_job(tiny_engine, chat(response_format={"type": "text"}, max_tokens=5, temperature=0.5), settings)
+    assert "json_schema" not in plain.options
+    assert plain.options == {
+        "sra": None,
+        "temperature": 0.5,
+        "top_p": 1.0,
+        "seed": None,
+        "stop": None,
+        "max_new_tokens": 5,
+    }
 
 
 def test_malformed_json_is_a_clear_400() -> None:
