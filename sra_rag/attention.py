@@ -12,13 +12,16 @@ Two implementations of ``shared/SRA_SPEC.md`` live side by side and are held equ
 
 Settings travel with the call: ``model(..., sra_config=SRAConfig(...))`` reaches the attention
 function as a keyword argument (transformers forwards extra ``forward`` kwargs to it). Where a call
-cannot carry it (``model.generate``), :func:`sra_settings` sets a context-local value instead.
+cannot carry it (``model.generate``), :func:`sra_settings` sets a context-local value instead. In a
+batch, ``sra_config`` may hold one config per row, and ``sra_layout`` one
+:class:`~sra_rag.layout.PromptLayout` (or None) per row: the question span that
+``SRAConfig(tail="question")`` reads, in the row's own coordinates.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -27,7 +30,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from sra_rag.config import SRAConfig
+from sra_rag.config import SRAConfig, as_sra_config
+from sra_rag.layout import PromptLayout
 from sra_rag.schedule import Edit, layer_edits
 
 logger = logging.getLogger(__name__)
@@ -47,8 +51,7 @@ _context_config: ContextVar[SRAConfig | None] = ContextVar("sra_config", default
 def sra_settings(config: SRAConfig) -> Iterator[SRAConfig]:
     """Use ``config`` for SRA attention calls made in this context (thread or task) that do not
     pass ``sra_config`` themselves, for example inside ``model.generate(...)``."""
-    if not isinstance(config, SRAConfig):
-        raise TypeError(f"sra_settings expects an SRAConfig, got {type(config).__name__}")
+    as_sra_config(config, "sra_settings' config")
     token = _context_config.set(config)
     try:
         yield config
@@ -62,9 +65,38 @@ def resolve_config(config: SRAConfig | None) -> SRAConfig:
         config = _context_config.get()
     if config is None:
         return _DEFAULT_CONFIG
-    if not isinstance(config, SRAConfig):
-        raise TypeError(f"sra_config must be an SRAConfig, got {type(config).__name__}")
-    return config
+    return as_sra_config(config, "sra_config")
+
+
+RowConfig = SRAConfig | Sequence[SRAConfig] | None
+RowLayout = PromptLayout | Sequence[PromptLayout | None] | None
+
+
+def resolve_rows(config: RowConfig, layout: RowLayout, batch: int) -> list[tuple[SRAConfig, PromptLayout | None]]:
+    """Each batch row's settings and layout: one value for every row, or a sequence with one per row."""
+
+    def per_row(value: object, name: str) -> list:
+        if isinstance(value, Sequence):
+            if len(value) != batch:
+                raise ValueError(f"{name} has {len(value)} entries for a batch of {batch} rows; pass one per row")
+            return list(value)
+        return [value] * batch
+
+    configs = [resolve_config(item) for item in per_row(config, "sra_config")]
+    layouts = per_row(layout, "sra_layout")
+    for item in layouts:
+        if item is not None and not isinstance(item, PromptLayout):
+            raise TypeError(f"sra_layout must hold PromptLayout objects or None, got {type(item).__name__}")
+    return list(zip(configs, layouts, strict=True))
+
+
+def _question_start(layout: PromptLayout | None, n: int, row: int) -> int | None:
+    """The question's first token of a row of ``n`` real tokens, checked against the layout's length."""
+    if layout is None:
+        return None
+    if layout.length != n:
+        raise ValueError(f"sra_layout of row {row} describes {layout.length} tokens, but the row has {n} real tokens")
+    return layout.question_start
 
 
 def register() -> None:
@@ -272,27 +304,31 @@ def sra_attention_forward(
     dropout: float = 0.0,
     scaling: float | None = None,
     is_causal: bool | None = None,
-    sra_config: SRAConfig | None = None,
+    sra_config: RowConfig = None,
+    sra_layout: RowLayout = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SRA attention, fast path. Same signature and result layout as transformers' SDPA function.
 
     query: ``(batch, heads, q_len, head_dim)``; key, value: ``(batch, kv_heads, kv_len, head_dim)``;
-    attention_mask: boolean ``(batch, 1, q_len, kv_len)`` or None (causal).
+    attention_mask: boolean ``(batch, 1, q_len, kv_len)`` or None (causal). ``sra_config`` and
+    ``sra_layout``: one value, or one per batch row.
     Returns ``(batch, q_len, heads, head_dim)`` and no attention weights.
     """
     output, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
     )
-    config = resolve_config(sra_config)
-    if not config.enabled or not _is_prefill(query, key):
+    rows = resolve_rows(sra_config, sra_layout, query.shape[0])
+    if not any(config.enabled for config, _ in rows) or not _is_prefill(query, key):
         return output, None
     layer_idx, num_layers = _layer_position(module)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     length = key.shape[2]
-    for batch_index in range(query.shape[0]):
+    for batch_index, (config, layout) in enumerate(rows):
+        if not config.enabled:
+            continue
         offset, n = _real_span(attention_mask, batch_index, length, query.device)
-        edits = layer_edits(n, layer_idx, num_layers, config)
+        edits = layer_edits(n, layer_idx, num_layers, config, _question_start(layout, n, batch_index))
         if not edits:
             continue
         key_f, value_f = key[batch_index].float(), value[batch_index].float()
@@ -321,7 +357,8 @@ def sra_reference_attention_forward(
     dropout: float = 0.0,
     scaling: float | None = None,
     is_causal: bool | None = None,
-    sra_config: SRAConfig | None = None,
+    sra_config: RowConfig = None,
+    sra_layout: RowLayout = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SRA attention, literal path: the spec's steps on full ``(batch, heads, q_len, kv_len)``
@@ -331,7 +368,7 @@ def sra_reference_attention_forward(
     """
     if kwargs.get("softcap") is not None:
         raise ValueError("SRA attention does not support attention logit soft-capping.")
-    config = resolve_config(sra_config)
+    rows = resolve_rows(sra_config, sra_layout, query.shape[0])
     groups = query.shape[1] // key.shape[1]
     key_r, value_r = repeat_kv(key, groups).float(), repeat_kv(value, groups).float()
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -347,11 +384,12 @@ def sra_reference_attention_forward(
     # Fully masked rows (padding queries) give NaN; they attend to nothing.
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
 
-    if config.enabled and _is_prefill(query, key):
+    if any(config.enabled for config, _ in rows) and _is_prefill(query, key):
         layer_idx, num_layers = _layer_position(module)
-        for b in range(query.shape[0]):
+        for b, (config, layout) in enumerate(rows):
             positions = real_positions(attention_mask, b, kv_len, query.device)
-            for edit in layer_edits(len(positions), layer_idx, num_layers, config):
+            question_start = _question_start(layout, len(positions), b)
+            for edit in layer_edits(len(positions), layer_idx, num_layers, config, question_start):
                 targets = edit.targets
                 if edit.loop == "outer" and config.outer_target == "attention":
                     tail = positions[edit.row_start : edit.row_stop]

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 OuterTarget = Literal["schedule", "attention"]
+TailMode = Literal["fixed", "question"]
 
 
 class SRAConfig(BaseModel):
@@ -21,7 +22,7 @@ class SRAConfig(BaseModel):
     another's. Use ``cfg.model_copy(update={...})`` to derive a variant.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(True, description="False gives the stock SDPA result.")
     begin_length: int = Field(
@@ -32,6 +33,15 @@ class SRAConfig(BaseModel):
     )
     dynamic_tail: bool = Field(False, description="If true, tail_length = floor(n / tail_divisor).")
     tail_divisor: int = Field(20, ge=1, description="Divisor of the dynamic tail (20 = the last 5%).")
+    tail: TailMode = Field(
+        "fixed",
+        description=(
+            "Where the tail starts. 'fixed' is the spec: tail_length (or the dynamic tail) tokens. "
+            "'question': from the first token of the request's question to the end (the question, what "
+            "follows it and the generation prompt); the question is the request's layout marker, else the "
+            "last user message; a prompt with neither (a raw string) falls back to 'fixed'."
+        ),
+    )
     alpha_inner: float = Field(0.5, gt=0, description="Inner-loop elimination factor.")
     alpha_outer: float = Field(0.3, gt=0, description="Outer-loop elimination factor.")
     beta_inner: float = Field(4.0, ge=0, description="Inner-loop strength: times the removed mass is added back.")
@@ -70,8 +80,11 @@ class SRAConfig(BaseModel):
             raise ValueError(f"outer_layers must satisfy 0 <= lo < hi <= 1, got {self.outer_layers}")
         return self
 
-    def tail_for(self, n: int) -> int:
-        """The tail length for a prompt of ``n`` real tokens (spec: dynamic tail)."""
+    def tail_for(self, n: int, question_start: int | None = None) -> int:
+        """The tail length for a prompt of ``n`` real tokens whose question (if it has one) starts at
+        token ``question_start`` (spec: fixed or dynamic tail; ``tail="question"``: the question on)."""
+        if self.tail == "question" and question_start is not None:
+            return n - question_start
         if self.dynamic_tail:
             return n // self.tail_divisor
         return self.tail_length
@@ -103,8 +116,25 @@ PRESETS: dict[str, dict[str, object]] = {
     },
     "off": {"enabled": False},
     # Measured in README.md, "Does SRA help?": outer loop only, half the paper's strength, target block
-    # chosen by the tail's attention, top quarter of the layers; run with the question-aware tail
-    # (tail_from), as the reader and CLI do. The same setting over the upper half of the layers cost
-    # SmolLM2 3-12 points of summary facts at 1k tokens on held-out prompts.
-    "recommended": {"inner": False, "beta_outer": 2.0, "outer_target": "attention", "outer_layers": (0.75, 1.0)},
+    # chosen by the tail's attention, top quarter of the layers, the question-aware tail. The same
+    # setting over the upper half of the layers cost SmolLM2 3-12 points of summary facts at 1k tokens
+    # on held-out prompts.
+    "recommended": {
+        "inner": False,
+        "beta_outer": 2.0,
+        "outer_target": "attention",
+        "outer_layers": (0.75, 1.0),
+        "tail": "question",
+    },
 }
+
+
+def as_sra_config(value: object, name: str = "sra") -> SRAConfig:
+    """``value`` if it is an :class:`SRAConfig`, else a TypeError that says what to pass. The one
+    type check of SRA settings at every boundary (engine, attention, adapters, reader)."""
+    if not isinstance(value, SRAConfig):
+        raise TypeError(
+            f"{name} must be an SRAConfig, got {type(value).__name__}; build one with SRAConfig(...) or "
+            "SRAConfig.preset(name)"
+        )
+    return value

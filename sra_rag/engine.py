@@ -1,8 +1,10 @@
-"""SRAEngine: run a Hugging Face causal LM with Scaled ReAttention; count, generate and stream.
+"""SRAEngine: a causal LM with Scaled ReAttention, its tokenizer, and one generation path.
 
-Blocking and streaming generation share :meth:`SRAEngine.prepare` and one decoding loop, so they
-cannot drift apart. The SRA settings of a request travel as the ``sra_config`` keyword of the prefill
-forward call; decoding steps are ordinary attention (spec: "Prefill and decoding").
+The engine loads the model, renders and tokenises prompts (:meth:`SRAEngine.prepare`), validates a
+request once (:meth:`SRAEngine.request`) and hands it to its :class:`~sra_rag.scheduler.Scheduler`,
+which runs every request of the engine in shared forward passes (continuous batching). Blocking,
+streaming, async and scoring calls (:meth:`~SRAEngine.complete`, :meth:`~SRAEngine.stream`,
+:meth:`~SRAEngine.astream`, :meth:`~SRAEngine.log_likelihood`) all go through that one path.
 """
 
 from __future__ import annotations
@@ -10,24 +12,27 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import random
 import threading
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.generation.logits_process import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sra_rag.attention import IMPLEMENTATION, register
-from sra_rag.config import SRAConfig
+from sra_rag.chat import TokenizedPrompt, tokenize_chat, tokenize_text, validate_messages
+from sra_rag.config import SRAConfig, as_sra_config
+from sra_rag.layout import PromptLayout, TextLayout, resolve
 from sra_rag.models import ModelSource, check_model, load, resolve_source
+from sra_rag.request import Request, check_logits_processors, sampling_settings
+from sra_rag.scheduler import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_TOKENS, Scheduler
+from sra_rag.streaming import FinishReason, TextStream
 
-Message = Mapping[str, str]
+Message = dict[str, str]
 Prompt = str | Sequence[Message]
-FinishReason = Literal["stop", "length"]
+
+__all__ = ["Completion", "ContextWindowExceededError", "PreparedPrompt", "SRAEngine", "TextStream"]
 
 
 class ContextWindowExceededError(ValueError):
@@ -37,11 +42,18 @@ class ContextWindowExceededError(ValueError):
         self.prompt_tokens = prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.context_window = context_window
+        room = context_window - max_new_tokens
+        advice = (
+            f"Shorten the prompt to at most {room} tokens or lower max_new_tokens."
+            if room > 0
+            else f"max_new_tokens alone exceeds the window: lower it to at most {context_window - prompt_tokens}."
+            if prompt_tokens < context_window
+            else "The prompt alone fills the window: shorten it."
+        )
         super().__init__(
             f"The prompt has {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}: "
             f"{prompt_tokens + max_new_tokens} tokens do not fit the context window of {context_window}. "
-            f"Shorten the prompt to at most {context_window - max_new_tokens} tokens or lower max_new_tokens. "
-            "Nothing was truncated."
+            f"{advice} Nothing was truncated."
         )
 
 
@@ -49,25 +61,24 @@ class ContextWindowExceededError(ValueError):
 class PreparedPrompt:
     """A prompt tokenised once, ready for the model.
 
-    input_ids: ``(1, n)``; ``tail_length``: tokens from the question (``tail_from``) to the end, or
-    None when the request did not mark a tail.
+    ``input_ids``: ``(1, n)``; ``layout``: its question and document spans (see
+    :class:`~sra_rag.layout.PromptLayout`); ``text``: the rendered prompt.
     """
 
     input_ids: torch.Tensor
-    tail_length: int | None = None
+    layout: PromptLayout
+    text: str = field(default="", repr=False)
 
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[1])
 
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
+    @property
+    def tail_length(self) -> int | None:
+        """Tokens from the question's first token to the end (the tail of ``SRAConfig(tail="question")``),
+        or None when the prompt has no question."""
+        start = self.layout.question_start
+        return None if start is None else self.num_tokens - start
 
 
 @dataclass
@@ -82,83 +93,14 @@ class Completion:
     prefill_seconds: float = field(default=0.0, compare=False)
 
 
-@dataclass
-class TextStream:
-    """Iterator over text pieces as they are generated; after it is exhausted, ``text``,
-    ``completion_tokens`` and ``finish_reason`` describe the whole completion. ``prefill_seconds``
-    (the prompt's forward pass, SRA included) is set once the first piece is computed."""
-
-    pieces: Iterator[str]
-    prompt_tokens: int
-    completion_tokens: int = 0
-    finish_reason: FinishReason | None = None
-    text: str = ""
-    prefill_seconds: float | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        return next(self.pieces)
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        """Yield the pieces without blocking the event loop: one worker thread (``sra-stream``)
-        generates the whole stream and hands pieces over, so there is no thread hop per token.
-        When the consumer stops early, the worker stops after the next piece."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue()
-        stopped = threading.Event()
-
-        def put(item: object, error: BaseException | None = None) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, (item, error))
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                stopped.set()
-
-        def consume() -> None:
-            try:
-                for piece in self:
-                    if stopped.is_set():
-                        return
-                    put(piece)
-            except BaseException as error:  # handed to the consumer, which re-raises it
-                put(_DONE, error)
-            else:
-                put(_DONE)
-
-        threading.Thread(target=consume, name="sra-stream", daemon=True).start()
-        try:
-            while True:
-                item, error = await queue.get()
-                if error is not None:
-                    raise error
-                if item is _DONE:
-                    return
-                assert isinstance(item, str)
-                yield item
-        finally:
-            stopped.set()
-
-
-_DONE = object()
-
-
-def _longest_stop_prefix(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of ``text`` that begins some stop sequence (held back in a stream)."""
-    best = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:size]):
-                best = size
-                break
-    return best
-
-
 class SRAEngine:
     """A causal LM with Scaled ReAttention, its tokenizer and per-request generation.
 
-    Thread-safe: each call has its own cache, settings and random generator, so several threads may
-    share one engine with different settings.
+    Thread-safe: any number of threads (or tasks) may call it at once; their requests are batched
+    together by the engine's scheduler, each with its own settings. ``max_batch_size``: requests
+    decoded together at most; ``prefill_tokens``: padded prompt tokens prefilled in one forward pass
+    at most; ``num_threads``: torch's CPU threads (None: at most the CPUs this process may use,
+    unless you set torch's threads or ``OMP_NUM_THREADS`` yourself).
     """
 
     def __init__(
@@ -170,17 +112,19 @@ class SRAEngine:
         context_window: int | None = None,
         name: str | None = None,
         attn_implementation: str = IMPLEMENTATION,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
+        num_threads: int | None = None,
     ) -> None:
         check_model(model)
         register()
         if model.config._attn_implementation != attn_implementation:
             model.set_attn_implementation(attn_implementation)
         model.eval()
+        configure_threads(num_threads)
         self.model = model
         self.tokenizer = tokenizer
-        self.sra = sra if sra is not None else SRAConfig()
-        if not isinstance(self.sra, SRAConfig):
-            raise TypeError(f"sra must be an SRAConfig, got {type(self.sra).__name__}")
+        self.sra = SRAConfig() if sra is None else as_sra_config(sra)
         text_config = model.config.get_text_config()
         window = context_window or getattr(text_config, "max_position_embeddings", None)
         if not window:
@@ -189,6 +133,9 @@ class SRAEngine:
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
         self.eos_token_ids = frozenset(int(token) for token in eos if token is not None)
+        self.scheduler = Scheduler(
+            model, tokenizer, self.eos_token_ids, max_batch_size=max_batch_size, prefill_tokens=prefill_tokens
+        )
 
     @classmethod
     def from_pretrained(
@@ -203,6 +150,9 @@ class SRAEngine:
         trust_remote_code: bool = False,
         local_files_only: bool = True,
         attn_implementation: str = IMPLEMENTATION,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
+        num_threads: int | None = None,
         **model_kwargs: Any,
     ) -> SRAEngine:
         """Load a model with SRA attention.
@@ -231,6 +181,9 @@ class SRAEngine:
             context_window=context_window,
             name=source.display_name,
             attn_implementation=attn_implementation,
+            max_batch_size=max_batch_size,
+            prefill_tokens=prefill_tokens,
+            num_threads=num_threads,
         )
 
     _shared: dict[tuple[Any, ...], SRAEngine] = {}
@@ -247,8 +200,9 @@ class SRAEngine:
             return cls._shared[key]
 
     def with_context_window(self, context_window: int) -> SRAEngine:
-        """A view of this engine (same model and tokenizer, no reload) whose prompts must fit a smaller
-        ``context_window``, for example to leave memory headroom or to test long-input policies."""
+        """A view of this engine (same model, tokenizer and scheduler, no reload) whose prompts must
+        fit a smaller ``context_window``, for example to leave memory headroom or to test long-input
+        policies."""
         if not isinstance(context_window, int) or not 0 < context_window <= self.context_window:
             raise ValueError(f"context_window must be an integer in [1, {self.context_window}], got {context_window!r}")
         view = copy.copy(self)
@@ -261,19 +215,20 @@ class SRAEngine:
 
     # -- tokens ------------------------------------------------------------------------------------
 
-    def _render(self, prompt: Prompt, chat_template: bool) -> tuple[str, bool]:
-        """Validate ``prompt`` and render it to the exact text the model reads; the flag says
-        whether the tokenizer should add its special tokens (plain prompts only)."""
+    def _tokenize(self, prompt: Prompt, chat_template: bool) -> TokenizedPrompt:
+        """Validate ``prompt`` and tokenise it as the model reads it: messages (or a string as one
+        user message) through the chat template, content literal; a string with
+        ``chat_template=False`` (or for a model without a template) as it is."""
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise ValueError("The prompt is empty; pass some text or a list of chat messages.")
             if not chat_template or self.tokenizer.chat_template is None:
-                return prompt, True
+                return tokenize_text(self.tokenizer, prompt, add_special_tokens=True)
             messages = [{"role": "user", "content": prompt}]
         elif isinstance(prompt, Sequence):
             if not chat_template:
                 raise ValueError("chat_template=False takes an already formatted string, not a list of messages.")
-            messages = _validate_messages(prompt)
+            messages = validate_messages(prompt)
         else:
             raise TypeError(
                 "prompt must be a string or a list of {'role': ..., 'content': ...} messages, "
@@ -281,39 +236,43 @@ class SRAEngine:
             )
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{self.name} has no chat template; pass a plain string prompt instead of messages.")
-        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return str(rendered), False
+        return tokenize_chat(self.tokenizer, messages)
 
-    def prepare(self, prompt: Prompt, *, tail_from: str | None = None, chat_template: bool = True) -> PreparedPrompt:
+    def prepare(
+        self,
+        prompt: Prompt,
+        *,
+        tail_from: str | None = None,
+        layout: TextLayout | None = None,
+        chat_template: bool = True,
+    ) -> PreparedPrompt:
         """Apply the chat template (messages, or a string wrapped as one user message) and tokenise
-        once. ``tail_from`` marks the question: the SRA tail then spans from its last occurrence in
-        the prompt to the end (instruction and generation prompt included). ``chat_template=False``
-        reads a string prompt as already formatted (only the tokenizer's own special tokens are added)."""
-        text, add_special_tokens = self._render(prompt, chat_template)
-        encoding = self.tokenizer(
-            text, add_special_tokens=add_special_tokens, return_offsets_mapping=tail_from is not None
-        )
-        input_ids = encoding["input_ids"]
-        tail_length = None
-        if tail_from is not None:
-            start = text.rfind(tail_from) if tail_from else -1
-            if start < 0:
-                raise ValueError(f"tail_from={tail_from!r} does not occur in the prompt.")
-            offsets = encoding["offset_mapping"]
-            first = next(i for i, (_, end) in enumerate(offsets) if end > start)
-            tail_length = len(input_ids) - first
-        return PreparedPrompt(torch.tensor([input_ids], device=self.device), tail_length)
+        once, every message's content read as literal text (special-token text in it is not a
+        control token). ``layout`` marks the question and documents with text (see
+        :class:`~sra_rag.layout.TextLayout`); without a question marker, the question is the last
+        user message. ``tail_from="..."`` is shorthand for ``layout=TextLayout(question="...")``.
+        ``chat_template=False`` reads a string prompt as already formatted (only the tokenizer's own
+        special tokens are added)."""
+        markers = _markers(tail_from, layout)
+        tokens = self._tokenize(prompt, chat_template)
+        if tokens.offsets:
+            placed = resolve(tokens.text, tokens.offsets, markers, tokens.question)
+        elif markers is not None and (markers.question is not None or markers.documents):
+            raise ValueError(f"{self.name}'s tokenizer gives no offset mapping, so layout markers cannot be placed.")
+        else:
+            placed = PromptLayout(len(tokens.input_ids))
+        return PreparedPrompt(torch.tensor([tokens.input_ids], device=self.device), placed, tokens.text)
 
     def count_tokens(self, text_or_messages: Prompt) -> int:
         """Tokens of a plain text (no special tokens), or of a whole chat prompt as the model reads
         it (template and generation prompt included) when given a list of messages."""
         if isinstance(text_or_messages, str):
             return len(self.tokenizer(text_or_messages, add_special_tokens=False)["input_ids"])
-        return self.prepare(text_or_messages).num_tokens
+        return len(self._tokenize(text_or_messages, chat_template=True).input_ids)
 
-    # -- generation --------------------------------------------------------------------------------
+    # -- requests ----------------------------------------------------------------------------------
 
-    def stream(
+    def request(
         self,
         prompt: Prompt,
         *,
@@ -322,36 +281,81 @@ class SRAEngine:
         stop: Sequence[str] | str | None = None,
         temperature: float = 0.0,
         top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
         seed: int | None = None,
         tail_from: str | None = None,
+        layout: TextLayout | None = None,
         chat_template: bool = True,
-    ) -> TextStream:
-        """Generate, yielding text pieces as they are decoded. Returns a :class:`TextStream`.
-
-        The stream may be read from any thread (each model step enters inference mode itself)."""
-        settings = _sampling(max_new_tokens, stop, temperature, top_p, seed)
-        prepared, config = self._request(prompt, sra, tail_from, chat_template, settings.max_new_tokens)
-        stream = TextStream(iter(()), prompt_tokens=prepared.num_tokens)
-        stream.pieces = self._decode(prepared, config, settings, stream)
-        return stream
-
-    def complete(self, prompt: Prompt, **kwargs: Any) -> Completion:
-        """Generate the whole completion; returns text, token counts and why it ended."""
-        stream = self.stream(prompt, **kwargs)
-        for _ in stream:
-            pass
-        assert stream.finish_reason is not None
-        return Completion(
-            stream.text,
-            stream.prompt_tokens,
-            stream.completion_tokens,
-            stream.finish_reason,
-            stream.prefill_seconds or 0.0,
+        logits_processors: Sequence[Any] | None = None,
+    ) -> Request:
+        """Validate every setting and tokenise the prompt: the :class:`~sra_rag.request.Request`
+        that :meth:`submit` runs. Every other generation method calls this, so a bad setting fails
+        here, at the call, with a message naming it. The arguments are those of :meth:`stream`."""
+        sampling = sampling_settings(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=stop,
+        )
+        processors = check_logits_processors(logits_processors)
+        config = self._config(sra, tail_from)
+        prepared = self.prepare(prompt, tail_from=tail_from, layout=layout, chat_template=chat_template)
+        self._check_fits(prepared.num_tokens, sampling.max_new_tokens)
+        return Request(
+            prompt_ids=tuple(prepared.input_ids[0].tolist()),
+            sra=config,
+            sampling=sampling,
+            layout=prepared.layout,
+            logits_processors=processors,
         )
 
-    def generate(self, prompt: Prompt, **kwargs: Any) -> str:
-        """Generate the whole completion and return its text. Same arguments as :meth:`stream`."""
-        return self.complete(prompt, **kwargs).text
+    def submit(self, request: Request) -> TextStream:
+        """Run a prepared request; returns its stream at once (generation runs on the scheduler)."""
+        if not isinstance(request, Request):
+            raise TypeError(f"submit takes a Request (see SRAEngine.request), got {type(request).__name__}")
+        return self.scheduler.submit(request)
+
+    # -- generation --------------------------------------------------------------------------------
+
+    def stream(self, prompt: Prompt, **settings: Any) -> TextStream:
+        """Generate, yielding text pieces as they are decoded. Returns a :class:`TextStream`; read it
+        from any thread, or with ``async for``; ``close()`` it to cancel.
+
+        Settings (all per request): ``max_new_tokens`` (256), ``sra`` (an :class:`SRAConfig`; the
+        engine's by default), ``stop`` (strings, never emitted), ``temperature`` (0: greedy),
+        ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``, ``seed``, ``layout`` (a
+        :class:`~sra_rag.layout.TextLayout`), ``tail_from`` (shorthand for a question marker that
+        also turns on the question tail), ``chat_template`` and ``logits_processors`` (transformers
+        ``LogitsProcessor`` s called with the request's full ids)."""
+        return self.submit(self.request(prompt, **settings))
+
+    def complete(self, prompt: Prompt, **settings: Any) -> Completion:
+        """Generate the whole completion; returns text, token counts and why it ended. Same
+        settings as :meth:`stream`."""
+        return _completion(self.stream(prompt, **settings))
+
+    def generate(self, prompt: Prompt, **settings: Any) -> str:
+        """Generate the whole completion and return its text. Same settings as :meth:`stream`."""
+        return self.complete(prompt, **settings).text
+
+    async def astream(self, prompt: Prompt, **settings: Any) -> TextStream:
+        """:meth:`stream` for async code: the prompt is tokenised off the event loop; iterate the
+        result with ``async for``."""
+        request = await asyncio.to_thread(self.request, prompt, **settings)
+        return self.submit(request)
+
+    async def acomplete(self, prompt: Prompt, **settings: Any) -> Completion:
+        """:meth:`complete` for async code (never blocks the event loop)."""
+        stream = await self.astream(prompt, **settings)
+        async for _ in stream:
+            pass
+        return _completion(stream)
 
     def log_likelihood(
         self,
@@ -360,128 +364,87 @@ class SRAEngine:
         *,
         sra: SRAConfig | None = None,
         tail_from: str | None = None,
+        layout: TextLayout | None = None,
         chat_template: bool = True,
     ) -> float:
         """Log-probability (natural log, summed over tokens) that the model replies to ``prompt``
-        with ``continuation``, read exactly as generation would read it: the prompt's forward pass
-        is the SRA prefill, and the continuation's tokens go through the KV cache like decoding
-        steps (ordinary attention). A continuous measure of what a setting does to a known answer,
-        more sensitive than the exact match of a greedy completion."""
+        with ``continuation``, read exactly as generation reads it (the same requests, batched the
+        same way): the prompt's forward pass is the SRA prefill, and the continuation's tokens are
+        fed as decoding steps (ordinary attention). A continuous measure of what a setting does to a
+        known answer, more sensitive than the exact match of a greedy completion."""
         if not isinstance(continuation, str) or not continuation:
             raise ValueError("continuation must be a non-empty string")
-        target = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
-        prepared, config = self._request(prompt, sra, tail_from, chat_template, len(target))
-        cache = DynamicCache(config=self.model.config)
-        with torch.inference_mode():
-            prefill = self.model(
-                input_ids=prepared.input_ids, cache=cache, use_cache=True, logits_to_keep=1, sra_config=config
+        target = tuple(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        request = self.request(
+            prompt, max_new_tokens=len(target), sra=sra, tail_from=tail_from, layout=layout, chat_template=chat_template
+        )
+        stream = self.submit(
+            Request(
+                request.prompt_ids, request.sra, request.sampling, request.layout, forced_tokens=target, logprobs=True
             )
-            logits = [prefill.logits[0, -1:]]
-            if len(target) > 1:
-                rest = torch.tensor([target[:-1]], device=self.device)
-                logits.append(self.model(input_ids=rest, cache=cache, use_cache=True, sra_config=config).logits[0])
-            log_probs = torch.log_softmax(torch.cat(logits).float(), dim=-1)
-            chosen = log_probs.gather(-1, torch.tensor(target, device=self.device)[:, None])
-        return float(chosen.sum())
+        )
+        for _ in stream:
+            pass
+        return float(sum(stream.logprobs))
 
-    def _request(
-        self, prompt: Prompt, sra: SRAConfig | None, tail_from: str | None, chat_template: bool, new_tokens: int
-    ) -> tuple[PreparedPrompt, SRAConfig]:
-        """What generation and scoring share: the tokenised prompt (checked to fit with
-        ``new_tokens`` more) and the call's SRA settings, with the tail set to the question when
-        ``tail_from`` is given."""
-        config = self._request_config(sra)
-        prepared = self.prepare(prompt, tail_from=tail_from, chat_template=chat_template)
-        self._check_fits(prepared.num_tokens, new_tokens)
-        if prepared.tail_length is not None:
-            config = config.model_copy(update={"tail_length": prepared.tail_length, "dynamic_tail": False})
-        return prepared, config
+    # -- helpers -----------------------------------------------------------------------------------
 
-    def _request_config(self, sra: SRAConfig | None) -> SRAConfig:
-        if sra is None:
-            return self.sra
-        if not isinstance(sra, SRAConfig):
-            raise TypeError(f"sra must be an SRAConfig, got {type(sra).__name__}")
-        return sra
+    def _config(self, sra: SRAConfig | None, tail_from: str | None) -> SRAConfig:
+        """The request's SRA settings: ``sra`` or the engine's; ``tail_from`` turns on the question tail."""
+        config = self.sra if sra is None else as_sra_config(sra)
+        if tail_from is not None and config.tail != "question":
+            config = config.model_copy(update={"tail": "question"})
+        return config
 
     def _check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         if prompt_tokens + max_new_tokens > self.context_window:
             raise ContextWindowExceededError(prompt_tokens, max_new_tokens, self.context_window)
 
-    def _next_token(
-        self,
-        input_ids: torch.Tensor,
-        cache: DynamicCache,
-        config: SRAConfig,
-        warpers: Sequence[LogitsProcessor],
-        generator: torch.Generator,
-    ) -> int:
-        """One forward step (the SRA prefill, or a cached decoding step) and the chosen next token.
-        Inference mode is entered per step, not across the caller's ``yield``: it is thread-local,
-        and a stream may be resumed on another thread (``asyncio.to_thread``)."""
-        with torch.inference_mode():
-            outputs = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, sra_config=config)
-            logits = outputs.logits[:, -1, :].float()
-            for warper in warpers:
-                logits = warper(input_ids, logits)
-            if warpers:
-                return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
-            return int(logits.argmax(-1))
 
-    def _decode(
-        self, prepared: PreparedPrompt, config: SRAConfig, settings: SamplingSettings, stream: TextStream
-    ) -> Iterator[str]:
-        """The one decoding loop: SRA prefill, then cached decoding steps; stop sequences are
-        matched on the decoded text and never emitted."""
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(settings.seed if settings.seed is not None else random.getrandbits(63))
-        warpers: list[LogitsProcessor] = []
-        if settings.temperature > 0:
-            warpers.append(TemperatureLogitsWarper(settings.temperature))
-            if settings.top_p < 1.0:
-                warpers.append(TopPLogitsWarper(settings.top_p))
-        cache = DynamicCache(config=self.model.config)
-        tokens: list[int] = []
-        emitted = 0
-        text = ""
-        finish: FinishReason = "length"
-        start = time.perf_counter()
-        next_token = self._next_token(prepared.input_ids, cache, config, warpers, generator)
-        stream.prefill_seconds = time.perf_counter() - start
-        while True:
-            if next_token in self.eos_token_ids:
-                finish = "stop"
-                break
-            tokens.append(next_token)
-            stream.completion_tokens = len(tokens)
-            text = str(self.tokenizer.decode(tokens, skip_special_tokens=True))
-            hit = _find_stop(text, settings.stop, emitted)
-            if hit is not None:
-                text = text[:hit]
-                finish = "stop"
-                break
-            # Hold back an incomplete character and anything that may begin a stop sequence.
-            ready = len(text) - _longest_stop_prefix(text, settings.stop)
-            if text.endswith("\ufffd"):
-                ready = min(ready, len(text.rstrip("\ufffd")))
-            if ready > emitted:
-                stream.text = text[:ready]
-                yield text[emitted:ready]
-                emitted = ready
-            if len(tokens) >= settings.max_new_tokens:
-                break
-            step = torch.tensor([[next_token]], device=self.device)
-            next_token = self._next_token(step, cache, config, warpers, generator)
-        stream.text = text
-        stream.finish_reason = finish
-        if len(text) > emitted:
-            yield text[emitted:]
+_threads_configured = False
+_threads_lock = threading.Lock()
 
 
-def _find_stop(text: str, stops: Sequence[str], emitted: int) -> int | None:
-    """Index of the earliest stop sequence in ``text`` that is not inside already emitted text."""
-    hits = [index for stop in stops if (index := text.find(stop, max(0, emitted - len(stop) + 1))) >= 0]
-    return min(hits) if hits else None
+def configure_threads(num_threads: int | None = None) -> None:
+    """Set torch's CPU threads for generation, once per process. ``num_threads`` is used as given;
+    None keeps torch's count, lowered to the CPUs this process may use (a container often sees more
+    cores than it gets, and oversubscribed threads slow every forward pass down), and leaves it
+    alone when ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set. Never raises a count you set."""
+    global _threads_configured
+    if num_threads is not None:
+        if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+            raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+        torch.set_num_threads(num_threads)
+        _threads_configured = True
+        return
+    with _threads_lock:
+        if _threads_configured or os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+            return
+        _threads_configured = True
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if torch.get_num_threads() > usable:
+            torch.set_num_threads(usable)
+
+
+def _completion(stream: TextStream) -> Completion:
+    for _ in stream:
+        pass
+    assert stream.finish_reason is not None
+    return Completion(
+        stream.text, stream.prompt_tokens, stream.completion_tokens, stream.finish_reason, stream.prefill_seconds or 0.0
+    )
+
+
+def _markers(tail_from: str | None, layout: TextLayout | None) -> TextLayout | None:
+    if layout is not None and not isinstance(layout, TextLayout):
+        raise TypeError(f"layout must be a TextLayout (text markers), got {type(layout).__name__}")
+    if tail_from is None:
+        return layout
+    if not isinstance(tail_from, str) or not tail_from:
+        raise ValueError(f"tail_from must be a non-empty string, got {tail_from!r}")
+    if layout is not None and layout.question is not None:
+        raise ValueError("pass the question either as tail_from or as layout.question, not both")
+    return TextLayout(question=tail_from, documents=layout.documents if layout else ())
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -499,32 +462,3 @@ def _torch_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch
             raise ValueError(f"unknown dtype {dtype!r}; use for example 'float32', 'bfloat16' or 'float16'")
         return resolved
     return dtype
-
-
-def _validate_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
-    """Check a chat message list and return it as plain dicts."""
-    if not messages:
-        raise ValueError("The message list is empty; pass at least one {'role': 'user', 'content': ...} message.")
-    for index, message in enumerate(messages):
-        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-            raise TypeError(f"message {index} must be a mapping with a string 'role' and 'content', got {message!r}")
-        if not isinstance(message.get("content"), str):
-            raise TypeError(f"message {index} has non-string content {message.get('content')!r}")
-    if not any(str(message["content"]).strip() for message in messages):
-        raise ValueError("Every message is empty; there is nothing to answer.")
-    return [{"role": message["role"], "content": message["content"]} for message in messages]
-
-
-def _sampling(
-    max_new_tokens: int, stop: Sequence[str] | str | None, temperature: float, top_p: float, seed: int | None
-) -> SamplingSettings:
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if temperature is None or temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy decoding), got {temperature!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise ValueError(f"stop sequences must be non-empty strings, got {stop!r}")
-    return SamplingSettings(max_new_tokens, float(temperature), float(top_p), seed, stops)

@@ -270,3 +270,14 @@ def check_model(model: PreTrainedModel) -> None:
             f"{name} does not use rotary position embeddings (RoPE). SRA counteracts RoPE's long-distance decay "
             "and is defined for RoPE models only."
         )
+
+
+def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``source`` alone, without the weights (from the converted checkpoint of a
+    GGUF model when it exists, which is much faster than reading the GGUF file)."""
+    if source.gguf_file is not None:
+        folder = _converted_folder(source)
+        if (folder / "config.json").is_file():
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, local_files_only=True)
+    return AutoTokenizer.from_pretrained(source.path, local_files_only=True)

@@ -16,13 +16,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from sra_rag.config import SRAConfig
+from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.engine import SRAEngine
 
 SRA_FIELDS: tuple[str, ...] = tuple(SRAConfig.model_fields)
 """The SRA settings mirrored as fields and accepted as per-call keyword arguments."""
 
-GENERATION_KEYS: tuple[str, ...] = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "tail_from")
+SAMPLING_FIELDS: tuple[str, ...] = (
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "seed",
+)
+"""The generation settings that are fields (defaults of every call) as well as per-call arguments."""
+
+GENERATION_KEYS: tuple[str, ...] = (*SAMPLING_FIELDS, "stop", "tail_from", "layout", "logits_processors")
 """Per-call keyword arguments passed through to the engine (``max_tokens`` is an alias of the first)."""
 
 
@@ -46,8 +57,17 @@ class SRAOptions(BaseModel):
     device: str | None = Field(default=None, description="Torch device; None: CUDA if available, else CPU.")
     dtype: str | None = Field(default=None, description="Torch dtype name; None: bfloat16 on CUDA, float32 on CPU.")
     max_new_tokens: int = Field(default=256, gt=0, description="Tokens to generate at most.")
-    temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature; 0 is greedy decoding.")
+    temperature: float = Field(
+        default=0.0, ge=0.0, allow_inf_nan=False, description="Sampling temperature; 0 is greedy decoding."
+    )
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    top_k: int = Field(default=0, ge=0, description="Sample from the k likeliest tokens only (0: all).")
+    min_p: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Drop tokens under min_p x the likeliest one's probability."
+    )
+    repetition_penalty: float = Field(
+        default=1.0, gt=0.0, allow_inf_nan=False, description="Penalty on tokens already in the sequence (1: none)."
+    )
     seed: int | None = Field(default=None, description="Random seed for sampling; None: a fresh one per call.")
     stop: list[str] | None = Field(default=None, description="Default stop sequences; a call's stop replaces them.")
 
@@ -56,6 +76,7 @@ class SRAOptions(BaseModel):
     tail_length: int = _mirror("tail_length")
     dynamic_tail: bool = _mirror("dynamic_tail")
     tail_divisor: int = _mirror("tail_divisor")
+    tail: Literal["fixed", "question"] = _mirror("tail")
     alpha_inner: float = _mirror("alpha_inner")
     alpha_outer: float = _mirror("alpha_outer")
     beta_inner: float = _mirror("beta_inner")
@@ -70,8 +91,7 @@ class SRAOptions(BaseModel):
 
     def __init__(self, *, sra: SRAConfig | None = None, engine: SRAEngine | None = None, **data: Any) -> None:
         if sra is not None:
-            if not isinstance(sra, SRAConfig):
-                raise TypeError(f"sra must be an SRAConfig, got {type(sra).__name__}")
+            as_sra_config(sra)
             both = sorted(set(data) & set(SRA_FIELDS))
             if both:
                 raise TypeError(f"pass the SRA settings either as sra=SRAConfig(...) or as fields, not both: {both}")
@@ -104,9 +124,10 @@ class SRAOptions(BaseModel):
         """Engine keyword arguments for one call: this object's settings with the call's over them.
 
         ``kwargs`` may hold ``sra=SRAConfig(...)`` (replaces the object's SRA settings), single SRA
-        fields (merged over those), ``max_new_tokens`` or ``max_tokens``, ``temperature``,
-        ``top_p``, ``seed``, ``stop`` (``None``: the object's) and ``tail_from``. Anything else is
-        a TypeError that lists what is accepted.
+        fields (merged over those), ``max_new_tokens`` or ``max_tokens``, the sampling settings
+        (``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``, ``seed``),
+        ``stop`` (``None``: the object's), ``tail_from``, ``layout`` and ``logits_processors``.
+        Anything else is a TypeError that lists what is accepted.
         """
         call = dict(kwargs)
         if "max_tokens" in call:
@@ -114,10 +135,7 @@ class SRAOptions(BaseModel):
                 raise TypeError("pass max_new_tokens or its alias max_tokens, not both")
             call["max_new_tokens"] = call.pop("max_tokens")
         base = call.pop("sra", None)
-        if base is None:
-            base = self.sra_config
-        elif not isinstance(base, SRAConfig):
-            raise TypeError(f"sra must be an SRAConfig, got {type(base).__name__}")
+        base = self.sra_config if base is None else as_sra_config(base)
         updates = {name: call.pop(name) for name in SRA_FIELDS if name in call}
         unknown = sorted(set(call) - set(GENERATION_KEYS))
         if unknown:
@@ -128,11 +146,6 @@ class SRAOptions(BaseModel):
             )
         if call.get("stop") is None:
             call["stop"] = self.stop
-        settings: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-        }
+        settings: dict[str, Any] = {name: getattr(self, name) for name in SAMPLING_FIELDS}
         # Validated again, because model_copy(update=...) would not check the overrides.
         return {**settings, **call, "sra": SRAConfig(**{**base.model_dump(), **updates})}

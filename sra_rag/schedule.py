@@ -34,9 +34,11 @@ class Edit:
         return range(self.target_start, self.target_stop)
 
 
-def inner_edit(n: int, layer_idx: int, num_layers: int, config: SRAConfig) -> Edit | None:
+def inner_edit(
+    n: int, layer_idx: int, num_layers: int, config: SRAConfig, question_start: int | None = None
+) -> Edit | None:
     """The inner loop at ``layer_idx`` (spec: "Inner loop"), or None where it is inactive."""
-    b, t = config.begin_length, config.tail_for(n)
+    b, t = config.begin_length, config.tail_for(n, question_start)
     if not config.inner or layer_idx > num_layers - 2 or n <= b + t + 3:
         return None
     c = math.ceil((n - b - t - 3) / (num_layers + 3))
@@ -48,13 +50,15 @@ def inner_edit(n: int, layer_idx: int, num_layers: int, config: SRAConfig) -> Ed
     return Edit("inner", s, e, s - 3 * width, s - 2 * width, config.alpha_inner / (s - b), config.beta_inner)
 
 
-def outer_edit(n: int, layer_idx: int, num_layers: int, config: SRAConfig) -> Edit | None:
+def outer_edit(
+    n: int, layer_idx: int, num_layers: int, config: SRAConfig, question_start: int | None = None
+) -> Edit | None:
     """The outer loop at ``layer_idx`` (spec: "Outer loop"), or None where it is inactive.
 
     With ``outer_target="attention"`` the returned target block is the schedule's block size; the
     attention function moves it to where the tail's attention mass is largest.
     """
-    t = config.tail_for(n)
+    t = config.tail_for(n, question_start)
     if not config.outer or not 1 <= layer_idx <= num_layers - 2 or n <= t + 3 or t == 0:
         return None
     low, high = config.outer_layers
@@ -68,9 +72,15 @@ def outer_edit(n: int, layer_idx: int, num_layers: int, config: SRAConfig) -> Ed
     return Edit("outer", n - t, n, start, stop, config.alpha_outer / (n - t), config.beta_outer)
 
 
-def layer_edits(n: int, layer_idx: int, num_layers: int, config: SRAConfig) -> list[Edit]:
-    """Every edit of one layer for a sequence of ``n`` real tokens (empty when SRA is off)."""
+def layer_edits(
+    n: int, layer_idx: int, num_layers: int, config: SRAConfig, question_start: int | None = None
+) -> list[Edit]:
+    """Every edit of one layer for a sequence of ``n`` real tokens (empty when SRA is off);
+    ``question_start``: the question's first token, for ``config.tail == "question"``."""
     if not config.enabled:
         return []
-    edits = (inner_edit(n, layer_idx, num_layers, config), outer_edit(n, layer_idx, num_layers, config))
+    edits = (
+        inner_edit(n, layer_idx, num_layers, config, question_start),
+        outer_edit(n, layer_idx, num_layers, config, question_start),
+    )
     return [edit for edit in edits if edit is not None]

@@ -14,6 +14,7 @@ from sra_rag.attention import (
     sra_attention_forward,
     sra_reference_attention_forward,
 )
+from sra_rag.layout import PromptLayout
 from sra_rag.schedule import layer_edits
 
 NUM_LAYERS = 6
@@ -200,3 +201,74 @@ def test_interleaved_padding_gets_a_clear_error():
     mask = (torch.ones(n, n, dtype=torch.bool).tril()[None] & real[:, None, :])[:, None]
     with pytest.raises(ValueError, match="contiguous"):
         run(sra_attention_forward, 2, (query, key, value), SMALL, mask=mask)
+
+
+def padded_mask(n: int, pads: list[tuple[int, int]]) -> torch.Tensor:
+    """A boolean causal mask ``(batch, 1, n, n)`` with ``(left, right)`` padding per row."""
+    real = torch.ones(len(pads), n, dtype=torch.bool)
+    for row, (left, right) in enumerate(pads):
+        real[row, :left] = False
+        real[row, n - right :] = False
+    return (torch.ones(n, n, dtype=torch.bool).tril()[None] & real[:, None, :])[:, None]
+
+
+# One row per setting: the spec's geometry, SRA off, the question tail with its layout, the attention
+# target with a dynamic tail; real lengths 96, 86, 76 and 90 (left and right padding).
+ROW_CONFIGS = [
+    SMALL,
+    SRAConfig(enabled=False),
+    SMALL.model_copy(update={"tail": "question", "inner": False}),
+    SMALL.model_copy(update={"outer_target": "attention", "dynamic_tail": True, "tail_divisor": 6}),
+]
+ROW_PADS = [(0, 0), (10, 0), (0, 20), (4, 2)]
+ROW_LAYOUTS = [None, None, PromptLayout(76, question=(50, 60)), PromptLayout(90, question=(80, 85))]
+
+
+@pytest.mark.parametrize("layer", [1, 2, 4])
+def test_per_row_settings_fast_path_equals_reference_and_each_row_alone(layer):
+    n = 96
+    qkv = random_qkv(batch=4, n=n, seed=layer)
+    mask = padded_mask(n, ROW_PADS)
+    rows = {}
+    for fn in (sra_attention_forward, sra_reference_attention_forward):
+        query, key, value = qkv
+        rows[fn], _ = fn(
+            module(layer), query, key, value, mask, scaling=0.25, sra_config=ROW_CONFIGS, sra_layout=ROW_LAYOUTS
+        )
+    fast, reference = rows[sra_attention_forward], rows[sra_reference_attention_forward]
+    for row, (left, right) in enumerate(ROW_PADS):
+        real = slice(left, n - right)
+        torch.testing.assert_close(fast[row, real], reference[row, real], atol=1e-5, rtol=1e-4)
+        alone = tuple(t[row : row + 1, :, real] for t in qkv)
+        expected, _ = sra_attention_forward(
+            module(layer), *alone, None, scaling=0.25, sra_config=ROW_CONFIGS[row], sra_layout=ROW_LAYOUTS[row]
+        )
+        torch.testing.assert_close(fast[row, real], expected[0], atol=1e-5, rtol=1e-4)
+    # The rows' settings matter: the question row differs from the same row with the fixed tail.
+    query, key, value = (t[2:3, :, :76] for t in qkv)
+    fixed, _ = sra_attention_forward(module(layer), query, key, value, None, scaling=0.25, sra_config=ROW_CONFIGS[0])
+    assert not torch.allclose(fixed[0], fast[2, :76], atol=1e-4)
+
+
+def test_question_tail_reads_the_layout():
+    n, layer = 96, 2
+    question = SMALL.model_copy(update={"tail": "question"})
+    qkv = random_qkv(n=n)
+    query, key, value = qkv
+    from_layout, _ = sra_attention_forward(
+        module(layer), query, key, value, None, sra_config=question, sra_layout=PromptLayout(n, question=(70, 80))
+    )
+    as_length = run(sra_attention_forward, layer, qkv, SMALL.model_copy(update={"tail_length": n - 70}))
+    assert torch.equal(from_layout, as_length)
+    without = run(sra_attention_forward, layer, qkv, question)  # no layout: the fixed tail
+    assert torch.equal(without, run(sra_attention_forward, layer, qkv, SMALL))
+
+
+def test_per_row_arguments_are_checked():
+    query, key, value = random_qkv(batch=2, n=96)
+    with pytest.raises(ValueError, match="2 rows"):
+        sra_attention_forward(module(2), query, key, value, None, sra_config=[SMALL])
+    with pytest.raises(ValueError, match="describes 50 tokens"):
+        sra_attention_forward(module(2), query, key, value, None, sra_config=SMALL, sra_layout=PromptLayout(50))
+    with pytest.raises(TypeError, match="PromptLayout"):
+        sra_attention_forward(module(2), query, key, value, None, sra_config=SMALL, sra_layout=["x", None])

@@ -21,6 +21,7 @@ def test_defaults_match_the_spec_table():
         "outer_target": "schedule",
         "renormalize": False,
         "outer_layers": (0.0, 1.0),
+        "tail": "fixed",
     }
 
 
@@ -43,6 +44,9 @@ def test_frozen_and_unknown_fields_rejected():
         ("beta_outer", -0.5),
         ("tail_divisor", 0),
         ("outer_target", "nearest"),
+        ("tail", "middle"),
+        ("beta_outer", float("inf")),
+        ("alpha_inner", float("nan")),
     ],
 )
 def test_invalid_values_name_the_field(field, value):
@@ -54,6 +58,23 @@ def test_invalid_values_name_the_field(field, value):
 def test_dynamic_tail():
     assert SRAConfig(dynamic_tail=True, tail_divisor=20).tail_for(1000) == 50
     assert SRAConfig(dynamic_tail=False, tail_length=7).tail_for(1000) == 7
+
+
+def test_question_tail_starts_at_the_question_and_falls_back_without_one():
+    question = SRAConfig(tail="question", tail_length=7)
+    assert question.tail_for(1000, question_start=900) == 100
+    assert question.tail_for(1000) == 7  # a raw prompt has no question: the fixed tail
+    assert SRAConfig(tail_length=7).tail_for(1000, question_start=900) == 7  # the spec ignores the question
+    assert SRAConfig.preset("recommended").tail == "question" and SRAConfig().tail == "fixed"
+
+
+def test_one_type_check_for_configs():
+    from sra_rag.config import as_sra_config
+
+    config = SRAConfig()
+    assert as_sra_config(config) is config
+    with pytest.raises(TypeError, match="sra must be an SRAConfig, got dict"):
+        as_sra_config({"beta_outer": 2.0})
 
 
 def test_presets():

@@ -156,13 +156,12 @@ def test_wilson_interval_rejects_impossible_counts() -> None:
 
 def test_parse_setting_presets_overrides_and_tail() -> None:
     setting = runner.parse_setting("paper:inner=false,beta_outer=2,outer_target=attention,tail=question")
-    assert setting.config == SRAConfig(inner=False, beta_outer=2.0, outer_target="attention")
-    assert setting.question_tail
-    assert runner.parse_setting("paper").config == SRAConfig() and not runner.parse_setting("paper").question_tail
+    assert setting.config == SRAConfig(inner=False, beta_outer=2.0, outer_target="attention", tail="question")
+    assert runner.parse_setting("paper").config == SRAConfig() and runner.parse_setting("paper").config.tail == "fixed"
     layered = runner.parse_setting("paper:outer_layers=0.5/1,renormalize=true").config
     assert layered.outer_layers == (0.5, 1.0) and layered.renormalize
     assert runner.parse_setting("off").is_baseline
-    assert not runner.parse_setting("off:tail=question").question_tail  # no tail without SRA
+    assert runner.parse_setting("off:tail=question").is_baseline  # a tail mode does not turn SRA on
     settings = runner.parse_settings(["paper", "paper", "demo"])
     assert [s.name for s in settings] == ["off", "paper", "demo"]
 
@@ -175,7 +174,7 @@ def test_parse_setting_presets_overrides_and_tail() -> None:
         ("paper:gamma=2", "unknown SRA setting 'gamma'"),
         ("paper:inner=maybe", "true or false"),
         ("paper:beta_outer=-1", "not a valid SRAConfig"),
-        ("paper:tail=half", "tail must be one of"),
+        ("paper:tail=half", "(?s)not a valid SRAConfig.*'fixed' or 'question'"),
         ("paper:beta_outer", "expected key=value"),
         ("paper:outer_layers=0.7/0.2", "not a valid SRAConfig"),
     ],
@@ -282,8 +281,8 @@ def test_recommended_preset_is_a_valid_config() -> None:
     assert isinstance(config, SRAConfig)
     assert config == SRAConfig(**config.model_dump())
     assert config.enabled and config != SRAConfig.preset("paper")
-    # The harness runs it the way the reader and the CLI do: with the question-aware tail.
-    assert runner.parse_setting("recommended").question_tail
+    # The preset carries its question-aware tail itself: the harness, the reader and the CLI run it alike.
+    assert runner.parse_setting("recommended").config == config and config.tail == "question"
 
 
 def test_eval_module_reexports_the_evaluation_api() -> None:

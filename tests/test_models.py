@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from sra_rag import ModelNotSupportedError, SRAConfig, register, sra_settings
+from sra_rag.layout import PromptLayout
 from sra_rag.models import check_model
 
 COMMON = dict(
@@ -98,6 +99,28 @@ def test_padded_batch_equals_each_sequence_alone(model, implementation):
             input_ids, attention_mask=mask, position_ids=left_positions.clamp(min=0).expand(2, -1), sra_config=CONFIG
         ).logits
     torch.testing.assert_close(batched_left[1, 30:], alone_left[0], atol=2e-4, rtol=1e-4)
+
+
+def test_per_row_settings_in_a_left_padded_batch(model):
+    """Three prompts of different lengths, left-padded as the scheduler pads them, each with its own
+    settings and layout: the fast path equals the reference, and each row equals its prompt alone."""
+    lengths = [N, N - 30, N - 55]
+    configs = [CONFIG, SRAConfig(enabled=False), CONFIG.model_copy(update={"tail": "question", "inner": False})]
+    layouts = [None, None, PromptLayout(N - 55, question=(80, 90))]
+    input_ids = ids(batch=3)
+    mask = torch.ones(3, N, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, : N - length] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs = dict(attention_mask=mask, position_ids=positions, sra_config=configs, sra_layout=layouts)
+    fast = logits(model, "sra", input_ids, **kwargs)
+    reference = logits(model, "sra_reference", input_ids, **kwargs)
+    for row, length in enumerate(lengths):
+        torch.testing.assert_close(fast[row, N - length :], reference[row, N - length :], atol=2e-4, rtol=1e-4)
+        alone = logits(
+            model, "sra", input_ids[row : row + 1, N - length :], sra_config=configs[row], sra_layout=layouts[row]
+        )
+        torch.testing.assert_close(fast[row, N - length :], alone[0], atol=2e-4, rtol=1e-4)
 
 
 def test_decode_steps_after_an_sra_prefill_are_ordinary_attention(model):

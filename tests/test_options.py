@@ -27,6 +27,9 @@ def test_construction_from_a_config_or_fields_and_validation() -> None:
         SRAOptions(engine="smollm2-135m")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="alpha_outer"):
         SRAOptions(alpha_outer=0.0)
+    for name, value in [("temperature", float("nan")), ("temperature", float("inf")), ("top_k", -1), ("min_p", 2.0)]:
+        with pytest.raises(ValidationError, match=name):
+            SRAOptions(**{name: value})
 
 
 def test_call_settings_merge_over_the_objects() -> None:
@@ -36,6 +39,9 @@ def test_call_settings_merge_over_the_objects() -> None:
         "max_new_tokens": 8,
         "temperature": 0.0,
         "top_p": 1.0,
+        "top_k": 0,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
         "seed": 3,
         "stop": ["\n\n"],
         "tail_from": "Question:",

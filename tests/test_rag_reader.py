@@ -57,17 +57,17 @@ def test_answer_streams_over_all_chunks_with_numbered_sources(embedded_engine) -
     assert answer.sources == ["leave.md", "faq.txt"]
     assert [chunk.id for chunk in answer.stuffed.chunks] == ["l0", "l1", "f0"]
     assert answer.prompt_tokens == embedded_engine.count_tokens(answer.stuffed.messages)
-    assert spy.stream_kwargs["tail_from"] == answer.stuffed.tail_from
+    assert spy.stream_kwargs["layout"] == answer.stuffed.layout
+    assert answer.stuffed.layout.question == answer.stuffed.tail_from
+    assert [block.splitlines()[0] for block in answer.stuffed.layout.documents] == ["[1] leave.md", "[2] faq.txt"]
     assert spy.stream_kwargs["sra"] is sra and spy.stream_kwargs["max_new_tokens"] == 6
     assert spy.stream_kwargs["stop"] == ("\nQuestion:",)
 
 
-def test_ask_matches_stream_and_question_tail_can_be_switched_off(embedded_engine) -> None:
-    spy = SpyEngine(embedded_engine)
+def test_ask_matches_stream(embedded_engine) -> None:
     off = SRAConfig(enabled=False)
     streamed = "".join(Reader(embedded_engine, ListRetriever(CHUNKS), sra=off, max_new_tokens=6).stream(QUESTION))
-    answer = Reader(spy, ListRetriever(CHUNKS), sra=off, max_new_tokens=6, question_tail=False).ask(QUESTION)
-    assert spy.stream_kwargs["tail_from"] is None
+    answer = Reader(embedded_engine, ListRetriever(CHUNKS), sra=off, max_new_tokens=6).ask(QUESTION)
     assert answer.text == streamed  # greedy decoding: the same prompt gives the same text
     assert answer.sources == ["leave.md", "faq.txt"] and answer.dropped == []
     assert answer.finish_reason in {"stop", "length"}

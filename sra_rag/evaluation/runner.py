@@ -2,9 +2,10 @@
 
 A setting is written as ``NAME`` or ``NAME:key=value,...``: NAME is an SRA preset (``off``,
 ``paper``, ``demo``, ``recommended``) and the overrides are :class:`~sra_rag.config.SRAConfig`
-fields, plus ``tail=question`` (the SRA tail starts at the question, ``tail_from``) or
-``tail=fixed`` (the config's ``tail_length``, the spec's reference behaviour and the default).
-Pairs are written with a slash: ``outer_layers=0.5/1``.
+fields, e.g. ``tail=question`` (the SRA tail starts at the question) or ``tail=fixed`` (the
+config's ``tail_length``, the spec's reference behaviour). Pairs are written with a slash:
+``outer_layers=0.5/1``. Every example's question travels with its request as layout data, so a
+preset runs exactly as the reader and the CLI run it.
 Example: ``paper:inner=false,beta_outer=2,outer_target=attention,tail=question``.
 """
 
@@ -17,22 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 from sra_rag.config import SRAConfig
 from sra_rag.evaluation.suites import Example
+from sra_rag.layout import TextLayout
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
 
-TAIL_MODES = ("fixed", "question")
-RECOMMENDED_TAIL = "question"  # how the reader and the CLI run the recommended preset (question-aware tail)
-
 
 @dataclass(frozen=True)
 class Setting:
-    """An SRA configuration under test: ``name`` (its spec string), ``config`` and whether the tail
-    is the question (``tail_from``) rather than ``config.tail_length``."""
+    """An SRA configuration under test: ``name`` (its spec string) and ``config``."""
 
     name: str
     config: SRAConfig
-    question_tail: bool = False
 
     @property
     def is_baseline(self) -> bool:
@@ -42,9 +39,7 @@ class Setting:
 def _parse_value(key: str, raw: str) -> Any:
     field = SRAConfig.model_fields.get(key)
     if field is None:
-        raise ValueError(
-            f"unknown SRA setting {key!r}; use one of {sorted(SRAConfig.model_fields)} or tail=fixed|question"
-        )
+        raise ValueError(f"unknown SRA setting {key!r}; use one of {sorted(SRAConfig.model_fields)}")
     if field.annotation is bool:
         lowered = raw.lower()
         if lowered not in {"true", "false", "1", "0", "on", "off", "yes", "no"}:
@@ -65,23 +60,17 @@ def parse_setting(spec: str) -> Setting:
     spec = spec.strip()
     preset, _, rest = spec.partition(":")
     fields = SRAConfig.preset(preset.strip()).model_dump()
-    question_tail = preset.strip() == "recommended" and RECOMMENDED_TAIL == "question"
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, sep, raw = item.partition("=")
         key, raw = key.strip(), raw.strip()
         if not sep or not raw:
             raise ValueError(f"setting {spec!r}: expected key=value, got {item!r}")
-        if key == "tail":
-            if raw not in TAIL_MODES:
-                raise ValueError(f"setting {spec!r}: tail must be one of {TAIL_MODES}, got {raw!r}")
-            question_tail = raw == "question"
-        else:
-            fields[key] = _parse_value(key, raw)
+        fields[key] = _parse_value(key, raw)
     try:
         config = SRAConfig(**fields)
     except Exception as error:  # pydantic's ValidationError: restate with the spec that caused it
         raise ValueError(f"setting {spec!r} is not a valid SRAConfig: {error}") from error
-    return Setting(spec, config, question_tail and config.enabled)
+    return Setting(spec, config)
 
 
 def parse_settings(specs: Iterable[str], *, baseline: bool = True) -> list[Setting]:
@@ -124,7 +113,7 @@ class Record:
 def run_one(engine: SRAEngine, example: Example, setting: Setting, *, likelihood: bool = False) -> Record:
     """Generate the answer of one example under one setting (greedy) and score it; with
     ``likelihood``, also measure the first answer's log-probability (one more prefill)."""
-    tail_from = example.question if setting.question_tail else None
+    layout = TextLayout(question=example.question)
     start = time.perf_counter()
     stream = engine.stream(
         example.messages,
@@ -132,16 +121,14 @@ def run_one(engine: SRAEngine, example: Example, setting: Setting, *, likelihood
         sra=setting.config,
         stop=list(example.stop) or None,
         temperature=0.0,
-        tail_from=tail_from,
+        layout=layout,
     )
     for _ in stream:
         pass
     end = time.perf_counter()
     logprob = None
     if likelihood:
-        logprob = engine.log_likelihood(
-            example.messages, example.answers[0].text, sra=setting.config, tail_from=tail_from
-        )
+        logprob = engine.log_likelihood(example.messages, example.answers[0].text, sra=setting.config, layout=layout)
     return Record(
         suite=example.suite,
         example_id=example.id,

@@ -51,10 +51,10 @@ AlphaOuterOption = Annotated[float | None, typer.Option("--alpha-outer", help="S
 BetaInnerOption = Annotated[float | None, typer.Option("--beta-inner", help="SRA inner strength factor.")]
 BetaOuterOption = Annotated[float | None, typer.Option("--beta-outer", help="SRA outer strength factor.")]
 QuestionTailOption = Annotated[
-    bool,
+    bool | None,
     typer.Option(
         "--question-tail/--no-question-tail",
-        help="SRA tail = exactly the question/instruction (default), or the config's tail length.",
+        help="SRA tail = exactly the question/instruction, or the config's tail length (default: the preset's).",
     ),
 ]
 MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate at most.", min=1)]
@@ -103,17 +103,17 @@ def ask(
     alpha_outer: AlphaOuterOption = None,
     beta_inner: BetaInnerOption = None,
     beta_outer: BetaOuterOption = None,
-    question_tail: QuestionTailOption = True,
+    question_tail: QuestionTailOption = None,
 ) -> None:
     """Answer a question: retrieve top-k chunks, stuff them all into one prompt, stream the answer."""
-    overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer)
+    overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer, question_tail)
     with _user_errors():
         config = _sra_config(preset, sra, overrides)
         opened = _open_store(store, chroma_url, collection, create=False)
         if opened.count() == 0:
             _fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
         engine = _engine(model)
-        _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, question_tail)
+        _answer(engine, opened, question, config, top_k, max_new_tokens, overflow)
 
 
 @app.command()
@@ -135,13 +135,13 @@ def summarize(
     alpha_outer: AlphaOuterOption = None,
     beta_inner: BetaInnerOption = None,
     beta_outer: BetaOuterOption = None,
-    question_tail: QuestionTailOption = True,
+    question_tail: QuestionTailOption = None,
 ) -> None:
     """Summarize a whole document in one pass (map-reduce only if it does not fit, and said so)."""
     from sra_rag.rag.ingest import read_text
     from sra_rag.rag.summarizer import Summarizer
 
-    overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer)
+    overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer, question_tail)
     with _user_errors():
         config = _sra_config(preset, sra, overrides)
         if not file.is_file():
@@ -152,7 +152,6 @@ def summarize(
             sra=config,
             max_new_tokens=max_new_tokens,
             map_tokens=map_tokens,
-            question_tail=question_tail,
             allow_map_reduce=map_reduce,
             progress=True,
         )
@@ -185,7 +184,7 @@ def demo(
         _info(f"Reader: {engine.name}, context window {engine.context_window} tokens, SRA {state} ({preset}).")
         for question in SAMPLE_QUESTIONS:
             typer.secho(f"\nQ: {question}", bold=True)
-            _answer(engine, opened, question, config, top_k, max_new_tokens, "drop", True)
+            _answer(engine, opened, question, config, top_k, max_new_tokens, "drop")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -198,6 +197,7 @@ def _overrides(
     alpha_outer: float | None,
     beta_inner: float | None,
     beta_outer: float | None,
+    question_tail: bool | None = None,
 ) -> dict[str, Any]:
     values = {
         "begin_length": begin_length,
@@ -206,6 +206,7 @@ def _overrides(
         "alpha_outer": alpha_outer,
         "beta_inner": beta_inner,
         "beta_outer": beta_outer,
+        "tail": None if question_tail is None else ("question" if question_tail else "fixed"),
     }
     return {name: value for name, value in values.items() if value is not None}
 
@@ -252,7 +253,6 @@ def _answer(
     top_k: int,
     max_new_tokens: int,
     overflow: str,
-    question_tail: bool,
 ) -> None:
     from sra_rag.rag.reader import Reader
 
@@ -263,7 +263,6 @@ def _answer(
         sra=config,
         max_new_tokens=max_new_tokens,
         overflow=overflow,  # type: ignore[arg-type]  # validated by Reader
-        question_tail=question_tail,
     )
     with _warnings_to_stderr():
         answer = reader.stream(question)

@@ -1,8 +1,9 @@
 """The reader: retrieve, stuff every retrieved chunk into one prompt, and stream an answer with SRA.
 
-No chunk is dropped and there is no refine loop: the whole retrieved context is read in one prefill,
-and Scaled ReAttention's tail covers exactly the question, the instruction after it and the generation
-prompt (``question_tail=True``), so the question re-attends to the document blocks.
+No chunk is dropped and there is no refine loop: the whole retrieved context is read in one prefill.
+The prompt's layout (the question and every source block) goes to the engine with the request, so
+with a question-tail preset (``recommended``) Scaled ReAttention's tail covers exactly the question,
+the instruction after it and the generation prompt, and the question re-attends to the documents.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from sra_rag.config import SRAConfig
+from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
 
 if TYPE_CHECKING:
@@ -83,9 +84,9 @@ class Reader:
 
     ``top_k``: chunks retrieved; ``sra``: the SRA settings (default: the engine's); ``overflow``:
     what to do when the retrieved text does not fit (``"error"`` or ``"drop"``, see
-    :func:`~sra_rag.rag.stuffing.stuff_prompt`); ``question_tail``: let the SRA tail cover exactly
-    the question and instruction (False: the config's ``tail_length``); ``stop``: stop sequences
-    (by default, a small model that starts writing another "Question:" is stopped).
+    :func:`~sra_rag.rag.stuffing.stuff_prompt`); ``stop``: stop sequences (by default, a small model
+    that starts writing another "Question:" is stopped). The SRA tail follows the config's ``tail``
+    (``"question"``: exactly the question and instruction); the prompt's layout is always passed.
     """
 
     def __init__(
@@ -97,7 +98,6 @@ class Reader:
         sra: SRAConfig | None = None,
         max_new_tokens: int = 256,
         overflow: OverflowPolicy = "error",
-        question_tail: bool = True,
         system_prompt: str | None = None,
         stop: tuple[str, ...] = DEFAULT_STOP,
     ) -> None:
@@ -105,8 +105,8 @@ class Reader:
             raise TypeError(f"retriever must have a retrieve(question, top_k) method, got {type(retriever).__name__}")
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-        if sra is not None and not isinstance(sra, SRAConfig):
-            raise TypeError(f"sra must be an SRAConfig, got {type(sra).__name__}")
+        if sra is not None:
+            as_sra_config(sra)
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
         self.engine = engine
@@ -115,7 +115,6 @@ class Reader:
         self.sra = sra
         self.max_new_tokens = max_new_tokens
         self.overflow: OverflowPolicy = overflow
-        self.question_tail = question_tail
         self.system_prompt = system_prompt
         self.stop = stop
 
@@ -145,7 +144,7 @@ class Reader:
             max_new_tokens=self.max_new_tokens,
             sra=self.sra,
             stop=self.stop,
-            tail_from=stuffed.tail_from if self.question_tail else None,
+            layout=stuffed.layout,
         )
         return AnswerStream(question, stuffed, stream)
 

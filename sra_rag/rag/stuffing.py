@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from sra_rag.engine import ContextWindowExceededError
+from sra_rag.layout import TextLayout
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
@@ -84,6 +85,12 @@ class StuffedPrompt:
     def sources(self) -> list[str]:
         """The cited sources in citation order: ``sources[0]`` is ``[1]`` in the prompt."""
         return list(dict.fromkeys(chunk.source for chunk in self.chunks))
+
+    @property
+    def layout(self) -> TextLayout:
+        """The prompt's parts as text markers for the engine (``engine.stream(..., layout=...)``):
+        the question (the question and instruction: ``tail_from``) and each numbered source block."""
+        return TextLayout(question=self.tail_from, documents=tuple(source_blocks(self.chunks)))
 
 
 class ContextOverflowError(ContextWindowExceededError):
@@ -203,14 +210,17 @@ def order_chunks(ranked: list[Chunk]) -> list[Chunk]:
 
 def format_sources(chunks: list[Chunk]) -> str:
     """The numbered ``Sources:`` block for chunks already in prompt order."""
-    blocks: list[str] = []
-    numbers: dict[str, int] = {}
+    return "Sources:\n\n" + "\n\n".join(source_blocks(chunks))
+
+
+def source_blocks(chunks: list[Chunk]) -> list[str]:
+    """One text block per source, in citation order: its numbered header and its chunks."""
+    blocks: dict[str, list[str]] = {}
     for chunk in chunks:
-        if chunk.source not in numbers:
-            numbers[chunk.source] = len(numbers) + 1
-            blocks.append(f"[{numbers[chunk.source]}] {chunk.source}")
-        blocks.append(chunk.text.strip())
-    return "Sources:\n\n" + "\n\n".join(blocks)
+        if chunk.source not in blocks:
+            blocks[chunk.source] = [f"[{len(blocks) + 1}] {chunk.source}"]
+        blocks[chunk.source].append(chunk.text.strip())
+    return ["\n\n".join(parts) for parts in blocks.values()]
 
 
 def _messages(system: str, chunks: list[Chunk], tail_from: str) -> list[dict[str, str]]:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from sra_rag.config import SRAConfig
+from sra_rag.config import SRAConfig, as_sra_config
+from sra_rag.layout import TextLayout
 from sra_rag.rag.splitting import split_text
 
 if TYPE_CHECKING:
@@ -77,8 +78,8 @@ class Summarizer:
     """One-pass document summaries with SRA.
 
     ``max_new_tokens``: the final summary's length limit; ``map_tokens``: each part summary's limit
-    in the map-reduce fallback; ``question_tail``: let the SRA tail cover exactly the instruction
-    (False: the config's ``tail_length``); ``allow_map_reduce=False`` raises
+    in the map-reduce fallback (the instruction is the prompt's question: a config with
+    ``tail="question"`` puts the SRA tail exactly over it); ``allow_map_reduce=False`` raises
     :class:`~sra_rag.engine.ContextWindowExceededError` instead of falling back; ``progress``:
     a progress bar over the map step.
     """
@@ -90,12 +91,11 @@ class Summarizer:
         sra: SRAConfig | None = None,
         max_new_tokens: int = 256,
         map_tokens: int = 160,
-        question_tail: bool = True,
         allow_map_reduce: bool = True,
         progress: bool = False,
     ) -> None:
-        if sra is not None and not isinstance(sra, SRAConfig):
-            raise TypeError(f"sra must be an SRAConfig, got {type(sra).__name__}")
+        if sra is not None:
+            as_sra_config(sra)
         for name, value in (("max_new_tokens", max_new_tokens), ("map_tokens", map_tokens)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -103,7 +103,6 @@ class Summarizer:
         self.sra = sra
         self.max_new_tokens = max_new_tokens
         self.map_tokens = map_tokens
-        self.question_tail = question_tail
         self.allow_map_reduce = allow_map_reduce
         self.progress = progress
 
@@ -184,7 +183,7 @@ class Summarizer:
             messages,
             max_new_tokens=max_new_tokens,
             sra=self.sra,
-            tail_from=instruction if self.question_tail else None,
+            layout=TextLayout(question=instruction),
         )
 
     def _complete(self, messages: list[dict[str, str]], instruction: str) -> str:

@@ -59,7 +59,6 @@ def create_stuffed_rag_chain(
     *,
     max_new_tokens: int | None = None,
     overflow: OverflowPolicy = "error",
-    question_tail: bool = True,
     sra: SRAConfig | None = None,
     system_prompt: str | None = None,
     stop: Sequence[str] = DEFAULT_STOP,
@@ -71,8 +70,9 @@ def create_stuffed_rag_chain(
 
     ``chat_model`` must be a ``ChatSRA`` (its ``engine`` counts the tokens); ``max_new_tokens``
     defaults to the model's. ``overflow="error"`` raises with the token counts when the documents do
-    not fit; ``"drop"`` leaves out the lowest-ranked with a warning. ``question_tail``: SRA tail
-    over exactly the question and instruction. ``sra``: SRA settings for these calls. ``stop``:
+    not fit; ``"drop"`` leaves out the lowest-ranked with a warning. ``sra``: SRA settings for these
+    calls (with ``tail="question"``, as in ``recommended``, the SRA tail covers exactly the question
+    and instruction: the prompt's layout goes with every call). ``stop``:
     stop sequences added to the model's (by default a new "Question:" line).
     """
     engine = getattr(chat_model, "engine", None)
@@ -95,9 +95,7 @@ def create_stuffed_rag_chain(
         stuffed = stuff_prompt(
             engine, question, chunks, max_new_tokens=new_tokens, overflow=overflow, system_prompt=system_prompt
         )
-        call: dict[str, Any] = {"max_new_tokens": new_tokens, "stop": stops}
-        if question_tail:
-            call["tail_from"] = stuffed.tail_from
+        call: dict[str, Any] = {"max_new_tokens": new_tokens, "stop": stops, "layout": stuffed.layout}
         if sra is not None:
             call["sra"] = sra
         return {

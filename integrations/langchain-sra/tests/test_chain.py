@@ -35,7 +35,7 @@ def chat() -> ChatSRA:
 
 
 def test_invoke_stuffs_all_documents_and_matches_the_engine(chat: ChatSRA) -> None:
-    sra = SRAConfig.preset("demo")
+    sra = SRAConfig.preset("demo").model_copy(update={"tail": "question"})
     chain = create_stuffed_rag_chain(ChunkRetriever(store=ListStore(CHUNKS), top_k=3), chat, sra=sra)
     result = chain.invoke({"input": QUESTION})
     assert result["input"] == QUESTION
@@ -44,7 +44,7 @@ def test_invoke_stuffs_all_documents_and_matches_the_engine(chat: ChatSRA) -> No
     stuffed = stuff_prompt(chat.engine, QUESTION, CHUNKS, max_new_tokens=5)
     assert result["prompt_tokens"] == stuffed.prompt_tokens == chat.engine.count_tokens(stuffed.messages)
     direct = chat.engine.generate(
-        stuffed.messages, max_new_tokens=5, sra=sra, tail_from=stuffed.tail_from, stop=["\nQuestion:"]
+        stuffed.messages, max_new_tokens=5, sra=sra, layout=stuffed.layout, stop=["\nQuestion:"]
     )
     assert result["answer"] == direct
 

@@ -34,7 +34,7 @@ def llm() -> SRALLM:
 
 
 def test_query_stuffs_all_nodes_and_matches_the_engine(llm: SRALLM) -> None:
-    sra = SRAConfig.preset("demo")
+    sra = SRAConfig.preset("demo").model_copy(update={"tail": "question"})
     query_engine = SRAQueryEngine(retriever=ChunkRetriever(ListStore(CHUNKS), top_k=3), llm=llm, sra=sra)
     response = query_engine.query(QUESTION)
     assert isinstance(response, Response)
@@ -43,7 +43,7 @@ def test_query_stuffs_all_nodes_and_matches_the_engine(llm: SRALLM) -> None:
     stuffed = stuff_prompt(llm.engine, QUESTION, CHUNKS, max_new_tokens=5)
     assert response.metadata["prompt_tokens"] == stuffed.prompt_tokens == llm.engine.count_tokens(stuffed.messages)
     direct = llm.engine.generate(
-        stuffed.messages, max_new_tokens=5, sra=sra, tail_from=stuffed.tail_from, stop=["\nQuestion:"]
+        stuffed.messages, max_new_tokens=5, sra=sra, layout=stuffed.layout, stop=["\nQuestion:"]
     )
     assert response.response == direct
 

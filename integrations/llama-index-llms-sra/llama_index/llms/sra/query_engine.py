@@ -53,9 +53,10 @@ class SRAQueryEngine(CustomQueryEngine):
     ``SRALLM``); ``streaming=True`` returns a ``StreamingResponse``.
 
     ``overflow``: ``"error"`` (raise with the token counts) or ``"drop"`` (leave out the
-    lowest-ranked nodes with a warning) when the nodes do not fit; ``question_tail``: SRA tail over
-    exactly the question and instruction; ``sra``: SRA settings for these calls (default: the
-    LLM's); ``stop``: stop sequences added to the LLM's (by default a new "Question:" line).
+    lowest-ranked nodes with a warning) when the nodes do not fit; ``sra``: SRA settings for these
+    calls (default: the LLM's; with ``tail="question"``, as in ``recommended``, the SRA tail covers
+    exactly the question and instruction: the prompt's layout goes with every call); ``stop``:
+    stop sequences added to the LLM's (by default a new "Question:" line).
     ``source_nodes`` of the response are the nodes in the prompt, in prompt order; its
     ``metadata`` holds ``sources`` (``[1]`` first), ``dropped`` (node ids) and ``prompt_tokens``.
     """
@@ -64,7 +65,6 @@ class SRAQueryEngine(CustomQueryEngine):
     llm: SRALLM
     max_new_tokens: int | None = Field(default=None, description="Default: the LLM's max_new_tokens.")
     overflow: OverflowPolicy = "error"
-    question_tail: bool = True
     sra: SRAConfig | None = None
     system_prompt: str | None = None
     stop: list[str] = Field(default_factory=lambda: list(DEFAULT_STOP), description="Added to the LLM's stops.")
@@ -111,9 +111,7 @@ class SRAQueryEngine(CustomQueryEngine):
 
     def _call_kwargs(self, stuffed: StuffedPrompt) -> dict[str, Any]:
         stop = [*(self.llm.stop or []), *self.stop]
-        kwargs: dict[str, Any] = {"max_new_tokens": self._max_new_tokens(), "stop": stop}
-        if self.question_tail:
-            kwargs["tail_from"] = stuffed.tail_from
+        kwargs: dict[str, Any] = {"max_new_tokens": self._max_new_tokens(), "stop": stop, "layout": stuffed.layout}
         if self.sra is not None:
             kwargs["sra"] = self.sra
         return kwargs

@@ -1,0 +1,383 @@
+"""Continuous batching: one worker thread runs every request of an engine in shared forward passes.
+
+Between two decoding steps, finished and cancelled requests leave the running batch and waiting
+ones join it. A joining group is prefilled first (several prompts together, left-padded, each with
+its own SRA settings and layout: ``sra_config`` and ``sra_layout`` hold one entry per row), then
+its KV cache is left-padded to the running batch's length and concatenated onto it; every decoding
+step then feeds one token per row with its own attention-mask row and position id. Decoding steps
+are ordinary attention (SRA edits only the prefill), so a request's tokens are the same alone and
+in a batch, up to float rounding.
+
+Models whose cache layers are not plain ``DynamicLayer`` s (sliding windows, ...) cannot be padded
+and concatenated this way; their requests still run concurrently, each in a batch of its own.
+
+An error is confined to the requests it concerns: a failing prefill is retried one request at a
+time, a failing logits processor fails its own request; only a failing decoding forward pass fails
+the requests of that batch. The worker thread itself survives every error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
+
+from sra_rag.request import Request
+from sra_rag.sampling import Sampler
+from sra_rag.streaming import Channel, IncrementalText, TextStream, Update
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_PREFILL_TOKENS = 2048
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """A running request: its full ids so far (prompt and generated), how it chooses tokens, how
+    its text is assembled, and what this step produced for its stream."""
+
+    request: Request
+    channel: Channel
+    sampler: Sampler
+    text: IncrementalText | None  # None when scoring forced tokens
+    ids: torch.Tensor  # (1, prompt + max_new_tokens) buffer; the first `length` are filled
+    length: int
+    next_token: int = -1  # the last chosen token: the next decoding step's input
+    update: Update = field(default_factory=Update)
+    finished: bool = False
+
+    @property
+    def generated(self) -> int:
+        return self.length - self.request.num_prompt_tokens
+
+
+@dataclass
+class SchedulerStats:
+    """Counters since the scheduler started: forward passes and the rows they carried."""
+
+    prefills: int = 0
+    prefilled_rows: int = 0
+    decode_steps: int = 0
+    decoded_rows: int = 0
+    peak_running: int = 0
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Sequences sharing one KV cache, left-padded to a common length: row ``i``'s real tokens
+    are the last ``length - pads[i]`` positions."""
+
+    cache: DynamicCache
+    rows: list[_Sequence]
+    pads: list[int]
+
+    @property
+    def length(self) -> int:
+        return self.cache.get_seq_length()
+
+
+class Scheduler:
+    """Runs the requests of one model; ``submit`` returns a stream at once, generation happens on
+    the worker thread (``sra-scheduler``, started on the first request).
+
+    ``max_batch_size``: requests decoded together at most (the others wait);
+    ``prefill_tokens``: padded prompt tokens prefilled together at most (a longer prompt is
+    prefilled alone), between two decoding steps of the running batch.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        eos_token_ids: frozenset[int],
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
+    ) -> None:
+        for name, value in (("max_batch_size", max_batch_size), ("prefill_tokens", prefill_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
+        self.max_batch_size = max_batch_size
+        self.prefill_tokens = prefill_tokens
+        self.batchable = _batchable(model)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+        self._waiting: deque[tuple[Request, Channel]] = deque()
+        self._batches: list[_Batch] = []
+        self._wakeup = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.stats = SchedulerStats()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def submit(self, request: Request) -> TextStream:
+        """Queue ``request``; its stream yields text as the worker generates it."""
+        channel = Channel()
+        stream = TextStream(request.num_prompt_tokens, channel)
+        with self._wakeup:
+            self._waiting.append((request, channel))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="sra-scheduler", daemon=True)
+                self._thread.start()
+            self._wakeup.notify()
+        return stream
+
+    @property
+    def running(self) -> int:
+        """Requests in the running batch(es) now."""
+        return sum(len(batch.rows) for batch in self._batches)
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._waiting and not self._batches:
+                    if not self._wakeup.wait(timeout=IDLE_SECONDS) and not self._waiting:
+                        self._thread = None  # idle: end; the next submit starts a new worker
+                        return
+            try:
+                self._step()
+            except Exception as error:  # a bug here must not strand the callers, nor stop the worker
+                logger.exception("A scheduler step failed; failing the requests it was running")
+                for batch in self._batches:
+                    for row in batch.rows:
+                        row.channel.put(Update(error=error))
+                self._batches.clear()
+
+    def _step(self) -> None:
+        """Admit and prefill waiting requests, then one decoding step of every running batch."""
+        self._drop_cancelled()
+        group = self._admit()
+        if group:
+            self._prefill(group)
+        for batch in list(self._batches):
+            self._decode(batch)
+
+    def _drop_cancelled(self) -> None:
+        with self._wakeup:
+            self._waiting = deque(item for item in self._waiting if not item[1].cancelled)
+        for batch in list(self._batches):
+            if any(row.channel.cancelled for row in batch.rows):
+                self._keep(batch, [row for row in batch.rows if not row.channel.cancelled])
+
+    def _admit(self) -> list[tuple[Request, Channel]]:
+        """The waiting requests that join now: as many as the free slots and the prefill budget take."""
+        free = self.max_batch_size - self.running
+        group: list[tuple[Request, Channel]] = []
+        with self._wakeup:
+            longest = 0
+            while self._waiting and len(group) < free:
+                longest = max(longest, self._waiting[0][0].num_prompt_tokens)
+                if group and (not self.batchable or longest * (len(group) + 1) > self.prefill_tokens):
+                    break
+                group.append(self._waiting.popleft())
+        return group
+
+    # -- prefill ---------------------------------------------------------------------------------
+
+    def _prefill(self, group: list[tuple[Request, Channel]]) -> None:
+        try:
+            batch, logits = self._prefill_batch(group)
+        except Exception as error:
+            if len(group) > 1:  # find the request that fails; the others go on
+                for item in group:
+                    self._prefill([item])
+            else:
+                group[0][1].put(Update(error=error))
+            return
+        try:
+            self._choose(batch, logits)
+            if batch.rows and self.batchable and self._batches:
+                _merge(self._batches[0], batch)
+            elif batch.rows:
+                self._batches.append(batch)
+        except Exception as error:  # e.g. out of memory while joining: these requests fail, the batch goes on
+            logger.exception("Joining %d prefilled requests to the running batch failed", len(batch.rows))
+            for row in batch.rows:
+                row.channel.put(Update(error=error))
+
+    def _prefill_batch(self, group: list[tuple[Request, Channel]]) -> tuple[_Batch, torch.Tensor]:
+        """One forward pass over the group's prompts, left-padded, with each row's SRA settings and
+        layout. Returns the batch (its cache filled) and the next-token logits ``(rows, vocab)``."""
+        requests = [request for request, _ in group]
+        longest = max(request.num_prompt_tokens for request in requests)
+        pads = [longest - request.num_prompt_tokens for request in requests]
+        input_ids = torch.full((len(requests), longest), self.pad_token_id, dtype=torch.long)
+        for index, request in enumerate(requests):
+            input_ids[index, pads[index] :] = torch.tensor(request.prompt_ids)
+        padding: dict[str, torch.Tensor] = {}
+        if any(pads):
+            offsets = torch.tensor(pads)[:, None]
+            positions = torch.arange(longest)[None] - offsets
+            padding["attention_mask"] = (positions >= 0).long().to(self.device)
+            padding["position_ids"] = positions.clamp(min=0).to(self.device)
+        cache = DynamicCache(config=self.model.config)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            outputs = self.model(
+                input_ids=input_ids.to(self.device),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                sra_config=[request.sra for request in requests],
+                sra_layout=[request.layout for request in requests],
+                **padding,
+            )
+            logits = outputs.logits[:, -1, :].float()
+        seconds = time.perf_counter() - start
+        self.stats.prefills += 1
+        self.stats.prefilled_rows += len(requests)
+        rows = [self._start(request, channel) for request, channel in group]
+        for sequence in rows:
+            sequence.update.prefill_seconds = seconds
+        return _Batch(cache, rows, pads), logits
+
+    def _start(self, request: Request, channel: Channel) -> _Sequence:
+        total = request.num_prompt_tokens + request.sampling.max_new_tokens
+        ids = torch.empty((1, total), dtype=torch.long, device=self.device)
+        ids[0, : request.num_prompt_tokens] = torch.tensor(request.prompt_ids, device=self.device)
+        sampler = Sampler(request.sampling, request.logits_processors, self.device)
+        text = None if request.forced_tokens else IncrementalText(self.tokenizer, request.sampling.stop)
+        return _Sequence(request, channel, sampler, text, ids, request.num_prompt_tokens)
+
+    # -- decoding ----------------------------------------------------------------------------------
+
+    def _decode(self, batch: _Batch) -> None:
+        """One token for every row of ``batch``: each row feeds its last token at its own position."""
+        length = batch.length
+        input_ids = torch.tensor([[row.next_token] for row in batch.rows], device=self.device)
+        positions = torch.tensor([[length - pad] for pad in batch.pads], device=self.device)
+        padding: dict[str, torch.Tensor] = {}
+        if any(batch.pads):
+            columns = torch.arange(length + 1)[None]
+            padding["attention_mask"] = (columns >= torch.tensor(batch.pads)[:, None]).long().to(self.device)
+        try:
+            with torch.inference_mode():
+                outputs = self.model(
+                    input_ids=input_ids, cache=batch.cache, use_cache=True, position_ids=positions, **padding
+                )
+                logits = outputs.logits[:, -1, :].float()
+        except Exception as error:  # not attributable to one row: the batch's requests fail, others go on
+            logger.exception("A decoding step failed; failing the %d requests of its batch", len(batch.rows))
+            for row in batch.rows:
+                row.channel.put(Update(error=error))
+            self._batches.remove(batch)
+            return
+        self.stats.decode_steps += 1
+        self.stats.decoded_rows += len(batch.rows)
+        self.stats.peak_running = max(self.stats.peak_running, self.running)
+        self._choose(batch, logits)
+
+    def _choose(self, batch: _Batch, logits: torch.Tensor) -> None:
+        """Pick every row's next token from ``logits (rows, vocab)``, hand each stream its update,
+        and let finished rows leave the batch."""
+        argmax: list[int] | None = None
+        for index, row in enumerate(batch.rows):
+            try:
+                if row.request.forced_tokens:
+                    token = row.request.forced_tokens[row.generated]
+                elif row.sampler.needs_ids:
+                    token = row.sampler.choose(row.ids[:, : row.length], logits[index : index + 1])
+                else:
+                    if argmax is None:
+                        argmax = logits.argmax(-1).tolist()
+                    token = argmax[index]
+                self._record(row, token, logits[index])
+            except Exception as error:  # this request's processors or detokenisation: it alone fails
+                row.update = Update(error=error)
+                row.finished = True
+            update, row.update = row.update, Update()
+            if update.tokens or update.piece or update.last or update.prefill_seconds is not None:
+                row.channel.put(update)
+        if any(row.finished for row in batch.rows):
+            self._keep(batch, [row for row in batch.rows if not row.finished])
+
+    def _record(self, row: _Sequence, token: int, logits: torch.Tensor) -> None:
+        """Add the chosen ``token`` to ``row`` (logits ``(vocab,)``: its scores) and end the row on
+        an end-of-sequence token, a stop string or its token budget."""
+        request, update = row.request, row.update
+        if row.text is not None and token in self.eos_token_ids:
+            update.piece += row.text.finish()
+            update.finish_reason = "stop"
+            row.finished = True
+            return
+        row.ids[0, row.length] = token
+        row.length += 1
+        row.next_token = token
+        update.tokens.append(token)
+        if request.logprobs:
+            update.logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
+        if row.text is not None:
+            update.piece += row.text.push(token)
+            if row.text.stopped:
+                update.finish_reason = "stop"
+                row.finished = True
+                return
+        if row.generated >= request.sampling.max_new_tokens:
+            if row.text is not None:
+                update.piece += row.text.finish()
+            update.finish_reason = "length"
+            row.finished = True
+
+    def _keep(self, batch: _Batch, rows: list[_Sequence]) -> None:
+        """Shrink ``batch`` to ``rows`` (and drop the padding no remaining row needs)."""
+        if not rows:
+            batch.rows, batch.pads = [], []
+            if batch in self._batches:
+                self._batches.remove(batch)
+            return
+        index = [batch.rows.index(row) for row in rows]
+        pads = [batch.pads[i] for i in index]
+        trim = min(pads)
+        selected = torch.tensor(index, device=self.device)
+        for layer in batch.cache.layers:
+            if layer.is_initialized:
+                layer.keys = layer.keys[selected, :, trim:]
+                layer.values = layer.values[selected, :, trim:]
+        batch.rows = rows
+        batch.pads = [pad - trim for pad in pads]
+
+
+IDLE_SECONDS = 30.0
+"""A worker with nothing to do for this long ends (the next request starts a new one)."""
+
+
+def _batchable(model: PreTrainedModel) -> bool:
+    """Whether the model's cache is made of plain ``DynamicLayer`` s, which can be left-padded and
+    concatenated on the batch dimension (sliding-window layers, for one, cannot)."""
+    cache = DynamicCache(config=model.config)
+    if not cache.layers:
+        return getattr(cache, "layer_class_to_replicate", None) is DynamicLayer
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _merge(batch: _Batch, joining: _Batch) -> None:
+    """Append ``joining``'s rows to ``batch``: both caches are left-padded to the longer length and
+    concatenated on the batch dimension."""
+    length = max(batch.length, joining.length)
+    grow, grow_joining = length - batch.length, length - joining.length
+    for layer, other in zip(batch.cache.layers, joining.cache.layers, strict=True):
+        layer.keys = torch.cat([_left_pad(layer.keys, grow), _left_pad(other.keys, grow_joining)])
+        layer.values = torch.cat([_left_pad(layer.values, grow), _left_pad(other.values, grow_joining)])
+    batch.rows += joining.rows
+    batch.pads = [pad + grow for pad in batch.pads] + [pad + grow_joining for pad in joining.pads]
+
+
+def _left_pad(states: torch.Tensor, size: int) -> torch.Tensor:
+    """``states (batch, heads, length, head_dim)`` with ``size`` zero positions in front."""
+    if size == 0:
+        return states
+    return torch.cat([states.new_zeros(*states.shape[:2], size, states.shape[3]), states], dim=2)
