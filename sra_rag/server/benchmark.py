@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.concurrency, args.requests, args.max_tokens, args.repeats = [1, 4], 8, 8, 1
 
-    engine = EngineSpec(model=args.model, preset=args.preset, device=args.device).load()
+    engine = EngineSpec(model=args.model, preset=args.preset, device=args.device).load(max(args.concurrency))
     runs = measure(engine, args.concurrency, args.requests, args.max_tokens, args.repeats)
     table = format_table(summarize(runs), engine, args)
     print(table)

@@ -94,7 +94,7 @@ def serve(
         from sra_rag.server import create_app
         from sra_rag.server.runner import serve as run_server
 
-        engine = spec.load()
+        engine = spec.load(max_batch_size=settings.max_batch)
         typer.secho(f"Serving {settings.model_name or engine.name} on http://{host}:{port}/v1", err=True)
         run_server(create_app(engine, settings), host, port)
     except (FileNotFoundError, ValueError, ImportError) as error:

@@ -38,7 +38,7 @@ class SRAReader:
     """One replica: an engine, and the app serving it (built by Ray after ``__init__``)."""
 
     def __init__(self, spec: EngineSpec, settings: ServerSettings) -> None:
-        self.engine = spec.load()
+        self.engine = spec.load(max_batch_size=settings.max_batch)
         replica = settings.replica or serve.get_replica_context().replica_id.unique_id
         self.settings = settings.model_copy(update={"replica": replica})
 

@@ -2,16 +2,16 @@
 
 :func:`chat_job` and :func:`completion_job` turn a validated request into a :class:`Job`: the prompt
 (chat messages, raw text, or documents stuffed exactly as the reader stuffs them), the request's SRA
-settings and sampling, as keyword arguments of :meth:`SRAEngine.stream`. :func:`start` runs a job in
-an admission slot and returns a :class:`Generation`, whose text pieces arrive within the request's
-deadline; closing it (at the end, on error, timeout or client disconnect) stops the engine's stream
-and frees the slot at once.
+settings, sampling and output format, checked and tokenised by :meth:`SRAEngine.request` before the
+request queues. :func:`start` submits a job to the engine's scheduler once it has an admission slot
+and returns a :class:`Generation`, whose text pieces arrive within the request's deadline; closing it
+(at the end, on error, timeout or client disconnect) cancels the request in the engine's batch and
+frees the slot at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from sra_rag.config import SRAConfig
 from sra_rag.engine import ContextWindowExceededError, Prompt, TextStream
 from sra_rag.rag.stuffing import Chunk, ContextOverflowError, StuffedPrompt, stuff_prompt
+from sra_rag.request import Request
 from sra_rag.server.admission import Admission
 from sra_rag.server.errors import APIError
 from sra_rag.server.metrics import Metrics
@@ -51,14 +52,13 @@ class RequestTimeoutError(TimeoutError):
 
 @dataclass
 class Job:
-    """One request as the engine reads it. ``options`` are keyword arguments of ``engine.stream``;
-    ``stuffed`` is set when the request sent documents; ``prompt_field`` names the request field
-    that holds the prompt (for error messages)."""
+    """One request as the engine reads it: ``prompt`` and ``options`` (keyword arguments of
+    ``engine.request``), and the engine's checked, tokenised ``request``. ``stuffed`` is set when the
+    request sent documents."""
 
     prompt: Prompt
-    chat_template: bool
     options: dict[str, Any]
-    prompt_field: str
+    request: Request
     stuffed: StuffedPrompt | None = None
 
     def sources(self, text: str) -> list[Source] | None:
@@ -87,7 +87,7 @@ def chat_job(engine: SRAEngine, request: ChatCompletionRequest, settings: Server
         return _stuffed_job(engine, request, settings, question, system, options)
     messages = [message.as_dict() for message in request.messages]
     options["max_new_tokens"] = _max_new_tokens(engine, request.token_limit, messages, True, settings, "messages")
-    return Job(messages, True, options, "messages")
+    return _job(engine, messages, options, "messages")
 
 
 def completion_job(engine: SRAEngine, request: CompletionRequest, settings: ServerSettings) -> Job:
@@ -95,9 +95,17 @@ def completion_job(engine: SRAEngine, request: CompletionRequest, settings: Serv
     options = _sampling(engine, request)
     if request.documents is not None:
         return _stuffed_job(engine, request, settings, request.prompt, None, options)
-    prompt = request.prompt
-    options["max_new_tokens"] = _max_new_tokens(engine, request.token_limit, prompt, False, settings, "prompt")
-    return Job(prompt, False, options, "prompt")
+    options["chat_template"] = False
+    options["max_new_tokens"] = _max_new_tokens(engine, request.token_limit, request.prompt, False, settings, "prompt")
+    return _job(engine, request.prompt, options, "prompt")
+
+
+def _job(
+    engine: SRAEngine, prompt: Prompt, options: dict[str, Any], prompt_field: str, stuffed: StuffedPrompt | None = None
+) -> Job:
+    """Check every setting and tokenise now, so that a bad request fails before it queues."""
+    with engine_errors(prompt_field):
+        return Job(prompt, options, engine.request(prompt, **options), stuffed)
 
 
 def resolve_sra(value: str | dict[str, Any] | None, base: SRAConfig) -> SRAConfig | None:
@@ -142,6 +150,9 @@ def _sampling(engine: SRAEngine, request: ChatCompletionRequest | CompletionRequ
         "seed": request.seed,
         "stop": request.stop,
     }
+    for name in ("top_k", "min_p", "repetition_penalty"):  # vLLM's extensions, the engine's defaults if unset
+        if getattr(request, name) is not None:
+            options[name] = getattr(request, name)
     output = request.response_format
     if isinstance(output, JSONSchemaFormat):
         options["json_schema"] = output.json_schema.json_schema
@@ -182,8 +193,8 @@ def _stuffed_job(
     ]
     with engine_errors("documents"):
         stuffed = stuff_prompt(engine, question, chunks, max_new_tokens=max_new_tokens, system_prompt=system)
-    options.update(max_new_tokens=max_new_tokens, tail_from=stuffed.tail_from)
-    return Job(stuffed.messages, True, options, "documents", stuffed)
+    options.update(max_new_tokens=max_new_tokens, layout=stuffed.layout)
+    return _job(engine, stuffed.messages, options, "documents", stuffed)
 
 
 def _max_new_tokens(
@@ -269,9 +280,7 @@ class Generation:
         if self.closed:
             return
         self.closed = True
-        stop = getattr(self.stream, "close", None)  # the batched engine frees the request's batch slot
-        if callable(stop):
-            stop()
+        self.stream.close()  # the request leaves the engine's batch at its next step (if still running)
         self.admission.release(self.taken_at)
         self.metrics.completion_tokens.inc(self.stream.completion_tokens)
 
@@ -279,36 +288,12 @@ class Generation:
 async def start(
     engine: SRAEngine, job: Job, admission: Admission, metrics: Metrics, arrived: float, deadline: float
 ) -> Generation:
-    """Wait for a slot (until ``deadline``), then open the engine's stream for ``job``."""
+    """Wait for a slot (until ``deadline``), then submit ``job`` to the engine's scheduler."""
     taken_at = await admission.acquire(deadline - time.monotonic())
     try:
-        stream = await _in_thread(functools.partial(_open, engine, job))
+        stream = engine.submit(job.request)
     except BaseException:
         admission.release(taken_at)
         raise
     metrics.prompt_tokens.inc(stream.prompt_tokens)
     return Generation(stream, admission, metrics, arrived, deadline, taken_at)
-
-
-def _open(engine: SRAEngine, job: Job) -> TextStream:
-    with engine_errors(job.prompt_field):
-        return engine.stream(job.prompt, chat_template=job.chat_template, **job.options)
-
-
-async def _in_thread(open_stream: functools.partial[TextStream]) -> TextStream:
-    """Run ``open_stream`` in a worker thread; if the caller is cancelled meanwhile, the stream it
-    opens is closed as soon as it exists (nobody will read it)."""
-    future = asyncio.get_running_loop().run_in_executor(None, open_stream)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        future.add_done_callback(_close_abandoned)
-        raise
-
-
-def _close_abandoned(future: asyncio.Future[TextStream]) -> None:
-    if future.cancelled() or future.exception() is not None:
-        return
-    stop = getattr(future.result(), "close", None)
-    if callable(stop):
-        stop()

@@ -112,12 +112,17 @@ ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Fie
 class _GenerationRequest(_Request):
     """Fields both generation endpoints share. ``None`` means "the server's default": temperature 1
     and top_p 1 (OpenAI's defaults), ``max_tokens`` the server's default capped at what the context
-    window leaves."""
+    window leaves, no top_k / min_p / repetition penalty."""
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1, description="vLLM's extension: the k most likely tokens; 0 or -1: off.")
+    min_p: float | None = Field(
+        None, ge=0, le=1, description="vLLM's extension: drop tokens below min_p x the top one."
+    )
+    repetition_penalty: float | None = Field(None, gt=0, description="vLLM's extension: > 1 discourages repeats.")
     n: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -145,8 +150,13 @@ class _GenerationRequest(_Request):
     @classmethod
     def _no_penalty(cls, value: float | None) -> float | None:
         if value:
-            raise ValueError("is not supported; leave it unset or 0")
+            raise ValueError("is not supported; leave it unset or 0, and use repetition_penalty (e.g. 1.1) instead")
         return value
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_off(cls, top_k: int | None) -> int | None:
+        return 0 if top_k == -1 else top_k  # vLLM's clients send -1 for "off"; the engine's off is 0
 
     @field_validator("logit_bias")
     @classmethod

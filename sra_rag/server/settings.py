@@ -19,7 +19,9 @@ API_KEY_ENV = "SRA_RAG_API_KEY"
 class ServerSettings(BaseModel):
     """Limits and access of one app (one replica).
 
-    ``max_batch`` requests generate at once; up to ``queue_size`` more wait for a slot, and beyond that
+    ``max_batch`` requests generate at once (the engine's scheduler decodes them in one batch; an
+    engine loaded by :class:`EngineSpec` gets it as its batch size); up to ``queue_size`` more wait for
+    a slot, and beyond that
     a request is refused at once with 429 and ``Retry-After``. ``timeout`` (seconds) bounds a request
     from arrival (queueing included) to its last token. ``api_key``: when set, every route requires
     ``Authorization: Bearer <api_key>``. ``default_max_tokens``: the completion length when a request
@@ -57,8 +59,12 @@ class EngineSpec(BaseModel):
             raise ValueError(f"unknown SRA preset {preset!r}; choose one of {sorted(PRESETS)}")
         return preset
 
-    def load(self) -> SRAEngine:
+    def load(self, max_batch_size: int | None = None) -> SRAEngine:
+        """The engine; ``max_batch_size``: requests its scheduler decodes together (None: the engine's default)."""
         from sra_rag.config import SRAConfig
         from sra_rag.engine import SRAEngine
 
-        return SRAEngine.from_pretrained(self.model, sra=SRAConfig.preset(self.preset), device=self.device)
+        sra = SRAConfig.preset(self.preset)
+        if max_batch_size is None:
+            return SRAEngine.from_pretrained(self.model, sra=sra, device=self.device)
+        return SRAEngine.from_pretrained(self.model, sra=sra, device=self.device, max_batch_size=max_batch_size)

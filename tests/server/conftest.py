@@ -1,92 +1,92 @@
-"""Fixtures of the server tests: a tiny random Llama behind the embedded tokenizer (fast, offline), an
-engine wrapper whose generation waits for the test (queue, timeout and disconnect tests), and apps
-served in-process on a free loopback port."""
+"""Fixtures of the server tests: a tiny random Llama with a small context window (fast, offline), an
+engine wrapper that records what the server asks of the engine and can slow its decoding down (queue,
+timeout and disconnect tests), and apps served in-process on a free loopback port."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from sra_rag import SRAConfig, SRAEngine
-from sra_rag.models import _converted_folder, embedded_source
 
-TINY_WINDOW = 512
+WINDOW = 512
 
 
 @pytest.fixture(scope="session")
-def tiny_engine() -> SRAEngine:
-    """A 2-layer random Llama (hidden 32, grouped KV heads) with SmolLM2's tokenizer and chat template;
-    a context window of 512 tokens so over-long prompts are cheap to build. Its text is gibberish:
-    tests compare it with the engine's own output."""
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(str(_converted_folder(embedded_source())), local_files_only=True)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=TINY_WINDOW,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
+def server_engine(tiny_tokenizer, make_tiny_model) -> SRAEngine:
+    """The core tests' tiny random Llama and ChatML tokenizer with a 512-token window (over-long
+    prompts are cheap to build) and the ``recommended`` preset, as ``sra-rag serve`` loads it."""
+    model = make_tiny_model("llama", len(tiny_tokenizer))
+    return SRAEngine(
+        model, tiny_tokenizer, sra=SRAConfig.preset("recommended"), context_window=WINDOW, name="tiny-llama"
     )
-    model = LlamaForCausalLM(config)
-    return SRAEngine(model, tokenizer, sra=SRAConfig.preset("recommended"), name="tiny-llama")
 
 
-class GatedEngine:
-    """``engine`` whose streams produce one piece per :meth:`release` (``release(None)``: all), so a
-    test decides when generation moves. ``calls`` holds the arguments of every ``stream`` call,
-    ``streams`` every stream opened, ``pieces_taken`` how many pieces each has produced."""
+class Throttle:
+    """A logits processor that takes ``delay`` seconds per decoding step and always picks ``token``
+    (never the end of sequence, always printable text), so generation lasts exactly ``max_tokens``
+    steps and streams a piece per step. ``steps`` counts the steps decoded."""
 
-    def __init__(self, engine: SRAEngine) -> None:
+    def __init__(self, delay: float, token: int) -> None:
+        self.delay = delay
+        self.token = token
+        self.steps = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.steps += 1
+        time.sleep(self.delay)
+        forced = torch.full_like(scores, -float("inf"))
+        forced[:, self.token] = 0.0
+        return forced
+
+
+class RecordingEngine:
+    """``engine`` that records what the server asks of it: ``calls`` (the prompt and settings of every
+    request), ``streams`` (every stream submitted) and, with ``delay``, the :class:`Throttle` of each
+    request in ``throttles``."""
+
+    def __init__(self, engine: SRAEngine, delay: float | None = None) -> None:
         self._engine = engine
-        self._permits = threading.Semaphore(0)
-        self._open = threading.Event()
-        self.streams: list[Any] = []
+        self.delay = delay
         self.calls: list[dict[str, Any]] = []
-        self.pieces_taken: list[int] = []
+        self.streams: list[Any] = []
+        self.throttles: list[Throttle] = []
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def release(self, pieces: int | None = 1) -> None:
-        if pieces is None:
-            self._open.set()
-            self._permits.release(10_000)
-        else:
-            self._permits.release(pieces)
+    def request(self, prompt: Any, **settings: Any) -> Any:
+        with self._lock:
+            self.calls.append({"prompt": prompt, **settings})
+            if self.delay is not None:
+                token = self._engine.tokenizer(" harbour", add_special_tokens=False)["input_ids"][0]
+                throttle = Throttle(self.delay, token)
+                self.throttles.append(throttle)
+                settings["logits_processors"] = [throttle]
+        return self._engine.request(prompt, **settings)
 
-    def stream(self, prompt: Any, **kwargs: Any) -> Any:
-        self.calls.append({"prompt": prompt, **kwargs})
-        stream = self._engine.stream(prompt, **kwargs)
-        index = len(self.streams)
-        self.streams.append(stream)
-        self.pieces_taken.append(0)
-        inner = stream.pieces
-
-        def gated() -> Iterator[str]:
-            for piece in inner:
-                if not self._open.is_set():
-                    self._permits.acquire(timeout=30)
-                self.pieces_taken[index] += 1
-                yield piece
-
-        stream.pieces = gated()
+    def submit(self, request: Any) -> Any:
+        stream = self._engine.submit(request)
+        with self._lock:
+            self.streams.append(stream)
         return stream
 
 
 @pytest.fixture
-def gated_engine(tiny_engine: SRAEngine) -> Iterator[GatedEngine]:
-    gated = GatedEngine(tiny_engine)
-    yield gated
-    gated.release(None)
+def recording_engine(server_engine: SRAEngine) -> RecordingEngine:
+    return RecordingEngine(server_engine)
+
+
+@pytest.fixture
+def slow_engine(server_engine: SRAEngine) -> RecordingEngine:
+    """Decoding at 20 steps per second, to the last of ``max_tokens``."""
+    return RecordingEngine(server_engine, delay=0.05)
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ GREEDY = {"temperature": 0}
 
 
 @pytest.fixture
-def url(tiny_engine, live_server) -> str:
-    return live_server(create_app(tiny_engine))
+def url(server_engine, live_server) -> str:
+    return live_server(create_app(server_engine))
 
 
 def post(url: str, path: str, timeout: float = 30, **body) -> httpx.Response:
@@ -59,11 +59,11 @@ def test_models_lists_the_served_model(url: str) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
-def test_chat_reply_and_usage_are_the_engines(url: str, tiny_engine) -> None:
+def test_chat_reply_and_usage_are_the_engines(url: str, server_engine) -> None:
     reply = chat(url, max_tokens=6, **GREEDY)
     assert reply.status_code == 200, reply.text
     body = reply.json()
-    expected = tiny_engine.complete(HELLO, max_new_tokens=6, temperature=0)
+    expected = server_engine.complete(HELLO, max_new_tokens=6, temperature=0)
     assert body["object"] == "chat.completion" and body["model"] == MODEL and body["id"].startswith("chatcmpl-")
     assert body["choices"] == [
         {
@@ -74,9 +74,9 @@ def test_chat_reply_and_usage_are_the_engines(url: str, tiny_engine) -> None:
         }
     ]
     assert body["usage"] == {
-        "prompt_tokens": tiny_engine.count_tokens(HELLO),
+        "prompt_tokens": server_engine.count_tokens(HELLO),
         "completion_tokens": expected.completion_tokens,
-        "total_tokens": tiny_engine.count_tokens(HELLO) + expected.completion_tokens,
+        "total_tokens": server_engine.count_tokens(HELLO) + expected.completion_tokens,
     }
     assert "sources" not in body
 
@@ -100,16 +100,16 @@ def test_chat_stream_joins_to_the_blocking_reply(url: str) -> None:
     assert usage["choices"] == [] and usage["usage"] == blocking["usage"]
 
 
-def test_completions_read_the_prompt_as_raw_text(url: str, tiny_engine) -> None:
+def test_completions_read_the_prompt_as_raw_text(url: str, server_engine) -> None:
     prompt = "The harbour master said"
     body = post(url, "/v1/completions", model=MODEL, prompt=prompt, max_tokens=5, **GREEDY).json()
-    expected = tiny_engine.complete(prompt, max_new_tokens=5, temperature=0, chat_template=False)
+    expected = server_engine.complete(prompt, max_new_tokens=5, temperature=0, chat_template=False)
     assert body["object"] == "text_completion"
     assert body["choices"][0]["text"] == expected.text
     assert (
         body["usage"]["prompt_tokens"]
         == expected.prompt_tokens
-        == tiny_engine.prepare(prompt, chat_template=False).num_tokens
+        == server_engine.prepare(prompt, chat_template=False).num_tokens
     )
     streamed = events(post(url, "/v1/completions", model=MODEL, prompt=[prompt], max_tokens=5, stream=True, **GREEDY))
     assert streamed[-1] == "[DONE]"
@@ -117,7 +117,7 @@ def test_completions_read_the_prompt_as_raw_text(url: str, tiny_engine) -> None:
     assert streamed[-2]["choices"][0]["finish_reason"] == expected.finish_reason
 
 
-def test_stop_max_tokens_and_seed(url: str, tiny_engine) -> None:
+def test_stop_max_tokens_and_seed(url: str, server_engine) -> None:
     full = chat(url, max_tokens=12, **GREEDY).json()["choices"][0]["message"]["content"]
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     cut = chat(url, max_tokens=12, stop=[stop], **GREEDY).json()
@@ -128,18 +128,18 @@ def test_stop_max_tokens_and_seed(url: str, tiny_engine) -> None:
     assert short["usage"]["completion_tokens"] == 3 and short["choices"][0]["finish_reason"] == "length"
 
     sampled = [chat(url, max_tokens=8, temperature=1.0, top_p=0.9, seed=7).json() for _ in range(2)]
-    expected = tiny_engine.generate(HELLO, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7)
+    expected = server_engine.generate(HELLO, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7)
     assert sampled[0]["choices"] == sampled[1]["choices"]
     assert sampled[0]["choices"][0]["message"]["content"] == expected
 
 
-def test_an_unset_max_tokens_is_the_default_capped_by_the_window(tiny_engine, live_server) -> None:
-    url = live_server(create_app(tiny_engine, ServerSettings(default_max_tokens=6)))
+def test_an_unset_max_tokens_is_the_default_capped_by_the_window(server_engine, live_server) -> None:
+    url = live_server(create_app(server_engine, ServerSettings(default_max_tokens=6)))
     assert chat(url, **GREEDY).json()["usage"]["completion_tokens"] == 6
     words = "harbour " * 600
-    ids = tiny_engine.tokenizer(words, add_special_tokens=False)["input_ids"]
-    prompt = tiny_engine.tokenizer.decode(ids[: 512 - 4 - 1])  # leaves a few tokens of the window
-    left = 512 - tiny_engine.prepare(prompt, chat_template=False).num_tokens
+    ids = server_engine.tokenizer(words, add_special_tokens=False)["input_ids"]
+    prompt = server_engine.tokenizer.decode(ids[: 512 - 4 - 1])  # leaves a few tokens of the window
+    left = 512 - server_engine.prepare(prompt, chat_template=False).num_tokens
     assert 0 < left < 6
     body = post(url, "/v1/completions", model=MODEL, prompt=prompt, **GREEDY).json()
     assert body["usage"]["completion_tokens"] <= left
@@ -223,19 +223,29 @@ def test_malformed_json_unknown_routes_and_methods(url: str) -> None:
 # -- per-request SRA and documents ----------------------------------------------------------------
 
 
-def test_sra_settings_reach_the_engine_per_request(gated_engine, live_server) -> None:
-    gated_engine.release(None)
-    url = live_server(create_app(gated_engine))
+def test_sra_settings_reach_the_engine_per_request(recording_engine, live_server) -> None:
+    url = live_server(create_app(recording_engine))
     for sent, expected in [
         (None, None),
         ("off", SRAConfig(enabled=False)),
         ({"preset": "paper", "beta_outer": 2}, SRAConfig(beta_outer=2.0)),
-        ({"tail_length": 7}, gated_engine.sra.model_copy(update={"tail_length": 7})),
+        ({"tail_length": 7}, recording_engine.sra.model_copy(update={"tail_length": 7})),
     ]:
         body = chat(url, max_tokens=4, sra=sent, **GREEDY).json()
-        assert gated_engine.calls[-1]["sra"] == expected
-        reference = gated_engine._engine.complete(HELLO, max_new_tokens=4, temperature=0, sra=expected)
+        assert recording_engine.calls[-1]["sra"] == expected
+        reference = recording_engine._engine.complete(HELLO, max_new_tokens=4, temperature=0, sra=expected)
         assert body["choices"][0]["message"]["content"] == reference.text
+
+
+def test_sampling_extensions_reach_the_engine(recording_engine, live_server) -> None:
+    url = live_server(create_app(recording_engine))
+    chat(url, max_tokens=2, temperature=0.7, top_k=-1, min_p=0.05, repetition_penalty=1.2, seed=3)
+    call = recording_engine.calls[-1]
+    assert (call["top_k"], call["min_p"], call["repetition_penalty"], call["seed"]) == (0, 0.05, 1.2, 3)
+    chat(url, max_tokens=2)
+    assert "top_k" not in recording_engine.calls[-1]  # unset: the engine's default
+    bad = chat(url, max_tokens=2, repetition_penalty=0)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "repetition_penalty"
 
 
 DOCUMENTS = [
@@ -246,30 +256,25 @@ DOCUMENTS = [
 QUESTION = "When does the ferry leave?"
 
 
-def test_documents_are_stuffed_like_the_reader_and_sources_returned(gated_engine, live_server) -> None:
-    gated_engine.release(None)
-    url = live_server(create_app(gated_engine))
+def test_documents_are_stuffed_like_the_reader_and_sources_returned(recording_engine, live_server) -> None:
+    url = live_server(create_app(recording_engine))
+    engine = recording_engine._engine
     chunks = [Chunk(d["text"], d["source"], d.get("chunk_index")) for d in DOCUMENTS]
-    stuffed = stuff_prompt(gated_engine._engine, QUESTION, chunks, max_new_tokens=6)
-    body = chat(
-        url, messages=[{"role": "user", "content": QUESTION}], documents=DOCUMENTS, max_tokens=6, **GREEDY
-    ).json()
-    call = gated_engine.calls[-1]
-    assert call["prompt"] == stuffed.messages and call["tail_from"] == stuffed.tail_from
+    stuffed = stuff_prompt(engine, QUESTION, chunks, max_new_tokens=6)
+    question = [{"role": "user", "content": QUESTION}]
+    body = chat(url, messages=question, documents=DOCUMENTS, max_tokens=6, **GREEDY).json()
+    call = recording_engine.calls[-1]
+    assert call["prompt"] == stuffed.messages and call["layout"] == stuffed.layout
     assert body["usage"]["prompt_tokens"] == stuffed.prompt_tokens
-    expected = gated_engine._engine.complete(
-        stuffed.messages, max_new_tokens=6, temperature=0, tail_from=stuffed.tail_from
-    )
+    expected = engine.complete(stuffed.messages, max_new_tokens=6, temperature=0, layout=stuffed.layout)
     assert body["choices"][0]["message"]["content"] == expected.text
     assert [(s["number"], s["source"]) for s in body["sources"]] == [(1, "ferry.txt"), (2, "handbook.md")]
 
     system = "Answer in one word."
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": QUESTION}]
+    messages = [{"role": "system", "content": system}, *question]
     chat(url, messages=messages, documents=DOCUMENTS, max_tokens=6, **GREEDY)
-    assert (
-        gated_engine.calls[-1]["prompt"]
-        == stuff_prompt(gated_engine._engine, QUESTION, chunks, max_new_tokens=6, system_prompt=system).messages
-    )
+    with_system = stuff_prompt(engine, QUESTION, chunks, max_new_tokens=6, system_prompt=system)
+    assert recording_engine.calls[-1]["prompt"] == with_system.messages
 
     streamed = events(chat(url, messages=messages, documents=DOCUMENTS, max_tokens=6, stream=True, **GREEDY))
     assert [s["source"] for s in streamed[-2]["sources"]] == ["ferry.txt", "handbook.md"]
@@ -305,10 +310,10 @@ def test_documents_take_one_question(url: str) -> None:
 # -- load and faults --------------------------------------------------------------------------------
 
 
-def test_a_full_queue_is_refused_with_429_and_retry_after(gated_engine, live_server) -> None:
-    url = live_server(create_app(gated_engine, ServerSettings(max_batch=1, queue_size=1)))
+def test_a_full_queue_is_refused_with_429_and_retry_after(slow_engine, live_server) -> None:
+    url = live_server(create_app(slow_engine, ServerSettings(max_batch=1, queue_size=1)))
     with ThreadPoolExecutor(2) as pool:
-        running = pool.submit(chat, url, max_tokens=3, **GREEDY)
+        running = pool.submit(chat, url, max_tokens=30, **GREEDY)
         wait_until(lambda: httpx.get(url + "/health").json()["running"] == 1)
         queued = pool.submit(chat, url, max_tokens=3, **GREEDY)
         wait_until(lambda: httpx.get(url + "/health").json()["waiting"] == 1)
@@ -321,65 +326,63 @@ def test_a_full_queue_is_refused_with_429_and_retry_after(gated_engine, live_ser
         assert health.status_code == 503 and health.json()["ready"] is False
         assert httpx.get(url + "/health/live").status_code == 200
 
-        gated_engine.release(None)
-        assert running.result().status_code == 200 and queued.result().status_code == 200
+        assert running.result().json()["usage"]["completion_tokens"] == 30
+        assert queued.result().json()["usage"]["completion_tokens"] == 3
     health = httpx.get(url + "/health").json()
     assert (health["running"], health["waiting"], health["ready"]) == (0, 0, True)
 
 
-def test_a_request_past_its_timeout_gets_504_and_frees_its_slot(gated_engine, live_server) -> None:
-    url = live_server(create_app(gated_engine, ServerSettings(max_batch=1, queue_size=4, timeout=1.0)))
-    with ThreadPoolExecutor(1) as pool:
-        started = time.monotonic()
-        blocking = pool.submit(chat, url, max_tokens=50)
-        wait_until(lambda: httpx.get(url + "/health").json()["running"] == 1)
-        queued_behind = chat(url, max_tokens=3)  # its deadline passes while it waits or soon after
-        assert queued_behind.status_code == 504 and queued_behind.json()["error"]["code"] == "timeout"
-        response = blocking.result()
+def test_a_request_past_its_timeout_gets_504_and_is_cancelled(slow_engine, live_server) -> None:
+    url = live_server(create_app(slow_engine, ServerSettings(max_batch=1, queue_size=4, timeout=1.0)))
+    started = time.monotonic()
+    response = chat(url, max_tokens=200)  # 10 s of decoding
     assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
-    assert time.monotonic() - started < 10
-    wait_until(lambda: httpx.get(url + "/health").json()["running"] == 0)
+    assert "deadline (1 s)" in response.json()["error"]["message"]
+    assert time.monotonic() - started < 5
+    wait_until(lambda: slow_engine.streams[0].finish_reason == "cancelled", timeout=5)
+    assert httpx.get(url + "/health").json()["running"] == 0
 
-    streamed = events(chat(url, max_tokens=50, stream=True))
+    streamed = events(chat(url, max_tokens=200, stream=True))
     assert streamed[-1] == "[DONE]" and streamed[-2]["error"]["code"] == "timeout"
-    assert "deadline" in streamed[-2]["error"]["message"]
-    wait_until(lambda: httpx.get(url + "/health").json()["running"] == 0)
+    assert streamed[0]["choices"][0]["delta"]["role"] == "assistant"  # the stream had started
+    wait_until(lambda: slow_engine.streams[1].finish_reason == "cancelled", timeout=5)
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_slot_at_once(gated_engine, live_server) -> None:
-    url = live_server(create_app(gated_engine, ServerSettings(max_batch=1)))
-    with httpx.stream(
-        "POST",
-        url + "/v1/chat/completions",
-        json={"model": MODEL, "messages": HELLO, "max_tokens": 200, "stream": True},
-    ) as response:
-        lines = response.iter_lines()
-        gated_engine.release(3)
-        received = [line for _, line in zip(range(6), lines, strict=False)]  # role chunk, pieces
-        assert any('"content"' in line for line in received)
+def stops_decoding(throttle) -> bool:
+    """Whether the request's decoding has stopped: no step for a while (20 would be due)."""
+    before = throttle.steps
+    time.sleep(1.0)
+    return throttle.steps <= before + 1
+
+
+def test_a_client_that_disconnects_mid_stream_is_cancelled_at_once(slow_engine, live_server) -> None:
+    url = live_server(create_app(slow_engine, ServerSettings(max_batch=1)))
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 200, "stream": True}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()  # kept: dropping the iterator would close the connection
+        received = [next(lines) for _ in range(8)]  # the role chunk and three pieces, each with a blank line
+        assert sum('"content"' in line for line in received) == 4
         assert httpx.get(url + "/health").json()["running"] == 1
-    wait_until(lambda: httpx.get(url + "/health").json()["running"] == 0, timeout=5)
-    gated_engine.release(None)
-    time.sleep(0.3)
-    assert gated_engine.pieces_taken[0] < 10  # the engine stopped: 200 tokens were asked for
+    wait_until(lambda: httpx.get(url + "/health").json()["running"] == 0, timeout=2)
+    assert slow_engine.streams[0].finish_reason == "cancelled"
+    assert stops_decoding(slow_engine.throttles[0]) and slow_engine.throttles[0].steps < 60  # of 200
     assert chat(url, max_tokens=2).status_code == 200  # and the slot serves the next request
 
 
-def test_a_client_that_gives_up_on_a_blocking_request_frees_its_slot(gated_engine, live_server) -> None:
-    url = live_server(create_app(gated_engine, ServerSettings(max_batch=1)))
+def test_a_client_that_gives_up_on_a_blocking_request_is_cancelled(slow_engine, live_server) -> None:
+    url = live_server(create_app(slow_engine, ServerSettings(max_batch=1)))
     with pytest.raises(httpx.ReadTimeout):
         chat(url, max_tokens=200, timeout=0.5)
-    wait_until(lambda: httpx.get(url + "/health").json()["running"] == 0, timeout=5)
-    gated_engine.release(None)
-    time.sleep(0.3)
-    assert gated_engine.pieces_taken[0] < 10
+    wait_until(lambda: httpx.get(url + "/health").json()["running"] == 0, timeout=2)
+    assert slow_engine.streams[0].finish_reason == "cancelled"
+    assert stops_decoding(slow_engine.throttles[0]) and slow_engine.throttles[0].steps < 60
 
 
 # -- access, health and metrics --------------------------------------------------------------------
 
 
-def test_bearer_auth_refuses_everything_without_the_key(tiny_engine, live_server) -> None:
-    url = live_server(create_app(tiny_engine, ServerSettings(api_key="s3cret")))
+def test_bearer_auth_refuses_everything_without_the_key(server_engine, live_server) -> None:
+    url = live_server(create_app(server_engine, ServerSettings(api_key="s3cret")))
     for method, path in [
         ("GET", "/v1/models"),
         ("POST", "/v1/chat/completions"),
@@ -400,9 +403,9 @@ def test_bearer_auth_refuses_everything_without_the_key(tiny_engine, live_server
     assert reply.status_code == 200
 
 
-def test_health_metrics_and_replica_header(tiny_engine, live_server) -> None:
-    url = live_server(create_app(tiny_engine, ServerSettings(replica="replica-a")))
-    other = live_server(create_app(tiny_engine))
+def test_health_metrics_and_replica_header(server_engine, live_server) -> None:
+    url = live_server(create_app(server_engine, ServerSettings(replica="replica-a")))
+    other = live_server(create_app(server_engine))
     reply = chat(url, max_tokens=4, **GREEDY)
     usage = reply.json()["usage"]
     assert reply.headers["x-sra-rag-replica"] == "replica-a"
@@ -432,18 +435,18 @@ def test_health_metrics_and_replica_header(tiny_engine, live_server) -> None:
     assert 'route="/v1/chat/completions"' not in httpx.get(other + "/metrics").text
 
 
-def test_concurrent_requests_get_their_own_replies(url: str, tiny_engine) -> None:
+def test_concurrent_requests_get_their_own_replies(url: str, server_engine) -> None:
     prompts = [[{"role": "user", "content": f"Name harbour number {i}."}] for i in range(6)]
-    expected = [tiny_engine.generate(p, max_new_tokens=5, temperature=0) for p in prompts]
+    expected = [server_engine.generate(p, max_new_tokens=5, temperature=0) for p in prompts]
     with ThreadPoolExecutor(6) as pool:
         replies = list(pool.map(lambda p: chat(url, messages=p, max_tokens=5, **GREEDY).json(), prompts))
     assert [reply["choices"][0]["message"]["content"] for reply in replies] == expected
 
 
-def test_the_lifespan_marks_the_app_not_ready_when_it_stops(tiny_engine) -> None:
+def test_the_lifespan_marks_the_app_not_ready_when_it_stops(server_engine) -> None:
     from sra_rag.server.runner import serving
 
-    app = create_app(tiny_engine)
+    app = create_app(server_engine)
     with serving(app) as url:
         assert httpx.get(url + "/health").json()["ready"] is True
     assert app.state.server.ready is False

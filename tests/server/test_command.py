@@ -10,13 +10,13 @@ from sra_rag.server.settings import API_KEY_ENV, EngineSpec
 
 
 @pytest.fixture
-def started(monkeypatch, tiny_engine) -> dict:
+def started(monkeypatch, server_engine) -> dict:
     """Stub out model loading and uvicorn; record what the command would serve."""
     seen: dict = {}
 
-    def load(spec: EngineSpec):
-        seen["spec"] = spec
-        return tiny_engine
+    def load(spec: EngineSpec, max_batch_size: int | None = None):
+        seen.update(spec=spec, max_batch_size=max_batch_size)
+        return server_engine
 
     def serve(app, host, port):
         seen.update(app=app, host=host, port=port)
@@ -37,6 +37,7 @@ def test_serve_passes_its_options_to_the_app(started: dict) -> None:
     assert started["spec"] == EngineSpec(model=None, preset="paper", device=None)
     settings = started["app"].state.server.settings
     assert (settings.max_batch, settings.queue_size, settings.timeout, settings.api_key) == (3, 5, 7.0, None)
+    assert started["max_batch_size"] == 3  # the engine batches as many requests as the server runs
     assert "Serving tiny-llama on http://127.0.0.1:9001/v1" in result.stderr
 
 

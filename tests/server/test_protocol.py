@@ -99,16 +99,27 @@ def test_invalid_requests_name_the_field(fields, param: str, words: str) -> None
     assert words in error.message
 
 
-def test_response_format_becomes_the_engines_json_schema(tiny_engine) -> None:
+class RecordingRequests:
+    """Stands in for the engine: records the settings of ``engine.request``."""
+
+    sra = BASE
+
+    def request(self, prompt, **options):
+        self.options = options
+        return "request"
+
+
+def test_response_format_and_sampling_become_the_engines_settings() -> None:
+    engine = RecordingRequests()
     schema = {"type": "object", "properties": {"town": {"type": "string"}}, "required": ["town"]}
     settings = ServerSettings()
     wanted = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
-    assert chat_job(tiny_engine, chat(response_format=wanted), settings).options["json_schema"] == schema
-    loose = chat_job(tiny_engine, chat(response_format={"type": "json_object"}), settings)
-    assert loose.options["json_schema"] == {"type": "object"}
-    plain = chat_job(tiny_engine, chat(response_format={"type": "text"}, max_tokens=5, temperature=0.5), settings)
-    assert "json_schema" not in plain.options
-    assert plain.options == {
+    assert chat_job(engine, chat(response_format=wanted, max_tokens=5), settings).options["json_schema"] == schema
+    chat_job(engine, chat(response_format={"type": "json_object"}, max_tokens=5), settings)
+    assert engine.options["json_schema"] == {"type": "object"}
+    job = chat_job(engine, chat(response_format={"type": "text"}, max_tokens=5, temperature=0.5), settings)
+    assert job.request == "request" and job.prompt == USER
+    assert engine.options == {
         "sra": None,
         "temperature": 0.5,
         "top_p": 1.0,
