@@ -30,6 +30,7 @@ test-fast: install
 bench: install
 	$(PYTHON) -m sra_rag.benchmark
 	$(PYTHON) -m sra_rag.benchmark --throughput
+	$(PYTHON) -m sra_rag.server.benchmark
 
 # Concurrent requests only; a reduced run takes a few minutes, e.g.
 # make bench-throughput ARGS="--requests 8 --concurrency 1 8 --new-tokens 32"

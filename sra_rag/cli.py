@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-COMMAND_MODULES = ("sra_rag.rag.commands", "sra_rag.evaluation.commands")
+COMMAND_MODULES = ("sra_rag.rag.commands", "sra_rag.evaluation.commands", "sra_rag.server.commands")
 
 # The keys are those of sra_rag.models.PACKAGED_MODELS (not imported here: it loads torch, and
 # --help stays fast).

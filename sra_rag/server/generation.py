@@ -1,0 +1,299 @@
+"""From an OpenAI request to the engine and back.
+
+:func:`chat_job` and :func:`completion_job` turn a validated request into a :class:`Job`: the prompt
+(chat messages, raw text, or documents stuffed exactly as the reader stuffs them), the request's SRA
+settings, sampling and output format, checked and tokenised by :meth:`SRAEngine.request` before the
+request queues. :func:`start` submits a job to the engine's scheduler once it has an admission slot
+and returns a :class:`Generation`, whose text pieces arrive within the request's deadline; closing it
+(at the end, on error, timeout or client disconnect) cancels the request in the engine's batch and
+frees the slot at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from sra_rag.config import SRAConfig
+from sra_rag.engine import ContextWindowExceededError, Prompt, TextStream
+from sra_rag.rag.stuffing import Chunk, ContextOverflowError, StuffedPrompt, stuff_prompt
+from sra_rag.request import Request
+from sra_rag.server.admission import Admission
+from sra_rag.server.errors import APIError
+from sra_rag.server.metrics import Metrics
+from sra_rag.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    Document,
+    JSONObjectFormat,
+    JSONSchemaFormat,
+    Source,
+)
+from sra_rag.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from sra_rag.engine import SRAEngine
+
+# OpenAI's defaults where a request leaves a sampling setting out.
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
+
+
+class RequestTimeoutError(TimeoutError):
+    """A request reached its deadline while generating."""
+
+
+@dataclass
+class Job:
+    """One request as the engine reads it: ``prompt`` and ``options`` (keyword arguments of
+    ``engine.request``), and the engine's checked, tokenised ``request``. ``stuffed`` is set when the
+    request sent documents."""
+
+    prompt: Prompt
+    options: dict[str, Any]
+    request: Request
+    stuffed: StuffedPrompt | None = None
+
+    def sources(self, text: str) -> list[Source] | None:
+        """The stuffed documents as the prompt numbers them, and whether ``text`` cites each."""
+        if self.stuffed is None:
+            return None
+        cited = cited_numbers(text)
+        return [
+            Source(number=number, source=name, cited=number in cited)
+            for number, name in enumerate(self.stuffed.sources, start=1)
+        ]
+
+
+def cited_numbers(text: str) -> set[int]:
+    """Source numbers cited as ``[1]``, ``[1, 3]`` or ``[1][2]`` in ``text``."""
+    return {int(number) for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", text) for number in group.split(",")}
+
+
+# -- building a job -------------------------------------------------------------------------------
+
+
+def chat_job(engine: SRAEngine, request: ChatCompletionRequest, settings: ServerSettings) -> Job:
+    options = _sampling(engine, request)
+    if request.documents is not None:
+        question, system = _question(request)
+        return _stuffed_job(engine, request, settings, question, system, options)
+    messages = [message.as_dict() for message in request.messages]
+    options["max_new_tokens"] = _max_new_tokens(engine, request.token_limit, messages, True, settings, "messages")
+    return _job(engine, messages, options, "messages")
+
+
+def completion_job(engine: SRAEngine, request: CompletionRequest, settings: ServerSettings) -> Job:
+    """A completion reads ``prompt`` as formatted text; with documents, ``prompt`` is the question."""
+    options = _sampling(engine, request)
+    if request.documents is not None:
+        return _stuffed_job(engine, request, settings, request.prompt, None, options)
+    options["chat_template"] = False
+    options["max_new_tokens"] = _max_new_tokens(engine, request.token_limit, request.prompt, False, settings, "prompt")
+    return _job(engine, request.prompt, options, "prompt")
+
+
+def _job(
+    engine: SRAEngine, prompt: Prompt, options: dict[str, Any], prompt_field: str, stuffed: StuffedPrompt | None = None
+) -> Job:
+    """Check every setting and tokenise now, so that a bad request fails before it queues."""
+    with engine_errors(prompt_field):
+        return Job(prompt, options, engine.request(prompt, **options), stuffed)
+
+
+def resolve_sra(value: str | dict[str, Any] | None, base: SRAConfig) -> SRAConfig | None:
+    """The request's SRA settings: a preset name (``"off"``, ``"paper"``, ...), or a mapping of
+    :class:`SRAConfig` fields applied over ``preset`` (when given) or else over the server's default
+    ``base``. ``None`` when the request does not say. A bad value is a 400 naming the field."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _preset(value, "sra")
+    fields = dict(value)
+    preset = fields.pop("preset", None)
+    if preset is not None and not isinstance(preset, str):
+        raise APIError(400, f"sra.preset must be a preset name, got {preset!r}", param="sra.preset")
+    start = base if preset is None else _preset(preset, "sra.preset")
+    try:
+        return SRAConfig.model_validate({**start.model_dump(), **fields})
+    except ValidationError as error:
+        problems = []
+        for problem in error.errors():
+            path = ".".join(["sra", *(str(part) for part in problem["loc"])])
+            message = "unknown SRA setting" if problem["type"] == "extra_forbidden" else problem["msg"]
+            problems.append(f"{path}: {message}")
+        first = ".".join(["sra", *(str(part) for part in error.errors()[0]["loc"])])
+        raise APIError(400, "; ".join(problems), param=first, code="invalid_value") from None
+
+
+def _preset(name: str, param: str) -> SRAConfig:
+    try:
+        return SRAConfig.preset(name)
+    except ValueError as error:
+        raise APIError(400, f"{param}: {error}", param=param, code="invalid_value") from None
+
+
+def _sampling(engine: SRAEngine, request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """Keyword arguments of ``engine.stream`` for the request's SRA settings, sampling and output format
+    (``max_new_tokens`` is added by the caller)."""
+    options: dict[str, Any] = {
+        "sra": resolve_sra(request.sra, engine.sra),
+        "temperature": DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
+        "top_p": DEFAULT_TOP_P if request.top_p is None else request.top_p,
+        "seed": request.seed,
+        "stop": request.stop,
+    }
+    for name in ("top_k", "min_p", "repetition_penalty"):  # vLLM's extensions, the engine's defaults if unset
+        if getattr(request, name) is not None:
+            options[name] = getattr(request, name)
+    output = request.response_format
+    if isinstance(output, JSONSchemaFormat):
+        options["json_schema"] = output.json_schema.json_schema
+    elif isinstance(output, JSONObjectFormat):
+        options["json_schema"] = {"type": "object"}  # any JSON object
+    return options
+
+
+def _question(request: ChatCompletionRequest) -> tuple[str, str | None]:
+    """With documents, the messages are the question (the last, only user message) and optionally a
+    system message, which then replaces the reader's default system prompt."""
+    system = [message.content for message in request.messages if message.role in ("system", "developer")]
+    rest = [message for message in request.messages if message.role not in ("system", "developer")]
+    if len(rest) != 1 or rest[0].role != "user":
+        raise APIError(
+            400,
+            "With documents, send the question as the one user message (and optionally a system message); "
+            "the server builds the prompt around the documents the way the reader does. For a conversation, "
+            "stuff the documents yourself and leave the documents field out.",
+            param="messages",
+        )
+    return rest[0].content, "\n\n".join(system) or None
+
+
+def _stuffed_job(
+    engine: SRAEngine,
+    request: ChatCompletionRequest | CompletionRequest,
+    settings: ServerSettings,
+    question: str,
+    system: str | None,
+    options: dict[str, Any],
+) -> Job:
+    max_new_tokens = request.token_limit or settings.default_max_tokens
+    documents: list[Document] = request.documents or []
+    chunks = [
+        Chunk(document.text, document.source or f"document {number}", document.chunk_index, id=document.id)
+        for number, document in enumerate(documents, start=1)
+    ]
+    with engine_errors("documents"):
+        stuffed = stuff_prompt(engine, question, chunks, max_new_tokens=max_new_tokens, system_prompt=system)
+    options.update(max_new_tokens=max_new_tokens, layout=stuffed.layout)
+    return _job(engine, stuffed.messages, options, "documents", stuffed)
+
+
+def _max_new_tokens(
+    engine: SRAEngine,
+    requested: int | None,
+    prompt: Prompt,
+    chat_template: bool,
+    settings: ServerSettings,
+    prompt_field: str,
+) -> int:
+    """The request's ``max_tokens``, or else the server's default capped at what the window leaves
+    (a limit the client did not set is no truncation: ``finish_reason`` says "length" if it is hit)."""
+    if requested is not None:
+        return requested
+    with engine_errors(prompt_field):
+        prompt_tokens = engine.prepare(prompt, chat_template=chat_template).num_tokens
+        remaining = engine.context_window - prompt_tokens
+        if remaining < 1:
+            raise ContextWindowExceededError(prompt_tokens, 1, engine.context_window)
+    return min(settings.default_max_tokens, remaining)
+
+
+@contextmanager
+def engine_errors(param: str | None) -> Iterator[None]:
+    """The engine's input errors as 400s: a prompt that does not fit is ``context_length_exceeded``
+    (OpenAI's code) with the token counts; other bad input keeps the engine's message."""
+    try:
+        yield
+    except APIError:
+        raise
+    except ContextOverflowError as error:
+        raise APIError(400, str(error), param="documents", code="context_length_exceeded") from None
+    except ContextWindowExceededError as error:
+        raise APIError(400, str(error), param=param, code="context_length_exceeded") from None
+    except (ValueError, TypeError) as error:
+        raise APIError(400, str(error), param=param, code="invalid_value") from None
+
+
+# -- running a job --------------------------------------------------------------------------------
+
+
+@dataclass
+class Generation:
+    """A started request: its engine stream and its admission slot, until :meth:`close`."""
+
+    stream: TextStream
+    admission: Admission
+    metrics: Metrics
+    arrived: float
+    deadline: float
+    taken_at: float
+    closed: bool = field(default=False, init=False)
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The generated text pieces; raises :class:`RequestTimeoutError` at the deadline. Closes the
+        generation when done, failed or abandoned."""
+        iterator = self.stream.__aiter__()
+        first = True
+        try:
+            while True:
+                remaining = self.deadline - time.monotonic()
+                try:
+                    piece = await asyncio.wait_for(iterator.__anext__(), max(remaining, 0.0))
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:
+                    raise RequestTimeoutError(
+                        f"The request ran past its deadline ({self.deadline - self.arrived:.0f} s) after "
+                        f"{self.stream.completion_tokens} generated tokens."
+                    ) from None
+                if first:
+                    self.metrics.first_token.observe(time.monotonic() - self.arrived)
+                    first = False
+                yield piece
+        finally:
+            aclose = getattr(iterator, "aclose", None)  # an async generator: stop its worker now
+            if aclose is not None:
+                await aclose()
+            self.close()
+
+    def close(self) -> None:
+        """Stop generating and free the slot (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.stream.close()  # the request leaves the engine's batch at its next step (if still running)
+        self.admission.release(self.taken_at)
+        self.metrics.completion_tokens.inc(self.stream.completion_tokens)
+
+
+async def start(
+    engine: SRAEngine, job: Job, admission: Admission, metrics: Metrics, arrived: float, deadline: float
+) -> Generation:
+    """Wait for a slot (until ``deadline``), then submit ``job`` to the engine's scheduler."""
+    taken_at = await admission.acquire(deadline - time.monotonic())
+    try:
+        stream = engine.submit(job.request)
+    except BaseException:
+        admission.release(taken_at)
+        raise
+    metrics.prompt_tokens.inc(stream.prompt_tokens)
+    return Generation(stream, admission, metrics, arrived, deadline, taken_at)

@@ -1,0 +1,70 @@
+"""What a server is started with: :class:`ServerSettings` (the app's limits and access) and
+:class:`EngineSpec` (which model to load, with which default SRA preset). Both are validated once,
+here, and are plain picklable data, so the command line and every Ray Serve replica share them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sra_rag.config import PRESETS
+
+if TYPE_CHECKING:
+    from sra_rag.engine import SRAEngine
+
+API_KEY_ENV = "SRA_RAG_API_KEY"
+
+
+class ServerSettings(BaseModel):
+    """Limits and access of one app (one replica).
+
+    ``max_batch`` requests generate at once (the engine's scheduler decodes them in one batch; an
+    engine loaded by :class:`EngineSpec` gets it as its batch size); up to ``queue_size`` more wait for
+    a slot, and beyond that
+    a request is refused at once with 429 and ``Retry-After``. ``timeout`` (seconds) bounds a request
+    from arrival (queueing included) to its last token. ``api_key``: when set, every route requires
+    ``Authorization: Bearer <api_key>``. ``default_max_tokens``: the completion length when a request
+    does not say (capped at what the context window leaves). ``model_name``: the name clients send as
+    ``model`` (default: the engine's). ``replica``: the value of the ``x-sra-rag-replica`` response
+    header (default: host and process id).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_batch: int = Field(8, ge=1)
+    queue_size: int = Field(64, ge=0)
+    timeout: float = Field(300.0, gt=0)
+    api_key: str | None = Field(None, min_length=1, repr=False)
+    default_max_tokens: int = Field(512, ge=1)
+    model_name: str | None = Field(None, min_length=1)
+    replica: str | None = None
+
+
+class EngineSpec(BaseModel):
+    """Which engine to load: ``model`` as :meth:`SRAEngine.from_pretrained` reads it (``None``: the
+    embedded SmolLM2-135M-Instruct), the SRA ``preset`` requests get unless they send their own, and
+    the ``device`` (``None``: CUDA when present)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | None = None
+    preset: str = "recommended"
+    device: str | None = None
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown SRA preset {preset!r}; choose one of {sorted(PRESETS)}")
+        return preset
+
+    def load(self, max_batch_size: int | None = None) -> SRAEngine:
+        """The engine; ``max_batch_size``: requests its scheduler decodes together (None: the engine's default)."""
+        from sra_rag.config import SRAConfig
+        from sra_rag.engine import SRAEngine
+
+        sra = SRAConfig.preset(self.preset)
+        if max_batch_size is None:
+            return SRAEngine.from_pretrained(self.model, sra=sra, device=self.device)
+        return SRAEngine.from_pretrained(self.model, sra=sra, device=self.device, max_batch_size=max_batch_size)
