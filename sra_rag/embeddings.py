@@ -54,7 +54,9 @@ def sentence_transformer(model_path: str | os.PathLike[str] | None = None) -> An
         return _models[path]
 
 
-def embed(texts: Sequence[str], *, model_path: str | os.PathLike[str] | None = None, batch_size: int = 32) -> np.ndarray:
+def embed(
+    texts: Sequence[str], *, model_path: str | os.PathLike[str] | None = None, batch_size: int = 32
+) -> np.ndarray:
     """Unit-normalised embeddings of ``texts``, shape ``(len(texts), 384)``, float32."""
     if isinstance(texts, str):
         raise TypeError("embed() takes a list of texts; wrap a single text in a list")

@@ -194,7 +194,9 @@ def test_text_without_whitespace_is_split_within_the_embedding_budget(tmp_path: 
     store = open_store(tmp_path / "store")
     ingest(store, folder, progress=False)  # the default counter: the embedding model's tokenizer
     records = store.collection.get(include=["documents", "metadatas"])
-    pieces = sorted(zip(records["metadatas"], records["documents"], strict=True), key=lambda item: item[0]["chunk_index"])
+    pieces = sorted(
+        zip(records["metadatas"], records["documents"], strict=True), key=lambda item: item[0]["chunk_index"]
+    )
     count = embedding_token_counter()
     assert len(pieces) >= 400_000 // 200
     assert max(count(text) for _, text in pieces) <= 200

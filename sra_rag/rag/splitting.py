@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
+from typing import cast
 
 TokenCounter = Callable[[str], int]
 
@@ -47,7 +48,7 @@ def split_text(text: str, max_tokens: int, count_tokens: TokenCounter) -> list[s
     # A cache per call (semchunk's own memoisation keeps one per counter for the whole process).
     counter = lru_cache(maxsize=_COUNT_CACHE)(count_tokens)
     try:
-        raw = semchunk.chunk(text, max_tokens, counter, memoize=False)
+        raw = cast(list[str], semchunk.chunk(text, max_tokens, counter, memoize=False))
     except RecursionError:
         raise ChunkTooLargeError(
             f"The text has a character that alone counts more than {max_tokens} tokens; raise the budget."

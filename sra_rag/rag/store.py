@@ -284,4 +284,3 @@ def _server_address(url: str) -> tuple[str, int, bool]:
 def _settings() -> chromadb.config.Settings:
     # Telemetry would try to reach the network on every client start; this project runs offline.
     return chromadb.config.Settings(anonymized_telemetry=False)
-
