@@ -21,7 +21,7 @@ class SRAConfig(BaseModel):
     another's. Use ``cfg.model_copy(update={...})`` to derive a variant.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(True, description="False gives the stock SDPA result.")
     begin_length: int = Field(
