@@ -63,7 +63,7 @@ class ChatSRA(SRASettings, BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider="sra",
-            ls_model_name=kwargs.get("model") or self.model_name,
+            ls_model_name=kwargs.get("model") or self.ls_model_name,
             ls_model_type="chat",
             ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get("max_tokens", kwargs.get("max_new_tokens", self.max_new_tokens)),
@@ -96,7 +96,8 @@ class ChatSRA(SRASettings, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         settings = self.engine_settings(stop, kwargs)
-        result = await asyncio.to_thread(self.engine.complete, engine_messages(messages), **settings)
+        engine = await self.aengine()
+        result = await asyncio.to_thread(engine.complete, engine_messages(messages), **settings)
         return self._result(result)
 
     # LangChain's stream() and invoke() report each chunk to on_llm_new_token themselves.
@@ -120,8 +121,9 @@ class ChatSRA(SRASettings, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         settings = self.engine_settings(stop, kwargs)
+        engine = await self.aengine()
         # Tokenising a long prompt takes a while too, so it also runs off the event loop.
-        stream = await asyncio.to_thread(self.engine.stream, engine_messages(messages), **settings)
+        stream = await asyncio.to_thread(engine.stream, engine_messages(messages), **settings)
         async for piece in stream:
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
         yield self._last_chunk(stream)
