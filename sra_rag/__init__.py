@@ -4,12 +4,13 @@ RoPE model use it."""
 from sra_rag.attention import register, sra_settings
 from sra_rag.config import SRAConfig
 from sra_rag.engine import Completion, ContextWindowExceededError, SRAEngine, TextStream
-from sra_rag.models import ModelNotSupportedError
+from sra_rag.models import ModelLoadError, ModelNotSupportedError
 from sra_rag.options import SRAOptions
 
 __all__ = [
     "Completion",
     "ContextWindowExceededError",
+    "ModelLoadError",
     "ModelNotSupportedError",
     "SRAConfig",
     "SRAEngine",

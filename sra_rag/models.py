@@ -32,6 +32,10 @@ class ModelNotSupportedError(ValueError):
     """The model cannot run Scaled ReAttention (no RoPE, or attention outside transformers' interface)."""
 
 
+class ModelLoadError(ValueError):
+    """The model's files cannot be loaded; the message names the path and what is wrong with it."""
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model's files are: a folder (or hub id) and, for GGUF, the file inside it."""
@@ -153,8 +157,19 @@ def _load_gguf(
     folder = _converted_folder(source)
     if not (folder / "config.json").is_file():
         logger.info("Converting %s to a transformers checkpoint in %s (once)", source.gguf_file, folder)
-        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, local_files_only=True)
+        gguf = Path(source.path) / str(source.gguf_file)
+        _check_gguf_header(gguf)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, local_files_only=True)
+        except (ImportError, ModelNotSupportedError):
+            raise
+        except Exception as error:
+            # The gguf reader's own errors (struct.error, "cannot reshape array") do not say what is wrong.
+            raise ModelLoadError(
+                f"{gguf} is truncated or damaged: its {gguf.stat().st_size:,} bytes do not hold the model its "
+                "header describes. Download or install it again."
+            ) from error
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
         try:
@@ -176,9 +191,44 @@ def _load_gguf(
     )
 
 
+def _check_gguf_header(path: Path) -> None:
+    """Raise :class:`ModelLoadError` if ``path`` is empty or does not start like a GGUF file."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"{path} is empty (0 bytes), not a GGUF model. Download or install it again.")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if len(magic) < 4 and b"GGUF".startswith(magic):
+        raise ModelLoadError(
+            f"{path} is truncated ({size} bytes): not even its GGUF header is there. Download it again."
+        )
+    if magic != b"GGUF":
+        raise ModelLoadError(
+            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'). Pass a .gguf model file or a "
+            "transformers model folder."
+        )
+
+
+def _check_folder(path: str) -> None:
+    """Raise :class:`ModelLoadError` if ``path`` is a folder that does not hold a transformers model."""
+    folder = Path(path)
+    if not folder.is_dir() or (folder / "config.json").is_file():
+        return
+    ggufs = sorted(file.name for file in folder.glob("*.gguf"))
+    if ggufs:
+        raise ModelLoadError(
+            f"{folder} holds GGUF files but no config.json; pass the file itself, for example {folder / ggufs[0]}"
+        )
+    raise ModelLoadError(
+        f"{folder} is not a model folder: it has no config.json (a transformers model folder holds config.json, "
+        "the tokenizer files and the weights). Pass a model folder, a .gguf file or a model name."
+    )
+
+
 def _load_folder(
     path: str, dtype: torch.dtype, *, trust_remote_code: bool, local_files_only: bool, **kwargs: object
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    _check_folder(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, trust_remote_code=trust_remote_code, local_files_only=local_files_only
@@ -191,6 +241,12 @@ def _load_folder(
             f"Could not load {path!r} from local files ({error}). Pass a local folder or .gguf file, or download "
             "the model first (for example `hf download <id>`) and load it from the cache."
         ) from error
+    except (ImportError, ModelNotSupportedError, TypeError):
+        raise
+    except Exception as error:
+        # Damaged weights or tokenizer files raise errors (safetensors, json, sentencepiece) that do not name the path.
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ModelLoadError(f"Could not load the model in {path}: {reason}") from error
     return model, tokenizer
 
 

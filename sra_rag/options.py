@@ -12,7 +12,7 @@ checked by building the config at construction.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
@@ -36,6 +36,38 @@ SAMPLING_FIELDS: tuple[str, ...] = (
 
 GENERATION_KEYS: tuple[str, ...] = (*SAMPLING_FIELDS, "stop", "tail_from", "layout", "logits_processors")
 """Per-call keyword arguments passed through to the engine (``max_tokens`` is an alias of the first)."""
+
+
+class UnknownArgumentError(TypeError, ValueError):
+    """A constructor argument an adapter does not take (a TypeError, as for any unexpected keyword;
+    also a ValueError, as pydantic's validation errors are)."""
+
+
+FOREIGN_ARGUMENTS: dict[str, str] = {
+    # LlamaIndex's HuggingFaceLLM
+    "model_name": "model",
+    "tokenizer_name": "model (the tokenizer is the model's own)",
+    "device_map": "device",
+    "torch_dtype": "dtype",
+    "generate_kwargs": "the sampling fields {sampling}",
+    "stopping_ids": "stop (stop strings, not token ids)",
+    "max_length": "max_new_tokens",
+    "model_kwargs": "model, device and dtype (for other loading options load an SRAEngine yourself and pass engine=)",
+    "tokenizer_kwargs": "nothing: the model's own tokenizer and chat template are used as they are",
+    "tokenizer_outputs_to_remove": "nothing: the engine tokenises once, with the chat template",
+    "is_chat_model": "nothing: the model's chat template is always applied",
+    # LangChain's HuggingFacePipeline, ChatHuggingFace and HuggingFaceEndpoint
+    "model_id": "model",
+    "repo_id": "model",
+    "llm": "model (the adapter loads the model itself) or engine=SRAEngine(...)",
+    "tokenizer": "model (the tokenizer is the model's own)",
+    "pipeline_kwargs": "the sampling fields {sampling}",
+    "stop_sequences": "stop",
+    "do_sample": "temperature (0 decodes greedily, above 0 samples)",
+    "max_tokens": "max_new_tokens",
+    "task": "nothing: the adapter always generates text",
+}
+"""Constructor arguments of Hugging Face's LlamaIndex and LangChain wrappers, and what to pass instead."""
 
 
 def _mirror(name: str) -> Any:
@@ -93,7 +125,12 @@ class SRAOptions(BaseModel):
 
     _engine: SRAEngine | None = PrivateAttr(default=None)
 
+    unsupported_arguments: ClassVar[dict[str, str]] = {}
+    """Fields of the framework base class that this adapter does not honour, and why; set to
+    anything but ``None`` they are refused at construction."""
+
     def __init__(self, *, sra: SRAConfig | None = None, engine: SRAEngine | None = None, **data: Any) -> None:
+        self._check_arguments(data)
         if sra is not None:
             as_sra_config(sra)
             both = sorted(set(data) & set(SRA_FIELDS))
@@ -104,6 +141,32 @@ class SRAOptions(BaseModel):
             raise TypeError(f"engine must be an SRAEngine, got {type(engine).__name__}")
         super().__init__(**data)
         self._engine = engine
+
+    @classmethod
+    def _check_arguments(cls, data: dict[str, Any]) -> None:
+        """Refuse unknown and unsupported constructor arguments with what to pass instead, before
+        pydantic would (a misspelt or foreign setting must not be ignored silently)."""
+        name = cls.__name__
+        refused = [key for key in sorted(data) if key in cls.unsupported_arguments and data[key] is not None]
+        if refused:
+            reasons = "; ".join(f"{key}: {cls.unsupported_arguments[key]}" for key in refused)
+            raise UnknownArgumentError(f"{name} does not take {refused}. {reasons}")
+        accepted = set(cls.model_fields) | {field.alias for field in cls.model_fields.values() if field.alias}
+        unknown = sorted(set(data) - accepted)
+        if not unknown:
+            return
+        sampling = [key for key in GENERATION_KEYS if key in cls.model_fields]
+        hints = [
+            f"{key} -> {FOREIGN_ARGUMENTS[key].format(sampling=sampling)}"
+            for key in unknown
+            if key in FOREIGN_ARGUMENTS
+        ]
+        mapping = f" Instead of Hugging Face's names pass: {'; '.join(hints)}." if hints else ""
+        ours = ["model", "device", "dtype", *sampling, "sra=SRAConfig(...)", "engine"]
+        raise UnknownArgumentError(
+            f"{name} got unknown arguments {unknown}.{mapping} {name} takes {', '.join(ours)}, the SRA settings "
+            f"{list(SRA_FIELDS)} and the fields of its framework base class."
+        )
 
     @model_validator(mode="after")
     def _check_sra_fields(self) -> SRAOptions:

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 from pydantic import ValidationError
 
@@ -91,3 +93,21 @@ def test_presets():
 def test_model_copy_derives_a_variant():
     config = SRAConfig().model_copy(update={"tail_length": 12})
     assert config.tail_length == 12 and SRAConfig().tail_length == 200
+
+
+NUMERIC_FIELDS = [name for name, field in SRAConfig.model_fields.items() if field.annotation in (int, float)]
+
+
+@pytest.mark.parametrize("field", NUMERIC_FIELDS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_numeric_field_rejects_nan_and_infinity(field, value):
+    # beta_outer=inf used to be accepted and gave NaN logits (an empty answer).
+    with pytest.raises(ValidationError) as info:
+        SRAConfig(**{field: value})
+    assert field in str(info.value)
+
+
+@pytest.mark.parametrize("band", [(0.0, math.inf), (math.nan, 1.0), (0.5, math.nan)])
+def test_outer_layer_band_rejects_nan_and_infinity(band):
+    with pytest.raises(ValidationError, match="outer_layers"):
+        SRAConfig(outer_layers=band)

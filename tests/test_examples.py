@@ -67,3 +67,18 @@ def test_summarize_example_reads_a_file_in_one_pass(tmp_path: Path) -> None:
     summary, _, footer = result.stdout.rpartition("\n\n[")
     assert summary.strip()
     assert footer.startswith("one pass:") and "document tokens" in footer
+
+
+@pytest.mark.parametrize(
+    ("script", "requires", "built"),
+    [
+        ("llamaindex_index.py", "llama_index.llms.sra", "Indexed 11 documents."),
+        ("langchain_vector_store.py", "langchain_sra", "Embedded "),
+    ],
+)
+def test_framework_native_examples_embed_with_the_shipped_model(script: str, requires: str, built: str) -> None:
+    pytest.importorskip(requires, reason=f"install the adapter: pip install -e integrations/... ({requires})")
+    result = run_example(script, "When does the ferry to Skelda leave?", "--top-k", "2", "--max-new-tokens", "3")
+    before, sources = answer_and_sources(result.stdout)
+    assert before.startswith(built)
+    assert sources[0] == "[1]" and any(source.endswith("marrowick_transport.md") for source in sources)

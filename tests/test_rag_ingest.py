@@ -5,6 +5,7 @@ ingest logic does not depend on the vectors); one test checks retrieval with the
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -136,14 +137,14 @@ def test_unreadable_binary_and_empty_files_are_reported_and_skipped(tmp_path: Pa
     (folder / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
     (folder / "empty.txt").write_text("\n \n")
     (folder / "locked.md").write_text("secret")
-    original = Path.read_bytes
+    original = Path.open
 
-    def read_bytes(self: Path) -> bytes:
+    def open_file(self: Path, *args: Any, **kwargs: Any) -> Any:
         if self.name == "locked.md":
             raise PermissionError(13, "Permission denied")
-        return original(self)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(Path, "open", open_file)
     store = open_store(tmp_path / "store")
     report = run(store, folder)
     reasons = {Path(path).name: reason for path, reason in report.skipped}
@@ -177,3 +178,172 @@ def test_minilm_store_retrieves_the_relevant_chunk_first(tmp_path: Path) -> None
     assert chunks[0].source == "docs/harbour.md" and chunks[0].chunk_index == 0
     assert len(chunks) == 3 and chunks[0].score > chunks[1].score
     assert ChromaStore.open(tmp_path / "store", create=False).retrieve("ferry", top_k=1)[0].id == chunks[0].id
+
+
+# -- hardening: large and unusual text, names, removed text, metadata ---------------------------------
+
+
+def test_text_without_whitespace_is_split_within_the_embedding_budget(tmp_path: Path) -> None:
+    # The embedding tokenizer counts a word of 400,000 letters as one [UNK]; it used to be stored as one chunk.
+    from sra_rag.rag.ingest import embedding_token_counter
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    letters = "".join(chr(ord("a") + (index * 7919) % 26) for index in range(400_000))
+    (folder / "blob.txt").write_text(letters)
+    store = open_store(tmp_path / "store")
+    ingest(store, folder, progress=False)  # the default counter: the embedding model's tokenizer
+    records = store.collection.get(include=["documents", "metadatas"])
+    pieces = sorted(
+        zip(records["metadatas"], records["documents"], strict=True), key=lambda item: item[0]["chunk_index"]
+    )
+    count = embedding_token_counter()
+    assert len(pieces) >= 400_000 // 200
+    assert max(count(text) for _, text in pieces) <= 200
+    assert "".join(text for _, text in pieces) == letters
+    assert {meta["num_chunks"] for meta, _ in pieces} == {len(pieces)}
+
+
+def test_the_embedding_token_count_is_never_truncated() -> None:
+    from sra_rag.rag.ingest import embedding_token_counter
+
+    count = embedding_token_counter()
+    assert count("a" * 400_000) >= 400_000 // 4  # not 1: the [UNK] covers 400,000 characters
+    assert count("word " * 1000) == 1000  # not 128: the packaged tokenizer.json truncates at 128
+    assert count("😀" * 300) >= 300
+    assert count("The ferry leaves at noon.") == 6
+
+
+def test_chunk_budget_above_what_the_embedding_model_reads_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at most 254"):
+        ingest(open_store(tmp_path / "store"), make_docs(tmp_path / "docs"), chunk_tokens=300, progress=False)
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path: Path) -> None:
+    folder = make_docs(tmp_path / "docs")
+    with open(os.fsencode(folder) + b"/caf\xe9.txt", "w") as handle:
+        handle.write("Latin-1 name, UTF-8 text.")
+    (folder / "zeta.txt").write_text("Zeta sorts after it.")
+    store = open_store(tmp_path / "store")
+    report = run(store, folder)
+    assert [(Path(path).name, reason.split(",")[0]) for path, reason in report.skipped] == [
+        ("caf\\xe9.txt", "has a name that is not valid UTF-8")
+    ]
+    assert str((folder / "zeta.txt").resolve()) in report.files_added and len(report.files_added) == 4
+    assert "Zeta sorts after it." in [text for text, _ in all_records(store).values()]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ("delete", None),
+        ("empty", "is empty"),
+        ("binary", "looks binary (contains NUL bytes)"),
+        ("latin1", "is not UTF-8 text (byte 5)"),
+        ("unreadable", "cannot be read (Permission denied)"),
+    ],
+)
+def test_text_removed_from_the_folder_is_no_longer_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str, reason: str | None
+) -> None:
+    folder = make_docs(tmp_path / "docs")
+    store = open_store(tmp_path / "store")
+    run(store, folder)
+    beta = folder / "beta.txt"
+    if change == "delete":
+        beta.unlink()
+    elif change == "empty":
+        beta.write_text(" \n")
+    elif change == "binary":
+        beta.write_bytes(b"Beta \x00\x01 seven eight.")
+    elif change == "latin1":
+        beta.write_bytes("Beta \xe9t\xe9 eight.".encode("latin-1"))
+    else:
+        original = Path.open
+
+        def open_file(self: Path, *args: Any, **kwargs: Any) -> Any:
+            if self.name == "beta.txt":
+                raise PermissionError(13, "Permission denied")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", open_file)
+    report = run(store, folder)
+    key = str(beta.resolve())
+    assert report.files_removed == [key] and report.chunks_deleted == 1
+    assert [path for path, _ in report.skipped] == ([] if reason is None else [key])
+    if reason is not None:
+        assert report.skipped[0][1] == reason
+    assert not store.collection.get(where={"path": key})["ids"]
+    assert "Beta seven eight." not in [text for text, _ in all_records(store).values()]
+
+
+def test_kept_chunks_of_a_changed_file_get_its_new_metadata(tmp_path: Path) -> None:
+    folder = make_docs(tmp_path / "docs")
+    store = open_store(tmp_path / "store")
+    run(store, folder)
+    alpha = folder / "alpha.md"
+    alpha.write_text("# Alpha\n\nAlpha one two three.\n\nAlpha four five six.\n\nAlpha seven.\n")
+    report = run(store, folder)
+    assert report.chunks_added == 1 and report.chunks_deleted == 0 and report.chunks_updated == 3
+    metadatas = store.collection.get(where={"path": str(alpha.resolve())}, include=["metadatas"])["metadatas"]
+    digest = hashlib.sha256(alpha.read_bytes()).hexdigest()
+    assert sorted(meta["chunk_index"] for meta in metadatas) == [0, 1, 2, 3]
+    assert {(meta["file_sha256"], meta["num_chunks"]) for meta in metadatas} == {(digest, 4)}
+
+
+def test_a_large_file_is_read_as_a_stream_and_stored_in_batches(tmp_path: Path, monkeypatch) -> None:
+    # The first chunks are stored long before the whole file has been read (small blocks and segments
+    # here, so that a small file shows it).
+    import sra_rag.rag.ingest as ingest_module
+    import sra_rag.rag.splitting as splitting_module
+
+    monkeypatch.setattr(ingest_module, "_READ_BLOCK", 1 << 14)
+    monkeypatch.setattr(splitting_module, "SEGMENT_CHARS", 1 << 15)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    paragraph = "The harbour master logs every ferry that leaves Pier 3 before noon.\n\n"
+    big = folder / "big.txt"
+    big.write_text(paragraph * (400_000 // len(paragraph)))
+    read: list[int] = []
+    original_open = Path.open
+
+    def counting_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        handle = original_open(self, *args, **kwargs)
+        if self.name == "big.txt":
+            inner = handle.read
+
+            def counted(size: int = -1) -> bytes:
+                data = inner(size)
+                read.append(len(data))
+                return data
+
+            handle.read = counted  # type: ignore[method-assign]
+        return handle
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    store = open_store(tmp_path / "store")
+    first_add: list[int] = []
+    original_add = store.collection.add
+
+    def add(**kwargs: Any) -> None:
+        first_add.append(sum(read))
+        original_add(**kwargs)
+
+    monkeypatch.setattr(store.collection, "add", add)
+    report = ingest(store, folder, chunk_tokens=60, count_tokens=words, progress=False)
+    size = big.stat().st_size
+    assert report.chunks_added == store.count() > 500
+    assert len(first_add) == -(-report.chunks_added // ingest_module.ADD_BATCH)  # batches of ADD_BATCH chunks
+    assert max(read) <= 1 << 14  # never the whole file at once
+    # One pass checks the file (size bytes), the second streams it: the first batch is stored when a
+    # quarter of it or less has been read.
+    assert first_add[0] - size <= size // 4
+
+
+def test_progress_advances_chunk_by_chunk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "one.txt").write_text("\n\n".join(f"Paragraph {index} of the only file." for index in range(40)))
+    ingest(open_store(tmp_path / "store"), folder, chunk_tokens=6, count_tokens=words, progress=True)
+    bar = capsys.readouterr().err
+    assert "chunks=40" in bar and "file" not in bar.split("Ingesting")[-1]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sra_rag.cli import ModelOption
+from sra_rag.cli import ModelOption, fail
 
 if TYPE_CHECKING:
     from sra_rag.config import SRAConfig
@@ -94,12 +94,13 @@ def ingest(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Ingest documents into the store. Re-running adds only new or changed files."""
+    from sra_rag.rag.ingest import display_path
+
     if not path.exists():
-        _fail(f"Nothing to ingest at {path}: no such file or folder.")
-    with _user_errors():
-        report = _ingest(path, _open_store(store, chroma_url, collection, create=True), chunk_tokens, progress)
+        fail(f"Nothing to ingest at {display_path(path)}: no such file or folder.")
+    report = _ingest(path, _open_store(store, chroma_url, collection, create=True), chunk_tokens, progress)
     if report.files_seen == len(report.skipped):
-        _fail(f"No text could be ingested from {path}.")
+        fail(f"No text could be ingested from {display_path(path)}.")
 
 
 @app.command()
@@ -139,13 +140,12 @@ def ask(
     """Answer a question: retrieve top-k chunks, stuff them all into one prompt, stream the answer."""
     sampling = _sampling(temperature, top_p, top_k_tokens, min_p, repetition_penalty, penalize_prompt, seed)
     overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer, question_tail)
-    with _user_errors():
-        config = _sra_config(preset, sra, overrides)
-        opened = _open_store(store, chroma_url, collection, create=False)
-        if opened.count() == 0:
-            _fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
-        engine = _engine(model)
-        _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling)
+    config = _sra_config(preset, sra, overrides)
+    opened = _open_store(store, chroma_url, collection, create=False)
+    if opened.count() == 0:
+        fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
+    engine = _engine(model)
+    _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling)
 
 
 @app.command()
@@ -170,28 +170,30 @@ def summarize(
     question_tail: QuestionTailOption = None,
 ) -> None:
     """Summarize a whole document in one pass (map-reduce only if it does not fit, and said so)."""
-    from sra_rag.rag.ingest import read_text
+    from sra_rag.rag.ingest import UnreadableFileError, display_path, read_text
     from sra_rag.rag.summarizer import Summarizer
 
     overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer, question_tail)
-    with _user_errors():
-        config = _sra_config(preset, sra, overrides)
-        if not file.is_file():
-            raise FileNotFoundError(f"No such file: {file}")
+    config = _sra_config(preset, sra, overrides)
+    if not file.is_file():
+        fail(f"No such file: {display_path(file)}")
+    try:
         text = read_text(file)
-        summarizer = Summarizer(
-            _engine(model),
-            sra=config,
-            max_new_tokens=max_new_tokens,
-            map_tokens=map_tokens,
-            allow_map_reduce=map_reduce,
-            progress=True,
-        )
-        with _warnings_to_stderr():
-            result = summarizer.stream(text, title=file.name)
-        _echo_stream(result)
-        mode = f"map-reduce over {result.parts} parts" if result.map_reduce else "one pass"
-        _info(f"[{mode}; document {result.document_tokens} tokens, prompt {result.prompt_tokens} tokens]")
+    except UnreadableFileError as error:
+        fail(f"{display_path(file)} {error}")
+    summarizer = Summarizer(
+        _engine(model),
+        sra=config,
+        max_new_tokens=max_new_tokens,
+        map_tokens=map_tokens,
+        allow_map_reduce=map_reduce,
+        progress=True,
+    )
+    with _warnings_to_stderr():
+        result = summarizer.stream(text, title=file.name)
+    _echo_stream(result)
+    mode = f"map-reduce over {result.parts} parts" if result.map_reduce else "one pass"
+    _info(f"[{mode}; document {result.document_tokens} tokens, prompt {result.prompt_tokens} tokens]")
 
 
 @app.command()
@@ -209,18 +211,17 @@ def demo(
     that do not fit the context window are dropped with a warning."""
     from sra_rag.rag.samples import SAMPLE_QUESTIONS, samples_path
 
-    with _user_errors():
-        config = _sra_config(preset, sra, {})
-        opened = _open_store(store, None, "sra_rag", create=True)
-        _info(f"Ingesting the sample documents from {samples_path()} into {opened.location}")
-        _ingest(samples_path(), opened, 200, progress=True)
-        engine = _engine(None)
-        state = "on" if config.enabled else "off"
-        _info(f"Reader: {engine.name}, context window {engine.context_window} tokens, SRA {state} ({preset}).")
-        for question in SAMPLE_QUESTIONS:
-            typer.secho(f"\nQ: {question}", bold=True)
-            sampling = _sampling(temperature, 1.0, 0, 0.0, repetition_penalty, False, seed)
-            _answer(engine, opened, question, config, top_k, max_new_tokens, "drop", sampling)
+    config = _sra_config(preset, sra, {})
+    opened = _open_store(store, None, "sra_rag", create=True)
+    _info(f"Ingesting the sample documents from {samples_path()} into {opened.location}")
+    _ingest(samples_path(), opened, 200, progress=True)
+    engine = _engine(None)
+    state = "on" if config.enabled else "off"
+    _info(f"Reader: {engine.name}, context window {engine.context_window} tokens, SRA {state} ({preset}).")
+    sampling = _sampling(temperature, 1.0, 0, 0.0, repetition_penalty, False, seed)
+    for question in SAMPLE_QUESTIONS:
+        typer.secho(f"\nQ: {question}", bold=True)
+        _answer(engine, opened, question, config, top_k, max_new_tokens, "drop", sampling)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -346,11 +347,6 @@ def _info(message: str) -> None:
     typer.secho(message, fg=typer.colors.BRIGHT_BLACK, err=True)
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
-
-
 @contextmanager
 def _warnings_to_stderr() -> Iterator[None]:
     """Show warnings (dropped chunks, map-reduce fallback) as one plain line each."""
@@ -359,15 +355,3 @@ def _warnings_to_stderr() -> Iterator[None]:
         yield
     for warning in caught:
         typer.secho(f"Warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix (missing store, empty store, prompt too long, bad settings,
-    missing optional dependency) into a message and exit code 1 instead of a traceback."""
-    from sra_rag.rag.reader import EmptyRetrievalError
-
-    try:
-        yield
-    except (FileNotFoundError, EmptyRetrievalError, ValueError, ImportError) as error:
-        _fail(str(error))

@@ -1,45 +1,61 @@
 """Ingest folders of text documents into a :class:`~sra_rag.rag.store.ChromaStore`.
 
 Every chunk's id is derived from the file's absolute path, the chunk's index and a hash of its text,
-so ingestion is incremental and restartable:
+so ingestion is incremental and restartable. For each file:
 
-- re-ingesting an unchanged file computes the same ids, finds them stored and embeds nothing;
-- a changed file gets new ids: the new chunks are added first, then the file's old chunks deleted;
-- an interrupted run leaves each file either complete, untouched, or with some new chunks added and
-  its old ones not yet deleted; running again adds what is missing and deletes what is stale.
+1. The file is read once as bytes: its SHA-256, and whether it can be ingested at all (readable, no
+   NUL bytes, UTF-8, not blank). A file that cannot is reported in :attr:`IngestReport.skipped`, and
+   its chunks from earlier runs are deleted, so text removed from the folder is no longer retrieved.
+2. If the store holds exactly this file's chunks already (same hash, chunk budget, source and root,
+   every index once), nothing else happens: re-ingesting an unchanged file costs one read.
+3. Otherwise the file is read again as a stream and split; chunks whose ids are not stored are
+   embedded and added in batches, then the file's stale chunks are deleted, then every chunk's
+   metadata (``file_sha256``, ``num_chunks``, ...) is brought up to date.
 
-Unreadable, binary, non-UTF-8 and empty files are reported in :attr:`IngestReport.skipped` and skipped.
+An interrupted run leaves each file either complete or with some new chunks added and some stale
+ones left; the next run sees the difference in step 2 and completes it. Files under an ingested folder
+that were ingested before and are gone now have their chunks deleted (``prune``).
+
+Names that are not valid UTF-8 (Chroma stores text) and unreadable folders are reported and skipped;
+nothing aborts the run but the store itself failing.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sra_rag.rag.splitting import split_text
+from sra_rag.rag.splitting import ChunkTooLargeError, TokenCounter, split_stream
 from sra_rag.rag.store import ChromaStore
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SUFFIXES: tuple[str, ...] = (".txt", ".md", ".markdown", ".rst")
 DEFAULT_CHUNK_TOKENS = 200
-"""Chunk size in embedding-model tokens: all-MiniLM-L6-v2 embeds at most 256, so a chunk is embedded whole."""
-_ADD_BATCH = 64
-_BINARY_PROBE_BYTES = 8192
+"""Chunk size in embedding-model tokens: all-MiniLM-L6-v2 embeds at most 254, so a chunk is embedded whole."""
+ADD_BATCH = 128
+"""Chunks embedded and stored per Chroma request."""
+_READ_BLOCK = 1 << 20
+_PROVISIONAL = -1
+"""``num_chunks`` of chunks added before the file's last chunk is known; replaced in step 3."""
 
 
 class UnreadableFileError(ValueError):
-    """A file that cannot be ingested as text (unreadable, binary or not UTF-8)."""
+    """A file that cannot be ingested as text (unreadable, binary, not UTF-8 or blank)."""
 
 
 @dataclass
 class IngestReport:
-    """What one ingest run did. ``skipped`` lists ``(path, reason)`` for files left out."""
+    """What one ingest run did. ``skipped`` lists ``(path, reason)`` for files and folders left
+    out (a path that is not valid UTF-8 is shown with its undecodable bytes escaped, ``\\xe9``).
+    ``files_removed`` lists files whose earlier chunks were deleted: gone from the folder, or
+    skipped this time. ``chunks_updated`` counts stored chunks whose metadata was refreshed."""
 
     files_added: list[str] = field(default_factory=list)
     files_updated: list[str] = field(default_factory=list)
@@ -48,6 +64,7 @@ class IngestReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     chunks_added: int = 0
     chunks_deleted: int = 0
+    chunks_updated: int = 0
 
     @property
     def files_seen(self) -> int:
@@ -61,54 +78,120 @@ class IngestReport:
         )
 
 
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 are shown escaped (``caf\\xe9.txt``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def discover_files(path: str | os.PathLike[str], suffixes: Iterable[str] = DEFAULT_SUFFIXES) -> list[Path]:
     """The text files to ingest: ``path`` itself if it is a file, else every file under the folder
     whose suffix is in ``suffixes`` (case-insensitive), hidden files and folders excluded, sorted."""
-    root = Path(path)
+    return _discover(Path(path), suffixes)[0]
+
+
+def _discover(root: Path, suffixes: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files to ingest and the folders that could not be listed, ``(path, reason)``."""
     if root.is_file():
-        return [root.resolve()]
+        return [root.resolve()], []
     if not root.is_dir():
-        raise FileNotFoundError(f"Nothing to ingest at {root}: no such file or folder.")
+        raise FileNotFoundError(f"Nothing to ingest at {display_path(root)}: no such file or folder.")
     wanted = {suffix.lower() for suffix in suffixes}
-    return sorted(
-        file.resolve()
-        for file in root.rglob("*")
-        if file.is_file()
-        and file.suffix.lower() in wanted
-        and not any(part.startswith(".") for part in file.relative_to(root).parts)
-    )
+    unlisted: list[tuple[str, str]] = []
 
+    def note(error: OSError) -> None:
+        unlisted.append((display_path(error.filename or root), f"folder cannot be read ({error.strerror or error})"))
 
-def read_text(path: Path) -> str:
-    """The file's text, decoded as UTF-8 (a BOM is dropped). Raises :class:`UnreadableFileError`
-    naming the reason for unreadable, binary or undecodable files."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise UnreadableFileError(f"cannot be read ({error.strerror or error})") from error
-    if b"\x00" in data[:_BINARY_PROBE_BYTES]:
-        raise UnreadableFileError("looks binary (contains NUL bytes)")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UnreadableFileError(f"is not UTF-8 text (byte {error.start})") from error
+    found = set()
+    for folder, folders, names in os.walk(root, onerror=note):
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        for name in names:
+            file = Path(folder, name)
+            if name.startswith(".") or file.suffix.lower() not in wanted or not file.is_file():
+                continue
+            try:
+                found.add(file.resolve())
+            except (OSError, RuntimeError) as error:  # a symlink loop
+                unlisted.append((display_path(file), f"cannot be resolved ({error})"))
+    return sorted(found), unlisted
 
 
 def chunk_id(path: str, index: int, text: str) -> str:
     """Stable id of a chunk: the same file, position and text always give the same id."""
-    path_hash = hashlib.sha256(path.encode()).hexdigest()[:16]
-    text_hash = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path_hash = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
+    text_hash = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"{path_hash}-{index:05d}-{text_hash}"
 
 
 def embedding_token_counter(model_path: str | os.PathLike[str] | None = None) -> Callable[[str], int]:
-    """Count tokens with the embedding model's tokenizer (only the tokenizer is loaded)."""
-    from transformers import AutoTokenizer
+    """Count tokens as the embedding model reads them, never truncated (see
+    :func:`sra_rag.embeddings.token_counter`)."""
+    from sra_rag.embeddings import token_counter
 
-    from sra_rag.rag.store import embedding_model_path
+    return token_counter(model_path)
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path or embedding_model_path()), local_files_only=True)
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+def check_file(path: Path) -> str:
+    """The SHA-256 of ``path``'s bytes if it can be ingested as text; else
+    :class:`UnreadableFileError` naming the reason (read in blocks: memory stays small)."""
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    blank = True
+    offset = 0
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(_READ_BLOCK):
+                digest.update(block)
+                if b"\x00" in block:
+                    raise UnreadableFileError("looks binary (contains NUL bytes)")
+                try:
+                    text = decoder.decode(block)
+                except UnicodeDecodeError as error:
+                    raise UnreadableFileError(f"is not UTF-8 text (byte {offset + error.start})") from error
+                blank = blank and not text.strip()
+                offset += len(block)
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError as error:
+                raise UnreadableFileError(f"is not UTF-8 text (byte {offset + error.start})") from error
+    except OSError as error:
+        raise UnreadableFileError(f"cannot be read ({error.strerror or error})") from error
+    if blank:
+        raise UnreadableFileError("is empty")
+    return digest.hexdigest()
+
+
+def read_text(path: Path) -> str:
+    """The file's whole text, decoded as UTF-8 (a BOM is dropped). Raises
+    :class:`UnreadableFileError` naming the reason for unreadable, binary or undecodable files."""
+    check_file(path)
+    return "".join(_read_blocks(path, None))
+
+
+def _read_blocks(path: Path, expected_sha256: str | None) -> Iterator[str]:
+    """The file's text in blocks; with ``expected_sha256``, raises :class:`UnreadableFileError` at
+    the end if the bytes read are not those checked before (the file changed meanwhile)."""
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(_READ_BLOCK):
+                digest.update(block)
+                yield decoder.decode(block)
+            yield decoder.decode(b"", final=True)
+    except OSError as error:
+        raise UnreadableFileError(f"cannot be read ({error.strerror or error})") from error
+    except UnicodeDecodeError as error:
+        raise UnreadableFileError("changed while it was being ingested (it is no longer UTF-8); run again") from error
+    if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+        raise UnreadableFileError("changed while it was being ingested; run ingest again")
 
 
 def ingest(
@@ -117,7 +200,7 @@ def ingest(
     *,
     suffixes: Iterable[str] = DEFAULT_SUFFIXES,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-    count_tokens: Callable[[str], int] | None = None,
+    count_tokens: TokenCounter | None = None,
     prune: bool = True,
     progress: bool = True,
 ) -> IngestReport:
@@ -125,82 +208,171 @@ def ingest(
     updates and restarts.
 
     ``chunk_tokens``: the largest chunk, in tokens of ``count_tokens`` (default: the embedding
-    model's tokenizer). ``prune``: also delete chunks of files that were ingested from this folder
-    before but no longer exist. ``progress``: show a tqdm bar on stderr.
+    model's tokens, counted without truncation; at most what the model embeds, 254). ``prune``: also
+    delete chunks of files that were ingested from this folder before but no longer exist.
+    ``progress``: a progress bar on stderr that advances chunk by chunk (in bytes of text, with the
+    number of chunks stored).
     """
     from tqdm.auto import tqdm
 
-    files = discover_files(path, suffixes)
-    root = Path(path).resolve()
+    if not isinstance(chunk_tokens, int) or isinstance(chunk_tokens, bool) or chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
+    if count_tokens is None:
+        from sra_rag.embeddings import EMBEDDING_NAME, max_tokens
+
+        if chunk_tokens > max_tokens():
+            raise ValueError(
+                f"chunk_tokens={chunk_tokens} is more than {EMBEDDING_NAME} embeds ({max_tokens()} tokens): the rest "
+                f"of each chunk would be left out of its embedding. Use at most {max_tokens()}."
+            )
+        count_tokens = embedding_token_counter()
+    given = Path(path)
+    root = given.resolve()
     root_key = str(root if root.is_dir() else root.parent)
-    counter = count_tokens or embedding_token_counter()
-    report = IngestReport()
-    for file in tqdm(files, desc="Ingesting", unit="file", disable=not progress):
-        try:
-            text = read_text(file)
-        except UnreadableFileError as error:
-            _skip(report, file, str(error))
-            continue
-        pieces = split_text(text, chunk_tokens, counter)
-        if not pieces:
-            _skip(report, file, "is empty")
-            continue
-        _ingest_file(store, file, root_key, text, pieces, report)
-    if prune and Path(path).is_dir():
+    if not _is_utf8(root_key):
+        raise ValueError(
+            f"The folder {display_path(root_key)} has a name that is not valid UTF-8, which the store cannot "
+            "record; rename it."
+        )
+    files, unlisted = _discover(given, suffixes)
+    report = IngestReport(skipped=list(unlisted))
+    total = sum(_size(file) for file in files)
+    with tqdm(total=total, desc="Ingesting", unit="B", unit_scale=True, disable=not progress) as bar:
+        for file in files:
+            key = str(file)
+            if not _is_utf8(key):
+                _skip(report, key, "has a name that is not valid UTF-8, which the store cannot record; rename it")
+                continue
+            done = bar.n
+            try:
+                _ingest_file(store, file, root_key, chunk_tokens, count_tokens, report, bar)
+            except (UnreadableFileError, ChunkTooLargeError) as error:
+                _skip(report, key, str(error))
+                _forget(store, key, report)
+            bar.update(max(0, done + _size(file) - bar.n))
+    if prune and given.is_dir():
         _prune(store, root_key, {str(file) for file in files}, report)
-    logger.info("Ingested %s into %s: %s", path, store.location, report.summary())
+    logger.info("Ingested %s into %s: %s", display_path(path), store.location, report.summary())
     return report
 
 
-def _skip(report: IngestReport, file: Path, reason: str) -> None:
-    logger.info("Skipping %s: %s", file, reason)
-    report.skipped.append((str(file), reason))
+def _size(file: Path) -> int:
+    try:
+        return file.stat().st_size
+    except OSError:
+        return 0
 
 
-def _ingest_file(store: ChromaStore, file: Path, root: str, text: str, pieces: list[str], report: IngestReport) -> None:
+def _skip(report: IngestReport, path: str, reason: str) -> None:
+    logger.info("Skipping %s: %s", display_path(path), reason)
+    report.skipped.append((display_path(path), reason))
+
+
+def _ingest_file(
+    store: ChromaStore,
+    file: Path,
+    root: str,
+    chunk_tokens: int,
+    count_tokens: TokenCounter,
+    report: IngestReport,
+    bar: Any,
+) -> None:
     key = str(file)
-    source = os.path.relpath(file, Path(root).parent) if file.is_relative_to(Path(root).parent) else key
-    file_sha = hashlib.sha256(text.encode()).hexdigest()
-    ids = [chunk_id(key, index, piece) for index, piece in enumerate(pieces)]
-    stored = set(store.collection.get(where={"path": key}, include=[])["ids"])
-    missing = [index for index, chunk in enumerate(ids) if chunk not in stored]
-    stale = sorted(stored - set(ids))
-    if not missing and not stale:
+    digest = check_file(file)
+    parent = Path(root).parent
+    source = os.path.relpath(file, parent) if file.is_relative_to(parent) else key
+    expected = {
+        "source": Path(source).as_posix(),
+        "path": key,
+        "root": root,
+        "file_sha256": digest,
+        "chunk_tokens": chunk_tokens,
+    }
+    stored = dict(store.records({"path": key}))
+    if _is_complete(stored, expected):
         report.files_unchanged.append(key)
         return
-    for start in range(0, len(missing), _ADD_BATCH):
-        batch = missing[start : start + _ADD_BATCH]
-        store.collection.add(
-            ids=[ids[index] for index in batch],
-            documents=[pieces[index] for index in batch],
-            metadatas=[_metadata(source, key, root, index, file_sha, len(pieces)) for index in batch],
+
+    kept: dict[str, int] = {}  # stored chunk -> its index in the file now
+    provisional: dict[str, int] = {}  # added before the chunk count was known
+    pending: list[tuple[str, int, str]] = []
+
+    def flush(num_chunks: int) -> None:
+        store.add(
+            [record for record, _, _ in pending],
+            [text for _, _, text in pending],
+            [{**expected, "chunk_index": index, "num_chunks": num_chunks} for _, index, _ in pending],
         )
-    if stale:
-        store.collection.delete(ids=stale)
-    (report.files_updated if stored else report.files_added).append(key)
-    report.chunks_added += len(missing)
+        if num_chunks == _PROVISIONAL:
+            provisional.update((record, index) for record, index, _ in pending)
+        report.chunks_added += len(pending)
+        bar.set_postfix(chunks=report.chunks_added, refresh=False)
+        pending.clear()
+
+    count = 0
+    for index, text in enumerate(split_stream(_read_blocks(file, digest), chunk_tokens, count_tokens)):
+        count = index + 1
+        record = chunk_id(key, index, text)
+        if record in stored:
+            kept[record] = index
+        else:
+            # The last batch waits for the end of the file, so a short file is stored complete at once.
+            if len(pending) == ADD_BATCH:
+                flush(_PROVISIONAL)
+            pending.append((record, index, text))
+        bar.update(len(text.encode("utf-8", "surrogatepass")))
+    if pending:
+        flush(count)
+
+    stale = [record for record in stored if record not in kept]
+    for start in range(0, len(stale), ADD_BATCH):
+        store.delete(stale[start : start + ADD_BATCH])
     report.chunks_deleted += len(stale)
 
+    def final(index: int) -> dict[str, Any]:
+        return {**expected, "chunk_index": index, "num_chunks": count}
 
-def _metadata(source: str, path: str, root: str, index: int, file_sha: str, num_chunks: int) -> dict[str, Any]:
-    return {
-        "source": Path(source).as_posix(),
-        "path": path,
-        "root": root,
-        "chunk_index": index,
-        "num_chunks": num_chunks,
-        "file_sha256": file_sha,
-    }
+    outdated = [(record, index) for record, index in kept.items() if stored[record] != final(index)]
+    outdated += list(provisional.items())
+    for start in range(0, len(outdated), ADD_BATCH):
+        batch = outdated[start : start + ADD_BATCH]
+        store.update_metadata([record for record, _ in batch], [final(index) for _, index in batch])
+    report.chunks_updated += len(outdated)
+    (report.files_updated if stored else report.files_added).append(key)
+
+
+def _is_complete(stored: dict[str, dict[str, Any]], expected: dict[str, Any]) -> bool:
+    """Whether ``stored`` is exactly one complete, current set of chunks of the file."""
+    if not stored:
+        return False
+    indexes = set()
+    for metadata in stored.values():
+        if any(metadata.get(name) != value for name, value in expected.items()):
+            return False
+        if metadata.get("num_chunks") != len(stored):
+            return False
+        indexes.add(metadata.get("chunk_index"))
+    return indexes == set(range(len(stored)))
+
+
+def _forget(store: ChromaStore, path: str, report: IngestReport) -> None:
+    """Delete every stored chunk of ``path`` (a file that is skipped now)."""
+    records = [record for record, _ in store.records({"path": path})]
+    for start in range(0, len(records), ADD_BATCH):
+        store.delete(records[start : start + ADD_BATCH])
+    if records:
+        report.files_removed.append(path)
+        report.chunks_deleted += len(records)
 
 
 def _prune(store: ChromaStore, root: str, present: set[str], report: IngestReport) -> None:
-    records = store.collection.get(where={"root": root}, include=["metadatas"])
     gone: dict[str, list[str]] = {}
-    for record_id, metadata in zip(records["ids"], records["metadatas"] or [], strict=True):
-        path = str((metadata or {}).get("path"))
+    for record, metadata in store.records({"root": root}):
+        path = str(metadata.get("path"))
         if path not in present:
-            gone.setdefault(path, []).append(record_id)
-    for path, ids in sorted(gone.items()):
-        store.collection.delete(ids=ids)
+            gone.setdefault(path, []).append(record)
+    for path, records in sorted(gone.items()):
+        for start in range(0, len(records), ADD_BATCH):
+            store.delete(records[start : start + ADD_BATCH])
         report.files_removed.append(path)
-        report.chunks_deleted += len(ids)
+        report.chunks_deleted += len(records)

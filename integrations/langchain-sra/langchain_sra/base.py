@@ -4,12 +4,14 @@ token usage in LangChain's two forms. Async streaming is the engine's own
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from langchain_core.messages import UsageMetadata
 from pydantic import Field
 
-from sra_rag import Completion, SRAOptions, TextStream
+from sra_rag import Completion, SRAEngine, SRAOptions, TextStream
+from sra_rag.models import EMBEDDED_MODEL
 from sra_rag.options import SAMPLING_FIELDS
 
 
@@ -33,6 +35,19 @@ class SRASettings(SRAOptions):
     def model_name(self) -> str:
         """The loaded model's name."""
         return self.engine.name
+
+    @property
+    def ls_model_name(self) -> str:
+        """The model as the user named it (``model``, else the embedded one's key), known without
+        loading the engine: LangChain asks for it on the event loop before every async call."""
+        return self.model or EMBEDDED_MODEL
+
+    async def aengine(self) -> SRAEngine:
+        """The engine, loaded in a worker thread on first use so that the event loop never waits
+        for a model to load."""
+        if self._engine is None:
+            await asyncio.to_thread(lambda: self.engine)
+        return self.engine
 
     @property
     def _identifying_params(self) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class ChatSRA(SRASettings, BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider="sra",
-            ls_model_name=kwargs.get("model") or self.model_name,
+            ls_model_name=kwargs.get("model") or self.ls_model_name,
             ls_model_type="chat",
             ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get("max_tokens", kwargs.get("max_new_tokens", self.max_new_tokens)),
@@ -154,7 +154,8 @@ class ChatSRA(SRASettings, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         prompt, settings, tools = self._request(messages, stop, kwargs)
-        return self._result(await asyncio.to_thread(self.engine.complete, prompt, **settings), tools)
+        engine = await self.aengine()
+        return self._result(await asyncio.to_thread(engine.complete, prompt, **settings), tools)
 
     # LangChain's stream() and invoke() report each chunk to on_llm_new_token themselves.
     def _stream(
@@ -179,8 +180,9 @@ class ChatSRA(SRASettings, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         prompt, settings, tools = self._request(messages, stop, kwargs)
+        engine = await self.aengine()
         # Tokenising a long prompt takes a while too, so it also runs off the event loop.
-        stream = await asyncio.to_thread(self.engine.stream, prompt, **settings)
+        stream = await asyncio.to_thread(engine.stream, prompt, **settings)
         held: list[str] = []
         async for piece in atext_pieces(stream.__aiter__(), tools, held):
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))

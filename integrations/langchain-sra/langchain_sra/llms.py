@@ -42,7 +42,7 @@ class SRALLM(SRASettings, BaseLLM):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider="sra",
-            ls_model_name=kwargs.get("model") or self.model_name,
+            ls_model_name=kwargs.get("model") or self.ls_model_name,
             ls_model_type="llm",
             ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get("max_tokens", kwargs.get("max_new_tokens", self.max_new_tokens)),
@@ -78,16 +78,17 @@ class SRALLM(SRASettings, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         results: list[Completion | TextStream] = []
+        engine = await self.aengine()
         for prompt in prompts:
             settings = self.engine_settings(stop, kwargs)
             if self.streaming:
-                stream = await asyncio.to_thread(self.engine.stream, prompt, **settings)
+                stream = await asyncio.to_thread(engine.stream, prompt, **settings)
                 async for piece in stream:
                     if run_manager:
                         await run_manager.on_llm_new_token(piece, chunk=GenerationChunk(text=piece))
                 results.append(stream)
             else:
-                results.append(await asyncio.to_thread(self.engine.complete, prompt, **settings))
+                results.append(await asyncio.to_thread(engine.complete, prompt, **settings))
         return self._result(results)
 
     def _stream(
@@ -113,8 +114,9 @@ class SRALLM(SRASettings, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         settings = self.engine_settings(stop, kwargs)
+        engine = await self.aengine()
         # Tokenising a long prompt takes a while too, so it also runs off the event loop.
-        stream = await asyncio.to_thread(self.engine.stream, prompt, **settings)
+        stream = await asyncio.to_thread(engine.stream, prompt, **settings)
         async for piece in stream:
             chunk = GenerationChunk(text=piece)
             if run_manager:

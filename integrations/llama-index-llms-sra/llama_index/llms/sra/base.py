@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -28,7 +28,7 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.bridge.pydantic import Field
+from llama_index.core.bridge.pydantic import ConfigDict, Field
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
@@ -52,6 +52,12 @@ ROLES = {
 """LlamaIndex roles the chat templates know; tool and function messages have no equivalent."""
 
 EnginePrompt = str | list[dict[str, str]]
+
+_TEMPLATE = (
+    "the engine formats every prompt with the model's own chat template while tokenising it, once; a text hook "
+    "would render the chat to text and tokenise it again. Use system_prompt, complete(..., formatted=True) "
+    "for a prompt you formatted yourself, or chat() with messages."
+)
 
 
 class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
@@ -84,11 +90,33 @@ class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
     (``prompt_tokens``, ``completion_tokens``, ``total_tokens``) where LlamaIndex's
     ``TokenCountingHandler`` reads them; in a stream, the last response (with an empty ``delta``)
     carries the final counts and ``raw["finish_reason"]``.
+
+    Unknown arguments are refused, with the names to use instead of HuggingFaceLLM's
+    (``model_name`` -> ``model``, ``device_map`` -> ``device``, ...). ``messages_to_prompt``,
+    ``completion_to_prompt`` and ``query_wrapper_prompt`` are refused too: the model's own chat
+    template is applied once, by the engine; ``system_prompt`` is honoured. A ``context_window``
+    above the model's is refused at construction (which loads the engine).
     """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     context_window: int | None = Field(
         default=None, gt=0, description="Tokens LlamaIndex may plan prompts for; None: the model's whole window."
     )
+
+    unsupported_arguments: ClassVar[dict[str, str]] = {
+        "messages_to_prompt": _TEMPLATE,
+        "completion_to_prompt": _TEMPLATE,
+        "query_wrapper_prompt": "deprecated in LlamaIndex, and " + _TEMPLATE,
+    }
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        if self.context_window is not None and self.context_window > self.engine.context_window:
+            raise ValueError(
+                f"context_window={self.context_window} exceeds the model's window of {self.engine.context_window} "
+                "tokens; leave it unset or lower it."
+            )
 
     @classmethod
     def class_name(cls) -> str:
@@ -96,16 +124,8 @@ class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
-        window = self.engine.context_window
-        if self.context_window is not None:
-            if self.context_window > window:
-                raise ValueError(
-                    f"context_window={self.context_window} exceeds the model's window of {window} tokens; "
-                    "leave it unset or lower it."
-                )
-            window = self.context_window
         return LLMMetadata(
-            context_window=window,
+            context_window=self.context_window or self.engine.context_window,
             num_output=self.max_new_tokens,
             is_chat_model=True,
             is_function_calling_model=True,
@@ -123,12 +143,25 @@ class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
         stream = self.engine.stream(self._completion_prompt(prompt, formatted), **self._settings(kwargs)[0])
         return self._responses(stream)
 
-    @llm_completion_callback()
+    # LlamaIndex's callback decorators read self.metadata (the model's window and name) on the event
+    # loop before the call, so each async method loads the engine in a worker thread first.
+
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await asyncio.to_thread(self._complete, self._completion_prompt(prompt, formatted), kwargs)
+        await self._load_off_loop()
+        return await self._acomplete(prompt, formatted, **kwargs)
 
     @llm_completion_callback()
+    async def _acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await asyncio.to_thread(self._complete, self._completion_prompt(prompt, formatted), kwargs)
+
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        await self._load_off_loop()
+        return await self._astream_complete(prompt, formatted, **kwargs)
+
+    @llm_completion_callback()
+    async def _astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
         return await self._astream(self._completion_prompt(prompt, formatted), kwargs)
 
     # -- chat ---------------------------------------------------------------------------------------
@@ -145,12 +178,16 @@ class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
         stream = self.engine.stream(_engine_messages(messages), **settings)
         return _chat_stream(self._responses(stream), tools)
 
-    @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        await self._load_off_loop()
         return await asyncio.to_thread(self.chat, messages, **kwargs)
 
-    @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        await self._load_off_loop()
+        return await self._astream_chat(messages, **kwargs)
+
+    @llm_chat_callback()
+    async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         settings, tools = self._settings(kwargs)
         # Tokenising a long prompt takes a while too, so it also runs off the event loop.
         stream = await asyncio.to_thread(self.engine.stream, _engine_messages(messages), **settings)
@@ -201,6 +238,10 @@ class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
         return tool_selections(response, error_on_no_tool_call)
 
     # -- shared by all of the above -----------------------------------------------------------------
+
+    async def _load_off_loop(self) -> None:
+        if self._engine is None:
+            await asyncio.to_thread(lambda: self.engine)
 
     def _completion_prompt(self, prompt: str, formatted: bool) -> EnginePrompt:
         """The engine prompt for ``complete(prompt)``: the engine applies the chat template itself,
