@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from langchain_sra import SRALLM, ChatSRA, MiniLMEmbeddings
 
 from sra_rag import Completion, SRAEngine, TextStream
+from sra_rag.streaming import Channel, Update
 
 
 class FakeEngine(SRAEngine):
@@ -29,10 +29,9 @@ class FakeEngine(SRAEngine):
     def stream(self, prompt: Any, **settings: Any) -> TextStream:
         self.threads.append(threading.current_thread().name)
 
-        def pieces() -> Iterator[str]:
-            yield "ok"
-
-        return TextStream(pieces(), prompt_tokens=3, completion_tokens=1, finish_reason="stop", text="ok")
+        channel = Channel()
+        channel.put(Update("ok", [1], finish_reason="stop"))
+        return TextStream(3, channel)
 
 
 @pytest.fixture
