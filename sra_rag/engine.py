@@ -213,6 +213,11 @@ class SRAEngine:
     def device(self) -> torch.device:
         return self.model.device
 
+    def close(self) -> None:
+        """Stop the engine's scheduler (its views from :meth:`with_context_window` share it):
+        unfinished requests end with an error and later calls are refused."""
+        self.scheduler.close()
+
     # -- tokens ------------------------------------------------------------------------------------
 
     def _tokenize(self, prompt: Prompt, chat_template: bool) -> TokenizedPrompt:

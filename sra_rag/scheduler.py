@@ -18,9 +18,11 @@ the requests of that batch. The worker thread itself survives every error.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -35,7 +37,7 @@ from sra_rag.streaming import Channel, IncrementalText, TextStream, Update
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 16
-DEFAULT_PREFILL_TOKENS = 2048
+DEFAULT_PREFILL_TOKENS = 1024
 
 
 @dataclass(eq=False)
@@ -116,7 +118,9 @@ class Scheduler:
         self._batches: list[_Batch] = []
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self.stats = SchedulerStats()
+        _open_schedulers.add(self)
 
     @property
     def device(self) -> torch.device:
@@ -127,6 +131,8 @@ class Scheduler:
         channel = Channel()
         stream = TextStream(request.num_prompt_tokens, channel)
         with self._wakeup:
+            if self._closed:
+                raise RuntimeError("This engine is closed; load a new one to generate.")
             self._waiting.append((request, channel))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="sra-scheduler", daemon=True)
@@ -139,15 +145,37 @@ class Scheduler:
         """Requests in the running batch(es) now."""
         return sum(len(batch.rows) for batch in self._batches)
 
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop the worker (idempotent): waiting and running requests end with an error, later
+        requests are refused. Called for every scheduler when the interpreter exits, so that no
+        forward pass is still running while the process tears down."""
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     # -- the worker ------------------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self._wakeup:
-                while not self._waiting and not self._batches:
+                while not self._waiting and not self._batches and not self._closed:
                     if not self._wakeup.wait(timeout=IDLE_SECONDS) and not self._waiting:
                         self._thread = None  # idle: end; the next submit starts a new worker
                         return
+                if self._closed:
+                    closed = RuntimeError("The engine was closed before this request finished.")
+                    for _, channel in self._waiting:
+                        channel.put(Update(error=closed))
+                    for batch in self._batches:
+                        for row in batch.rows:
+                            row.channel.put(Update(error=closed))
+                    self._waiting.clear()
+                    self._batches.clear()
+                    self._thread = None
+                    return
             try:
                 self._step()
             except Exception as error:  # a bug here must not strand the callers, nor stop the worker
@@ -353,6 +381,16 @@ class Scheduler:
 
 IDLE_SECONDS = 30.0
 """A worker with nothing to do for this long ends (the next request starts a new one)."""
+
+_open_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # A daemon thread still inside a forward pass while the interpreter finalises can abort the
+    # process ("terminate called without an active exception"); stop the workers first.
+    for scheduler in list(_open_schedulers):
+        scheduler.close(timeout=5.0)
 
 
 def _batchable(model: PreTrainedModel) -> bool:

@@ -286,3 +286,19 @@ def test_an_impossible_budget_gives_advice_that_can_be_followed(tiny_engine: SRA
 def test_empty_or_unknown_roles_are_rejected(tiny_engine: SRAEngine, role: str) -> None:
     with pytest.raises(ValueError, match="role"):
         tiny_engine.stream([{"role": role, "content": "Hello"}])
+
+
+def test_a_closed_engine_fails_its_requests_and_refuses_new_ones(tiny_tokenizer, make_tiny_model) -> None:
+    engine = SRAEngine(make_tiny_model("llama", len(tiny_tokenizer)), tiny_tokenizer)
+    assert engine.generate(prompt(1), max_new_tokens=3)
+    gate = Gate()
+    holder = engine.stream("hold", max_new_tokens=50, logits_processors=[gate])
+    assert gate.reached.wait(timeout=60)
+    waiting = engine.stream(prompt(2), max_new_tokens=5)
+    threading.Timer(0.2, gate.open).start()
+    engine.close()
+    for stream in (holder, waiting):
+        with pytest.raises(RuntimeError, match="closed"):
+            list(stream)
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.stream(prompt(1))
