@@ -9,7 +9,9 @@ are ordinary attention (SRA edits only the prefill), so a request's tokens are t
 in a batch, up to float rounding.
 
 Models whose cache layers are not plain ``DynamicLayer`` s (sliding windows, ...) cannot be padded
-and concatenated this way; their requests still run concurrently, each in a batch of its own.
+and concatenated this way; their requests still run concurrently, each in a batch of its own. A
+prefilled group whose joining would add much padding (a long document among short chats) runs as a
+batch of its own too; every decoding step then makes one forward pass per batch.
 
 An error is confined to the requests it concerns: a failing prefill is retried one request at a
 time, a failing logits processor fails its own request; only a failing decoding forward pass fails
@@ -69,6 +71,7 @@ class SchedulerStats:
     decode_steps: int = 0
     decoded_rows: int = 0
     peak_running: int = 0
+    peak_batches: int = 0
 
 
 @dataclass(eq=False)
@@ -228,10 +231,8 @@ class Scheduler:
             return
         try:
             self._choose(batch, logits)
-            if batch.rows and self.batchable and self._batches:
-                _merge(self._batches[0], batch)
-            elif batch.rows:
-                self._batches.append(batch)
+            if batch.rows:
+                self._join(batch)
         except Exception as error:  # e.g. out of memory while joining: these requests fail, the batch goes on
             logger.exception("Joining %d prefilled requests to the running batch failed", len(batch.rows))
             for row in batch.rows:
@@ -273,6 +274,21 @@ class Scheduler:
             sequence.update.prefill_seconds = seconds
         return _Batch(cache, rows, pads), logits
 
+    def _join(self, joining: _Batch) -> None:
+        """Add a prefilled batch to a running one it can share decoding steps with, else run it
+        beside the others. Joining pads every row to the longest, so a batch is only joined when
+        that padding stays small (at most its real tokens, or ``MAX_PADDING_TOKENS``): sixteen short
+        chats are not padded to the length of one long document."""
+        if self.batchable:
+            for batch in self._batches:
+                length = max(batch.length, joining.length)
+                rows = len(batch.rows) + len(joining.rows)
+                real = _real_tokens(batch) + _real_tokens(joining)
+                if rows * length - real <= max(real, MAX_PADDING_TOKENS):
+                    _merge(batch, joining)
+                    return
+        self._batches.append(joining)
+
     def _start(self, request: Request, channel: Channel) -> _Sequence:
         total = request.num_prompt_tokens + request.sampling.max_new_tokens
         ids = torch.empty((1, total), dtype=torch.long, device=self.device)
@@ -307,6 +323,7 @@ class Scheduler:
         self.stats.decode_steps += 1
         self.stats.decoded_rows += len(batch.rows)
         self.stats.peak_running = max(self.stats.peak_running, self.running)
+        self.stats.peak_batches = max(self.stats.peak_batches, len(self._batches))
         self._choose(batch, logits)
 
     def _choose(self, batch: _Batch, logits: torch.Tensor) -> None:
@@ -379,6 +396,9 @@ class Scheduler:
         batch.pads = [pad - trim for pad in pads]
 
 
+MAX_PADDING_TOKENS = 8192
+"""Padding positions a join may add beyond its real tokens (see ``Scheduler._join``)."""
+
 IDLE_SECONDS = 30.0
 """A worker with nothing to do for this long ends (the next request starts a new one)."""
 
@@ -400,6 +420,10 @@ def _batchable(model: PreTrainedModel) -> bool:
     if not cache.layers:
         return getattr(cache, "layer_class_to_replicate", None) is DynamicLayer
     return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _real_tokens(batch: _Batch) -> int:
+    return sum(batch.length - pad for pad in batch.pads)
 
 
 def _merge(batch: _Batch, joining: _Batch) -> None:
