@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor
 
 from sra_rag.config import SRAConfig
 from sra_rag.engine import SRAEngine
@@ -273,7 +274,9 @@ def workload_requests(
     engine: SRAEngine, workload: str, count: int, new_tokens: int, rag_tokens: int, config: SRAConfig
 ) -> list[Request]:
     """``count`` distinct requests: ``chat`` (a short question each) or ``rag`` (~``rag_tokens``
-    tokens of notes and a question, the question marked for SRA's question tail), greedy."""
+    tokens of notes and a question, the question marked for SRA's question tail), greedy, each
+    generating exactly ``new_tokens`` tokens (the end-of-sequence token is held off until then by
+    transformers' ``MinNewTokensLengthLogitsProcessor``, so every run does the same work)."""
 
     def rag_prompt(notes: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": f"Notes:\n{notes}\n\n{RAG_QUESTION}\nAnswer in one sentence."}]
@@ -289,7 +292,11 @@ def workload_requests(
                 engine.tokenizer.decode(prompt_ids(engine, max(rag_tokens - overhead, 1), seed=index)[0])
             )
             layout = TextLayout(question=RAG_QUESTION)
-        requests.append(engine.request(prompt, max_new_tokens=new_tokens, sra=config, layout=layout))
+        length = engine.prepare(prompt).num_tokens
+        hold = MinNewTokensLengthLogitsProcessor(length, new_tokens, sorted(engine.eos_token_ids), str(engine.device))
+        requests.append(
+            engine.request(prompt, max_new_tokens=new_tokens, sra=config, layout=layout, logits_processors=[hold])
+        )
     return requests
 
 
@@ -375,8 +382,8 @@ def format_throughput(loads: list[Load], engine: SRAEngine, args: argparse.Names
     sequential = {(load.workload, load.sra): load for load in loads if load.concurrency == 1}
     lines = [
         f"Model: {engine.name}, {engine.model.dtype}, {engine.device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {args.requests} requests per row, greedy, up to {args.new_tokens} "
-        f"new tokens; chat: one short question; rag: ~{args.rag_tokens}-token prompt. Ratios: against the same "
+        f"{torch.get_num_threads()} threads; {args.requests} requests per row, greedy, {args.new_tokens} "
+        f"new tokens each; chat: one short question; rag: ~{args.rag_tokens}-token prompt. Ratios: against the same "
         "requests one after another (x1) in the same run.",
         "",
         "| workload | SRA | concurrent | req/s | gen tok/s | tok/s / x1 | p50 latency (s) | p95 latency (s) "

@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sra_rag.attention import IMPLEMENTATION, register
-from sra_rag.chat import TokenizedPrompt, tokenize_chat, tokenize_text, validate_messages
+from sra_rag.chat import PromptTokenizer, TokenizedPrompt, validate_messages
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.layout import PromptLayout, TextLayout, resolve
 from sra_rag.models import ModelSource, check_model, load, resolve_source
@@ -126,6 +126,7 @@ class SRAEngine:
         configure_threads(num_threads)
         self.model = model
         self.tokenizer = tokenizer
+        self._prompts = PromptTokenizer(tokenizer)
         self.sra = SRAConfig() if sra is None else as_sra_config(sra)
         text_config = model.config.get_text_config()
         window = context_window or getattr(text_config, "max_position_embeddings", None)
@@ -218,6 +219,11 @@ class SRAEngine:
     def device(self) -> torch.device:
         return self.model.device
 
+    def close(self) -> None:
+        """Stop the engine's scheduler (its views from :meth:`with_context_window` share it):
+        unfinished requests end with an error and later calls are refused."""
+        self.scheduler.close()
+
     # -- tokens ------------------------------------------------------------------------------------
 
     def _tokenize(self, prompt: Prompt, chat_template: bool) -> TokenizedPrompt:
@@ -228,7 +234,7 @@ class SRAEngine:
             if not prompt.strip():
                 raise ValueError("The prompt is empty; pass some text or a list of chat messages.")
             if not chat_template or self.tokenizer.chat_template is None:
-                return tokenize_text(self.tokenizer, prompt, add_special_tokens=True)
+                return self._prompts.text(prompt, add_special_tokens=True)
             messages = [{"role": "user", "content": prompt}]
         elif isinstance(prompt, Sequence):
             if not chat_template:
@@ -241,7 +247,7 @@ class SRAEngine:
             )
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{self.name} has no chat template; pass a plain string prompt instead of messages.")
-        return tokenize_chat(self.tokenizer, messages)
+        return self._prompts.chat(messages)
 
     def prepare(
         self,

@@ -20,7 +20,7 @@ def test_concurrent_loads_are_measured_against_the_sequential_run(tiny_engine) -
         loads += [run_load(tiny_engine, requests, concurrency, workload, "recommended") for concurrency in (1, 4)]
     sequential, batched = loads[0], loads[1]
     assert sequential.rows_per_step == 1.0 and batched.rows_per_step > 1.0
-    assert batched.texts == sequential.texts and batched.tokens == sequential.tokens > 0
+    assert batched.texts == sequential.texts and batched.tokens == sequential.tokens == 4 * 6  # exactly 6 each
     assert len(batched.latencies) == len(batched.first_pieces) == 4
     table = format_throughput(loads, tiny_engine, args)
     rows = [line for line in table.splitlines() if line.startswith("| chat") or line.startswith("| rag")]
