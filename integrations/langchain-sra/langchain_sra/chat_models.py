@@ -49,8 +49,9 @@ ROLES = {
 }
 """LangChain message types and roles the chat templates know."""
 
-TOOL_BLOCKS = ("tool_use", "tool_call", "function_call")
-"""Content blocks of AI messages that repeat ``tool_calls`` (Anthropic's and LangChain's forms)."""
+SKIPPED_AI_BLOCKS = ("tool_use", "tool_call", "function_call", "thinking", "reasoning")
+"""Content blocks of AI messages left out of the prompt: calls (the same calls are in ``tool_calls``,
+rendered from there) and past reasoning (not shown to the model again, as hosted APIs do)."""
 
 
 class ChatSRA(SRASettings, BaseChatModel):
@@ -264,8 +265,8 @@ def _text(message: BaseMessage, index: int) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
-        elif isinstance(message, AIMessage) and isinstance(block, dict) and block.get("type") in TOOL_BLOCKS:
-            continue  # the same calls are in message.tool_calls
+        elif isinstance(message, AIMessage) and isinstance(block, dict) and block.get("type") in SKIPPED_AI_BLOCKS:
+            continue
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise ValueError(f"message {index} has a {kind!r} content block; ChatSRA reads text only")

@@ -35,24 +35,28 @@ STRUCTURED_KEYS: tuple[str, ...] = ("json_schema", "tools", "tool_choice")
 def bind_tools_kwargs(
     tools: Sequence[Any], tool_choice: Any, parallel_tool_calls: bool | None, strict: bool | None
 ) -> dict[str, Any]:
-    """The call keyword arguments that ``bind_tools`` binds, checked now: the tools as OpenAI tool
-    dicts (LangChain tools, functions, pydantic classes, TypedDicts and JSON schemas are converted by
-    LangChain) and the normalised ``tool_choice``."""
+    """The call keyword arguments that ``bind_tools`` binds: the tools as OpenAI tool dicts (LangChain
+    tools, functions, pydantic classes, TypedDicts and JSON schemas are converted by LangChain) and the
+    normalised ``tool_choice``, each checked now; that names are unique is checked when the model is
+    called (a binding may be built and never called with a clashing set)."""
     if parallel_tool_calls:
         raise ValueError(
             "ChatSRA makes one tool call per reply; call the model again with the result for the next call "
             "(parallel_tool_calls=True is not supported)"
         )
-    if strict not in (None, True, False):
+    if strict is not None and not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool or None, got {strict!r}")
+    if isinstance(tools, (str, dict)) or not isinstance(tools, Sequence) or not tools:
+        raise TypeError(f"tools must be a non-empty list of tools, got {tools!r}")
     formatted = [convert_to_openai_tool(tool) for tool in tools]
-    choice = tool_choice_of(tool_choice, as_tools(formatted))
+    choice = tool_choice_of(tool_choice, [Tool.from_spec(spec) for spec in formatted])
     return {"tools": formatted, "tool_choice": choice}
 
 
 def engine_structured_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], tuple[Tool, ...] | None]:
     """Take the structured-output keys out of a call's ``kwargs`` (in place); returns the engine's
-    keyword arguments for them and the bound tools (None without tools)."""
+    keyword arguments for them and the tools a reply may call (None without tools or with
+    ``tool_choice="none"``)."""
     found = {key: kwargs.pop(key) for key in STRUCTURED_KEYS if key in kwargs}
     if "tool_choice" in found and not found.get("tools"):
         raise ValueError("tool_choice was given without tools; bind them with bind_tools(tools, tool_choice=...)")
@@ -62,7 +66,8 @@ def engine_structured_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], tu
     tools = as_tools(found["tools"])
     found["tools"] = tools
     found["tool_choice"] = tool_choice_of(found.get("tool_choice"), tools)
-    return found, tools
+    # With "none" the reply is text, even text that looks like a call.
+    return found, None if found["tool_choice"] == "none" else tools
 
 
 def message_fields(text: str, finish_reason: str | None, tools: Sequence[Tool] | None) -> dict[str, Any]:
@@ -128,7 +133,7 @@ def structured_output(
     """The runnable of ``with_structured_output`` (see the module doc for the methods)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    if strict not in (None, True, False):
+    if strict is not None and not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool or None, got {strict!r}")
     if schema is None and method != "json_mode":
         raise ValueError(f"method={method!r} needs a schema; only method='json_mode' works without one")
@@ -159,10 +164,12 @@ def structured_output(
 
 def _incomplete(message: BaseMessage) -> None:
     if message.response_metadata.get("finish_reason") == "length":
+        calls = getattr(message, "invalid_tool_calls", None) or getattr(message, "tool_call_chunks", None)
+        text = str(calls[0]["args"]) if calls else str(message.content)
         raise OutputParserException(
-            "The reply was cut off by max_tokens before the JSON was complete; raise max_tokens "
-            f"(reply so far: {str(message.content)[:200]!r})",
-            llm_output=str(message.content),
+            f"The reply was cut off by max_tokens before the JSON was complete; raise max_tokens "
+            f"(reply so far: {text[:300]!r})",
+            llm_output=text,
         )
 
 

@@ -24,7 +24,8 @@ STRUCTURED_KEYS: tuple[str, ...] = ("json_schema", "tools", "tool_choice")
 
 def pop_structured(kwargs: dict[str, Any]) -> tuple[dict[str, Any], tuple[Tool, ...] | None]:
     """Take the structured-output keys out of a call's ``kwargs`` (in place); returns the engine's
-    keyword arguments for them and the tools (None without tools). LlamaIndex's own
+    keyword arguments for them and the tools a reply may call (None without tools or with
+    ``tool_choice="none"``). LlamaIndex's own
     ``parallel_tool_calls`` hint is dropped: a reply holds at most one call anyway."""
     kwargs.pop("parallel_tool_calls", None)
     found = {key: kwargs.pop(key) for key in STRUCTURED_KEYS if key in kwargs}
@@ -35,7 +36,9 @@ def pop_structured(kwargs: dict[str, Any]) -> tuple[dict[str, Any], tuple[Tool, 
         found.pop("tool_choice", None)
         return found, None
     tools = as_tools(found["tools"])
-    return {**found, "tools": tools, "tool_choice": tool_choice_of(found.get("tool_choice"), tools)}, tools
+    choice = tool_choice_of(found.get("tool_choice"), tools)
+    # With "none" the reply is text, even text that looks like a call.
+    return {**found, "tools": tools, "tool_choice": choice}, None if choice == "none" else tools
 
 
 def reply_message(text: str, finish_reason: str | None, tools: Sequence[Tool] | None) -> ChatMessage:
