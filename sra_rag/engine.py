@@ -13,7 +13,7 @@ import asyncio
 import copy
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,8 @@ from sra_rag.models import ModelSource, check_model, load, resolve_source
 from sra_rag.request import Request, check_logits_processors, sampling_settings
 from sra_rag.scheduler import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_TOKENS, Scheduler
 from sra_rag.streaming import FinishReason, TextStream
+from sra_rag.structured import JsonSchema, JsonSchemaCompiler, JsonSchemaLogitsProcessor
+from sra_rag.tools import Tool, tool_request
 
 Message = dict[str, str]
 Prompt = str | Sequence[Message]
@@ -136,6 +138,9 @@ class SRAEngine:
         self.eos_token_ids = frozenset(int(token) for token in eos if token is not None)
         self.scheduler = Scheduler(
             model, tokenizer, self.eos_token_ids, max_batch_size=max_batch_size, prefill_tokens=prefill_tokens
+        )
+        self.json_schemas = JsonSchemaCompiler(
+            tokenizer, vocab_size=text_config.vocab_size, stop_token_ids=self.eos_token_ids
         )
 
     @classmethod
@@ -297,6 +302,9 @@ class SRAEngine:
         chat_template: bool = True,
         logits_processors: Sequence[Any] | None = None,
         logprobs: bool = False,
+        json_schema: JsonSchema | None = None,
+        tools: Sequence[Tool | Mapping[str, Any]] | None = None,
+        tool_choice: str | bool | Mapping[str, Any] | None = None,
     ) -> Request:
         """Validate every setting and tokenise the prompt: the :class:`~sra_rag.request.Request`
         that :meth:`submit` runs. Every other generation method calls this, so a bad setting fails
@@ -313,6 +321,7 @@ class SRAEngine:
             stop=stop,
         )
         processors = check_logits_processors(logits_processors)
+        prompt, grammar = self._structured(prompt, chat_template, json_schema, tools, tool_choice)
         config = self._config(sra, tail_from)
         prepared = self.prepare(prompt, tail_from=tail_from, layout=layout, chat_template=chat_template)
         self._check_fits(prepared.num_tokens, sampling.max_new_tokens)
@@ -321,7 +330,7 @@ class SRAEngine:
             sra=config,
             sampling=sampling,
             layout=prepared.layout,
-            logits_processors=processors,
+            logits_processors=processors if grammar is None else (*processors, grammar),
             logprobs=_flag(logprobs, "logprobs"),
         )
 
@@ -344,7 +353,15 @@ class SRAEngine:
         ``TextStream.logprobs``), ``layout`` (a
         :class:`~sra_rag.layout.TextLayout`), ``tail_from`` (shorthand for a question marker that
         also turns on the question tail), ``chat_template`` and ``logits_processors`` (transformers
-        ``LogitsProcessor`` s called with the request's full ids)."""
+        ``LogitsProcessor`` s called with the request's full ids).
+
+        Structured output, by constrained decoding: ``json_schema`` (a JSON schema dict, a pydantic
+        model class, or True for any JSON object) makes the reply JSON that fits it; ``tools`` (a list
+        of :class:`~sra_rag.tools.Tool` or OpenAI tool dicts) and ``tool_choice`` (``"auto"``,
+        ``"required"``, ``"none"`` or a tool's name) offer tools in a system message and hold a call
+        to ``{"name": ..., "arguments": ...}`` of a chosen tool (read it with
+        :func:`sra_rag.tools.parse_tool_call`). A reply cut by ``max_new_tokens`` ends with
+        ``finish_reason="length"`` and is incomplete."""
         return self.submit(self.request(prompt, **settings))
 
     def complete(self, prompt: Prompt, **settings: Any) -> Completion:
@@ -407,6 +424,29 @@ class SRAEngine:
         if tail_from is not None and config.tail != "question":
             config = config.model_copy(update={"tail": "question"})
         return config
+
+    def _structured(
+        self,
+        prompt: Prompt,
+        chat_template: bool,
+        json_schema: JsonSchema | None,
+        tools: Sequence[Tool | Mapping[str, Any]] | None,
+        tool_choice: str | bool | Mapping[str, Any] | None,
+    ) -> tuple[Prompt, JsonSchemaLogitsProcessor | None]:
+        """The prompt (with the tools offered) and the grammar processor of a structured request."""
+        if tools is None:
+            if tool_choice is not None:
+                raise ValueError("tool_choice was given without tools; pass tools=[...] as well")
+            return prompt, None if json_schema is None else self.json_schemas.processor(json_schema)
+        if json_schema is not None:
+            raise ValueError("pass json_schema or tools, not both (a tool call has its own schema)")
+        if not chat_template:
+            raise ValueError("tools are offered in a system message; pass chat messages, not chat_template=False")
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else validate_messages(prompt)
+        calls = tool_request(messages, tools, tool_choice)
+        if calls.schema is None:
+            return calls.messages, None
+        return calls.messages, self.json_schemas.processor(calls.schema, allow_text=calls.allow_text)
 
     def _check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         if prompt_tokens + max_new_tokens > self.context_window:

@@ -19,13 +19,25 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
 from pydantic import ConfigDict
 
 from langchain_sra.base import SRASettings, token_usage, usage_metadata
+from langchain_sra.structured import (
+    Method,
+    atext_pieces,
+    bind_tools_kwargs,
+    chunk_fields,
+    engine_structured_kwargs,
+    message_fields,
+    structured_output,
+    text_pieces,
+)
 from sra_rag import Completion, TextStream
+from sra_rag.tools import Tool, offer_tools, render_tool_call, render_tool_result
 
 ROLES = {
     "system": "system",
@@ -36,6 +48,10 @@ ROLES = {
     "assistant": "assistant",
 }
 """LangChain message types and roles the chat templates know."""
+
+SKIPPED_AI_BLOCKS = ("tool_use", "tool_call", "function_call", "thinking", "reasoning")
+"""Content blocks of AI messages left out of the prompt: calls (the same calls are in ``tool_calls``,
+rendered from there) and past reasoning (not shown to the model again, as hosted APIs do)."""
 
 
 class ChatSRA(SRASettings, BaseChatModel):
@@ -52,8 +68,15 @@ class ChatSRA(SRASettings, BaseChatModel):
     ``sra=SRAConfig(...)``, single SRA fields, ``max_tokens``, the sampling settings, ``layout`` or
     ``tail_from`` (question-aware SRA tail) and ``logits_processors``. Messages carry
     ``usage_metadata`` with the engine's token counts and ``response_metadata`` with
-    ``finish_reason`` and ``model_name``; in a stream, the last chunk carries them. Text only: no
-    tool calling, structured output or images.
+    ``finish_reason`` and ``model_name``; in a stream, the last chunk carries them. Text only (no
+    images).
+
+    Structured output and tool calling use constrained decoding (the reply always parses and fits
+    the schema): ``with_structured_output(schema)`` (``method="json_schema"``, the default,
+    ``"function_calling"`` or ``"json_mode"``; ``include_raw=True``) and ``bind_tools(tools,
+    tool_choice=...)``: ``"any"`` / ``"required"`` or a tool's name force a call, ``"auto"`` (the
+    default) lets the model answer in text or call a tool (a reply that begins with ``{``),
+    ``"none"`` gives text. One call per reply; the tools are offered in a system message.
     """
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid", arbitrary_types_allowed=True)
@@ -75,10 +98,45 @@ class ChatSRA(SRASettings, BaseChatModel):
         return params
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
-        """Tokens of the whole chat prompt as the model reads it (template and generation prompt)."""
+        """Tokens of the whole chat prompt as the model reads it (template and generation prompt,
+        and the system message that offers ``tools``, if given)."""
+        prompt = engine_messages(messages)
         if tools:
-            raise ValueError("ChatSRA has no tool calling; count the messages without tools")
-        return self.engine.count_tokens(engine_messages(messages))
+            bound = engine_structured_kwargs(bind_tools_kwargs(tools, None, None, None))[1]
+            assert bound is not None
+            prompt = offer_tools(prompt, bound, "auto")
+        return self.engine.count_tokens(prompt)
+
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (LangChain tools, functions, pydantic classes, TypedDicts, JSON or OpenAI tool
+        schemas). ``tool_choice``: ``None`` / ``"auto"``, ``"any"`` / ``"required"`` / ``True``, a tool's
+        name, or ``"none"``. Calls are always held to the tool's schema, so ``strict`` changes nothing;
+        one call per reply (``parallel_tool_calls=True`` is refused)."""
+        return self.bind(**bind_tools_kwargs(tools, tool_choice, parallel_tool_calls, strict), **kwargs)
+
+    def with_structured_output(  # type: ignore[override]
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Method = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """A runnable that returns ``schema`` filled in (a pydantic object for a pydantic class, else a
+        dict). ``method``: ``"json_schema"`` decodes under the schema itself; ``"function_calling"``
+        forces a call of a tool made from it; ``"json_mode"`` decodes any JSON object (``schema`` may
+        be None) and validates afterwards. Decoding is always constrained, so ``strict`` changes
+        nothing. A reply cut by ``max_tokens`` is an ``OutputParserException`` saying so."""
+        return structured_output(self, schema, method=method, include_raw=include_raw, strict=strict, kwargs=kwargs)
 
     def _generate(
         self,
@@ -87,8 +145,8 @@ class ChatSRA(SRASettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        result = self.engine.complete(engine_messages(messages), **self.engine_settings(stop, kwargs))
-        return self._result(result)
+        prompt, settings, tools = self._request(messages, stop, kwargs)
+        return self._result(self.engine.complete(prompt, **settings), tools)
 
     async def _agenerate(
         self,
@@ -97,9 +155,8 @@ class ChatSRA(SRASettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        settings = self.engine_settings(stop, kwargs)
-        result = await asyncio.to_thread(self.engine.complete, engine_messages(messages), **settings)
-        return self._result(result)
+        prompt, settings, tools = self._request(messages, stop, kwargs)
+        return self._result(await asyncio.to_thread(self.engine.complete, prompt, **settings), tools)
 
     # LangChain's stream() and invoke() report each chunk to on_llm_new_token themselves.
     def _stream(
@@ -109,10 +166,12 @@ class ChatSRA(SRASettings, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        stream = self.engine.stream(engine_messages(messages), **self.engine_settings(stop, kwargs))
-        for piece in stream:
+        prompt, settings, tools = self._request(messages, stop, kwargs)
+        stream = self.engine.stream(prompt, **settings)
+        held: list[str] = []
+        for piece in text_pieces(stream, tools, held):
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
-        yield self._last_chunk(stream)
+        yield from self._closing_chunks(stream, tools, held)
 
     async def _astream(
         self,
@@ -121,16 +180,26 @@ class ChatSRA(SRASettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        settings = self.engine_settings(stop, kwargs)
+        prompt, settings, tools = self._request(messages, stop, kwargs)
         # Tokenising a long prompt takes a while too, so it also runs off the event loop.
-        stream = await asyncio.to_thread(self.engine.stream, engine_messages(messages), **settings)
-        async for piece in stream:
+        stream = await asyncio.to_thread(self.engine.stream, prompt, **settings)
+        held: list[str] = []
+        async for piece in atext_pieces(stream.__aiter__(), tools, held):
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
-        yield self._last_chunk(stream)
+        for chunk in self._closing_chunks(stream, tools, held):
+            yield chunk
 
-    def _result(self, result: Completion) -> ChatResult:
+    def _request(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[list[dict[str, str]], dict[str, Any], tuple[Tool, ...] | None]:
+        """The engine prompt and keyword arguments of a call, and its bound tools (None: none)."""
+        call = dict(kwargs)
+        structured, tools = engine_structured_kwargs(call)
+        return engine_messages(messages), {**self.engine_settings(stop, call), **structured}, tools
+
+    def _result(self, result: Completion, tools: tuple[Tool, ...] | None = None) -> ChatResult:
         message = AIMessage(
-            content=result.text,
+            **message_fields(result.text, result.finish_reason, tools),
             usage_metadata=usage_metadata(result),
             response_metadata={"finish_reason": result.finish_reason, "model_name": self.model_name},
         )
@@ -138,6 +207,16 @@ class ChatSRA(SRASettings, BaseChatModel):
         return ChatResult(
             generations=[generation], llm_output={"token_usage": token_usage(result), "model_name": self.model_name}
         )
+
+    def _closing_chunks(
+        self, stream: TextStream, tools: tuple[Tool, ...] | None, held: list[str]
+    ) -> Iterator[ChatGenerationChunk]:
+        """A held-back tool call, then the closing chunk."""
+        if held:
+            assert tools is not None
+            fields = chunk_fields("".join(held), stream.finish_reason, tools)
+            yield ChatGenerationChunk(message=AIMessageChunk(**fields))
+        yield self._last_chunk(stream)
 
     def _last_chunk(self, stream: TextStream) -> ChatGenerationChunk:
         """The closing chunk: no text, the token counts and why the generation ended."""
@@ -151,16 +230,28 @@ class ChatSRA(SRASettings, BaseChatModel):
 
 
 def engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages as the engine's ``{"role", "content"}`` dicts (text only)."""
+    """LangChain messages as the engine's ``{"role", "content"}`` dicts (text only). Tool calls of AI
+    messages and tool results are rendered as text, in the format the model is asked to call in."""
     converted = []
+    tool_names: dict[str | None, str] = {}
     for index, message in enumerate(messages):
+        if isinstance(message, ToolMessage):
+            name = message.name or tool_names.get(message.tool_call_id)
+            content = render_tool_result(name, _text(message, index), error=message.status == "error")
+            converted.append({"role": "user", "content": content})
+            continue
         role = ROLES.get(message.role if isinstance(message, ChatMessage) else message.type)
-        if role is None or (isinstance(message, AIMessage) and message.tool_calls):
+        if role is None:
             raise ValueError(
-                f"message {index} is a {type(message).__name__}; ChatSRA has no tool calling and reads only "
-                "system, human and AI messages (or ChatMessage with role system, user or assistant)"
+                f"message {index} is a {type(message).__name__}; ChatSRA reads system, human, AI and tool messages "
+                "(or ChatMessage with role system, user or assistant)"
             )
-        converted.append({"role": role, "content": _text(message, index)})
+        content = _text(message, index)
+        if isinstance(message, AIMessage) and message.tool_calls:
+            calls = [render_tool_call(call["name"], call["args"]) for call in message.tool_calls]
+            tool_names.update((call["id"], call["name"]) for call in message.tool_calls)
+            content = "\n".join([content, *calls] if content else calls)
+        converted.append({"role": role, "content": content})
     return converted
 
 
@@ -173,6 +264,8 @@ def _text(message: BaseMessage, index: int) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
+        elif isinstance(message, AIMessage) and isinstance(block, dict) and block.get("type") in SKIPPED_AI_BLOCKS:
+            continue
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise ValueError(f"message {index} has a {kind!r} content block; ChatSRA reads text only")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, FunctionMessage, HumanMessage, SystemMessage
 from langchain_sra import SRALLM, ChatSRA
 
 from sra_rag import SRAConfig, SRAEngine
@@ -141,13 +141,11 @@ def test_batch_and_async_calls_match_and_leave_the_event_loop_free(chat: ChatSRA
 def test_bad_input_raises_an_actionable_error(chat: ChatSRA) -> None:
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['num_beams'\]"):
         chat.invoke(QUESTION, num_beams=3)
-    with pytest.raises(ValueError, match="no tool calling"):
-        chat.invoke([HumanMessage("Add 2 and 3."), ToolMessage("5", tool_call_id="call-1")])
+    with pytest.raises(ValueError, match="reads system, human, AI and tool messages"):
+        chat.invoke([HumanMessage("Add 2 and 3."), FunctionMessage("5", name="add")])
     image = HumanMessage(content=[{"type": "image", "url": "https://example.com/cat.png"}])
     with pytest.raises(ValueError, match="text only"):
         chat.invoke([image])
-    with pytest.raises(ValueError, match="no tool calling"):
-        chat.get_num_tokens_from_messages(MESSAGES, tools=[{"name": "add"}])
 
 
 def test_text_llm_matches_the_engine(embedded_engine: SRAEngine) -> None:

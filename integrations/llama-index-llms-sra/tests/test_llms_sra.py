@@ -40,7 +40,7 @@ def test_metadata_reports_the_model(llm: SRALLM, embedded_engine: SRAEngine) -> 
     metadata = llm.metadata
     assert metadata.context_window == embedded_engine.context_window == 8192
     assert metadata.num_output == 8
-    assert metadata.is_chat_model is True and metadata.is_function_calling_model is False
+    assert metadata.is_chat_model is True and metadata.is_function_calling_model is True
     assert metadata.model_name == embedded_engine.name == "SmolLM2-135M-Instruct"
     assert SRALLM(context_window=4096).metadata.context_window == 4096
     with pytest.raises(ValueError, match="exceeds the model's window of 8192"):
@@ -144,8 +144,8 @@ def test_bad_input_raises_an_actionable_error(llm: SRALLM) -> None:
         llm.complete(QUESTION, max_tokens=2, max_new_tokens=3)
     with pytest.raises(ValueError, match="beta_outer"):
         llm.complete(QUESTION, beta_outer=-1.0)
-    with pytest.raises(ValueError, match="no tool calling"):
-        llm.chat([ChatMessage(role=MessageRole.TOOL, content="42")])
+    with pytest.raises(ValueError, match="SRALLM reads the roles"):
+        llm.chat([ChatMessage(role=MessageRole.FUNCTION, content="42")])
     image = ChatMessage(role="user", blocks=[ImageBlock(url="https://example.com/cat.png")])
     with pytest.raises(ValueError, match="text only"):
         llm.chat([image])

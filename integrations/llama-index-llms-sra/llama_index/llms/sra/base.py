@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -27,13 +27,19 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
-    TextBlock,
 )
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from llama_index.llms.sra.structured import message_text, pop_structured, reply_message, tool_selections
+from llama_index.llms.sra.structured_predict import StructuredPredict
 
 from sra_rag import Completion, SRAOptions, TextStream
+from sra_rag.tools import Tool, render_tool_result
+
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
 
 ROLES = {
     MessageRole.SYSTEM: "system",
@@ -48,7 +54,7 @@ ROLES = {
 EnginePrompt = str | list[dict[str, str]]
 
 
-class SRALLM(SRAOptions, CustomLLM):
+class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
     """A local Hugging Face causal LM with Scaled ReAttention (arXiv 2307.13365).
 
     The fields and per-call settings are the core's :class:`~sra_rag.SRAOptions`. ``model=None``
@@ -65,6 +71,14 @@ class SRALLM(SRAOptions, CustomLLM):
     the sampling settings (``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``,
     ``penalize_prompt``, ``seed``), ``stop``, ``layout`` or ``tail_from`` (question-aware SRA tail)
     and ``logits_processors``.
+
+    Structured output uses constrained decoding: ``structured_predict`` / ``as_structured_llm`` (and
+    their stream and async variants) decode under the output class's JSON schema, so the reply always
+    parses; every call also accepts ``json_schema=`` (a pydantic class, a JSON schema dict, or True
+    for any JSON object). As a ``FunctionCallingLLM`` it serves ``chat_with_tools`` /
+    ``predict_and_call`` and LlamaIndex's function-calling agents: a call is held to the chosen
+    tool's schema (``tool_required=True`` or ``tool_choice=<name>`` force one; otherwise the model
+    answers in text or calls a tool). One call per reply; the tools are offered in a system message.
 
     Token counts are reported in ``raw["usage"]`` and ``additional_kwargs``
     (``prompt_tokens``, ``completion_tokens``, ``total_tokens``) where LlamaIndex's
@@ -94,7 +108,7 @@ class SRALLM(SRAOptions, CustomLLM):
             context_window=window,
             num_output=self.max_new_tokens,
             is_chat_model=True,
-            is_function_calling_model=False,
+            is_function_calling_model=True,
             model_name=self.engine.name,
         )
 
@@ -106,7 +120,7 @@ class SRALLM(SRAOptions, CustomLLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        stream = self.engine.stream(self._completion_prompt(prompt, formatted), **self.call_settings(kwargs))
+        stream = self.engine.stream(self._completion_prompt(prompt, formatted), **self._settings(kwargs)[0])
         return self._responses(stream)
 
     @llm_completion_callback()
@@ -121,26 +135,70 @@ class SRALLM(SRAOptions, CustomLLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return _to_chat(self._complete(_engine_messages(messages), kwargs))
+        settings, tools = self._settings(kwargs)
+        result = self.engine.complete(_engine_messages(messages), **settings)
+        return _to_chat(self._response(result.text, None, result), tools)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        stream = self.engine.stream(_engine_messages(messages), **self.call_settings(kwargs))
-        return (_to_chat(response) for response in self._responses(stream))
+        settings, tools = self._settings(kwargs)
+        stream = self.engine.stream(_engine_messages(messages), **settings)
+        return _chat_stream(self._responses(stream), tools)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return _to_chat(await asyncio.to_thread(self._complete, _engine_messages(messages), kwargs))
+        return await asyncio.to_thread(self.chat, messages, **kwargs)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        responses = await self._astream(_engine_messages(messages), kwargs)
+        settings, tools = self._settings(kwargs)
+        # Tokenising a long prompt takes a while too, so it also runs off the event loop.
+        stream = await asyncio.to_thread(self.engine.stream, _engine_messages(messages), **settings)
+        responses = self._aresponses(stream)
 
         async def gen() -> ChatResponseAsyncGen:
+            held = None
             async for response in responses:
-                yield _to_chat(response)
+                if held is None:
+                    held = tools is not None and (response.delta or "").startswith("{")
+                if not held:
+                    yield _to_chat(response, None)
+                last = response
+            if held:
+                yield _to_chat(last, tools)
 
         return gen()
+
+    # -- function calling ---------------------------------------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The ``chat`` arguments of ``chat_with_tools``: the messages, the tools as OpenAI tool dicts and
+        the tool choice (``tool_choice`` if given, else ``"required"`` with ``tool_required``, else
+        ``"auto"``). A reply holds at most one call, whatever ``allow_parallel_tool_calls`` says."""
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        specs = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
+        if tool_choice is None:
+            tool_choice = "required" if tool_required else "auto"
+        return {"messages": messages, "tools": specs or None, "tool_choice": tool_choice if specs else None, **kwargs}
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        return tool_selections(response, error_on_no_tool_call)
 
     # -- shared by all of the above -----------------------------------------------------------------
 
@@ -153,8 +211,16 @@ class SRALLM(SRAOptions, CustomLLM):
             return prompt
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": prompt}]
 
+    def _settings(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], tuple[Tool, ...] | None]:
+        """The engine keyword arguments of a call (``json_schema``, ``tools`` and ``tool_choice``
+        included) and its tools (None: none)."""
+        call = dict(kwargs)
+        structured, tools = pop_structured(call)
+        return {**self.call_settings(call), **structured}, tools
+
     def _complete(self, prompt: EnginePrompt, kwargs: dict[str, Any]) -> CompletionResponse:
-        result = self.engine.complete(prompt, **self.call_settings(kwargs))
+        settings, _ = self._settings(kwargs)
+        result = self.engine.complete(prompt, **settings)
         return self._response(result.text, None, result)
 
     def _responses(self, stream: TextStream) -> CompletionResponseGen:
@@ -166,16 +232,15 @@ class SRALLM(SRAOptions, CustomLLM):
 
     async def _astream(self, prompt: EnginePrompt, kwargs: dict[str, Any]) -> CompletionResponseAsyncGen:
         # Tokenising a long prompt takes a while too, so it also runs off the event loop.
-        stream = await asyncio.to_thread(self.engine.stream, prompt, **self.call_settings(kwargs))
+        stream = await asyncio.to_thread(self.engine.stream, prompt, **self._settings(kwargs)[0])
+        return self._aresponses(stream)
 
-        async def gen() -> CompletionResponseAsyncGen:
-            text = ""
-            async for piece in stream:
-                text += piece
-                yield self._response(text, piece, stream)
-            yield self._response(text, "", stream)
-
-        return gen()
+    async def _aresponses(self, stream: TextStream) -> CompletionResponseAsyncGen:
+        text = ""
+        async for piece in stream:
+            text += piece
+            yield self._response(text, piece, stream)
+        yield self._response(text, "", stream)
 
     def _response(self, text: str, delta: str | None, result: Completion | TextStream) -> CompletionResponse:
         usage = {
@@ -188,28 +253,43 @@ class SRALLM(SRAOptions, CustomLLM):
 
 
 def _engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """LlamaIndex chat messages as the engine's ``{"role", "content"}`` dicts (text only)."""
+    """LlamaIndex chat messages as the engine's ``{"role", "content"}`` dicts (text only). Tool calls
+    and tool results are rendered as text, in the format the model is asked to call in."""
     converted = []
+    tool_names: dict[str, str] = {}
     for index, message in enumerate(messages):
-        role = ROLES.get(MessageRole(message.role))
-        if role is None:
+        role = MessageRole(message.role)
+        text = message_text(message, index, tool_names)
+        if role == MessageRole.TOOL:
+            call_id = str(message.additional_kwargs.get("tool_call_id") or "")
+            name = message.additional_kwargs.get("name") or tool_names.get(call_id)
+            converted.append({"role": "user", "content": render_tool_result(name, text)})
+            continue
+        if role not in ROLES:
             raise ValueError(
-                f"message {index} has role {message.role.value!r}; SRALLM has no tool calling and reads only "
-                f"the roles {sorted(set(ROLES.values()))}"
+                f"message {index} has role {role.value!r}; SRALLM reads the roles {sorted({*ROLES.values(), 'tool'})}"
             )
-        parts = []
-        for block in message.blocks:
-            if not isinstance(block, TextBlock):
-                raise ValueError(f"message {index} has a {type(block).__name__}; SRALLM reads text only")
-            parts.append(block.text)
-        converted.append({"role": role, "content": "".join(parts)})
+        converted.append({"role": ROLES[role], "content": text})
     return converted
 
 
-def _to_chat(response: CompletionResponse) -> ChatResponse:
+def _to_chat(response: CompletionResponse, tools: tuple[Tool, ...] | None) -> ChatResponse:
+    """A chat response; with tools, a reply that is a call becomes a ``ToolCallBlock``."""
+    message = reply_message(response.text, response.raw.get("finish_reason") if response.raw else None, tools)
     return ChatResponse(
-        message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text),
-        delta=response.delta,
-        raw=response.raw,
-        additional_kwargs=response.additional_kwargs,
+        message=message, delta=response.delta, raw=response.raw, additional_kwargs=response.additional_kwargs
     )
+
+
+def _chat_stream(responses: CompletionResponseGen, tools: tuple[Tool, ...] | None) -> ChatResponseGen:
+    """Stream text replies as they come; a tool call (with tools, a reply that begins with ``{``) is
+    held back and given whole in the last response."""
+    held = None
+    for response in responses:
+        if held is None:
+            held = tools is not None and (response.delta or "").startswith("{")
+        if not held:
+            yield _to_chat(response, None)
+        last = response
+    if held:
+        yield _to_chat(last, tools)
