@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install install-qwen demo test test-fast bench lint format
+.PHONY: install install-qwen demo test test-fast bench bench-ingest lint format
 
 install: .install.stamp
 
@@ -29,6 +29,9 @@ test-fast: install
 
 bench: install
 	$(PYTHON) -m sra_rag.benchmark
+
+bench-ingest: install
+	$(PYTHON) -m sra_rag.rag.benchmark --out docs/bench/ingest.md
 
 lint: install
 	$(PYTHON) -m ruff check sra_rag tests integrations examples
