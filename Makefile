@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install install-qwen demo test test-fast bench bench-throughput lint format
+.PHONY: install install-qwen demo test test-fast bench bench-throughput bench-ingest lint format
 
 install: .install.stamp
 
@@ -36,6 +36,9 @@ bench: install
 # make bench-throughput ARGS="--requests 8 --concurrency 1 8 --new-tokens 32"
 bench-throughput: install
 	$(PYTHON) -m sra_rag.benchmark --throughput $(ARGS)
+
+bench-ingest: install
+	$(PYTHON) -m sra_rag.rag.benchmark --out docs/bench/ingest.md
 
 lint: install
 	$(PYTHON) -m ruff check sra_rag tests integrations examples

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import click
 import typer
+from typer.exceptions import TyperException
 
 COMMAND_MODULES = ("sra_rag.rag.commands", "sra_rag.evaluation.commands", "sra_rag.server.commands")
 DEBUG_ENV = "SRA_RAG_DEBUG"
@@ -66,8 +67,8 @@ def error_boundary(command: Command) -> Command:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
+        except (typer.Exit, typer.Abort, TyperException, click.exceptions.Exit, click.ClickException):
+            raise  # exits, aborts and usage errors that typer itself reports
         except KeyboardInterrupt:
             fail("Interrupted. Run the same command again to continue: ingestion keeps what it stored.", code=130)
         except Exception as error:

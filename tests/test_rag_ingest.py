@@ -347,3 +347,14 @@ def test_progress_advances_chunk_by_chunk(tmp_path: Path, capsys: pytest.Capture
     ingest(open_store(tmp_path / "store"), folder, chunk_tokens=6, count_tokens=words, progress=True)
     bar = capsys.readouterr().err
     assert "chunks=40" in bar and "file" not in bar.split("Ingesting")[-1]
+
+
+def test_symlinked_folders_are_followed_once(tmp_path: Path) -> None:
+    folder = make_docs(tmp_path / "docs")
+    (folder / "sub" / "loop").symlink_to(folder, target_is_directory=True)  # a cycle
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "linked.md").write_text("Linked text.")
+    (folder / "linked").symlink_to(outside, target_is_directory=True)
+    names = sorted(file.name for file in discover_files(folder))
+    assert names == ["alpha.md", "beta.txt", "gamma.md", "linked.md"]

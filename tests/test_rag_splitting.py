@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sra_rag.rag.splitting import ChunkTooLargeError, split_stream, split_text
 
@@ -97,3 +99,23 @@ def test_split_stream_gives_the_same_pieces_whatever_the_block_sizes(monkeypatch
     assert max(words(piece) for piece in streamed[0]) <= 12
     assert "".join(streamed[0]).replace(" ", "").replace("\n", "") == text.replace(" ", "").replace("\n", "")
     assert len(streamed[0]) >= len(whole)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    text=st.text(st.characters(codec="utf-8"), max_size=400)
+    | st.lists(st.sampled_from(["word", "\n\n", " ", "\n", ".", "\t", "東京", "x" * 40]), max_size=80).map("".join),
+    budget=st.integers(1, 40),
+    counter=st.sampled_from([len, words, lambda piece: len(piece.encode())]),
+    block=st.integers(1, 97),
+)
+def test_any_text_splits_within_budget_keeping_every_character(text: str, budget: int, counter, block: int) -> None:
+    if any(counter(character) > budget for character in text):
+        with pytest.raises(ChunkTooLargeError):
+            split_text(text, budget, counter)
+        return
+    pieces = split_text(text, budget, counter)
+    assert all(piece and piece == piece.strip() and counter(piece) <= budget for piece in pieces)
+    assert "".join("".join(pieces).split()) == "".join(text.split())
+    blocks = [text[start : start + block] for start in range(0, len(text), block)]
+    assert list(split_stream(blocks, budget, counter)) == pieces  # shorter than a segment: one split

@@ -90,8 +90,12 @@ def ingest(
     store: StoreOption = None,
     chroma_url: ChromaUrlOption = None,
     collection: CollectionOption = "sra_rag",
-    chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Chunk size in embedding tokens.", min=16)] = 200,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    chunk_tokens: Annotated[
+        int, typer.Option("--chunk-tokens", help="Largest chunk in embedding tokens (16 to 254).", min=16)
+    ] = 200,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show a progress bar (chunk by chunk).")
+    ] = True,
 ) -> None:
     """Ingest documents into the store. Re-running adds only new or changed files."""
     from sra_rag.rag.ingest import display_path

@@ -109,8 +109,13 @@ def _discover(root: Path, suffixes: Iterable[str]) -> tuple[list[Path], list[tup
     def note(error: OSError) -> None:
         unlisted.append((display_path(error.filename or root), f"folder cannot be read ({error.strerror or error})"))
 
-    found = set()
-    for folder, folders, names in os.walk(root, onerror=note):
+    found, visited = set(), set()
+    for folder, folders, names in os.walk(root, onerror=note, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:  # a symlink back into a folder already walked
+            folders[:] = []
+            continue
+        visited.add(real)
         folders[:] = sorted(name for name in folders if not name.startswith("."))
         for name in names:
             file = Path(folder, name)
