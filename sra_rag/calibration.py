@@ -1,0 +1,110 @@
+"""Readout profiles: the layer band and position bias that turn a raw readout into calibrated scores.
+
+A profile is measured without labels by :func:`calibrate` (``sra-rag calibrate --model ...``): on
+synthetic prompts whose question asks about someone no document describes, whatever mass a document
+receives is position bias, measured per layer as ``log(mass per token)`` over the document's relative
+position (binned). The layer band is the one in which bias-corrected scores rank a planted gold
+document first most often on separate synthetic prompts (seeded; never the prompts of a report).
+Profiles for the PyPI models ship in ``sra_rag/data/readout/<model>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sra_rag.readout import DocumentAttention, Readout
+
+PROFILE_FOLDER = "data/readout"
+
+
+class ReadoutProfile(BaseModel):
+    """How to score one model's readout.
+
+    ``layers``: the band ``[lo, hi)`` of layer indices averaged; ``positions``: relative document
+    positions (0: the first document's start, 1: the last one's end) at which ``bias`` is given;
+    ``bias[layer][i]``: the expected ``log(mass per token)`` of a document at ``positions[i]`` that
+    the question does not concern. An uncalibrated profile has no bias (``calibrated=False``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    num_layers: int = Field(ge=1)
+    layers: tuple[int, int]
+    positions: tuple[float, ...] = ()
+    bias: tuple[tuple[float, ...], ...] = ()
+    calibrated: bool = True
+    details: dict[str, object] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> ReadoutProfile:
+        low, high = self.layers
+        if not 0 <= low < high <= self.num_layers:
+            raise ValueError(f"layers {self.layers} is not a band inside [0, {self.num_layers})")
+        if self.calibrated:
+            if len(self.bias) != self.num_layers or any(len(row) != len(self.positions) for row in self.bias):
+                raise ValueError("bias must hold one row per layer with one value per position")
+            if len(self.positions) < 2 or list(self.positions) != sorted(self.positions):
+                raise ValueError("positions must be at least two increasing relative positions")
+        return self
+
+    @classmethod
+    def uncalibrated(cls, model: str, num_layers: int) -> ReadoutProfile:
+        """Raw scores over the upper half of the layers (lower layers carry little signal)."""
+        return cls(model=model, num_layers=num_layers, layers=(num_layers // 2, num_layers), calibrated=False)
+
+    def layer_scores(self, readout: Readout) -> np.ndarray:
+        """``(layers, documents)``: each layer's ``log(mass per token)``, minus the bias if calibrated."""
+        if readout.num_layers != self.num_layers:
+            raise ValueError(
+                f"the readout has {readout.num_layers} layers but the profile for {self.model} expects "
+                f"{self.num_layers}; calibrate this model with `sra-rag calibrate`"
+            )
+        density = readout.log_density().numpy()
+        if not self.calibrated:
+            return density
+        where = np.asarray(readout.positions)
+        bias = np.stack([np.interp(where, self.positions, row) for row in self.bias])
+        return density - bias
+
+    def score(self, readout: Readout) -> DocumentAttention:
+        """One score per document (higher = read more): the band's mean of :meth:`layer_scores`."""
+        low, high = self.layers
+        scores = self.layer_scores(readout)[low:high].mean(axis=0)
+        return DocumentAttention(
+            tuple(float(value) for value in scores), self.calibrated, self.layers, readout, self.model
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(self.model_dump_json(indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ReadoutProfile:
+        return cls.model_validate_json(Path(path).read_text())
+
+
+def profile_key(model: str) -> str | None:
+    """The PyPI model key (``"smollm2-135m"``) of ``model``: a key, or the name an engine shows."""
+    from sra_rag.models import PACKAGED_MODELS
+
+    if model in PACKAGED_MODELS:
+        return model
+    return next((key for key, packaged in PACKAGED_MODELS.items() if packaged.name == model), None)
+
+
+def shipped_profile(model: str) -> ReadoutProfile | None:
+    """The profile shipped for ``model`` (a PyPI model key such as ``"smollm2-135m"`` or its
+    engine name, ``"SmolLM2-135M-Instruct"``), or None."""
+    key = profile_key(model)
+    if key is None:
+        return None
+    resource = resources.files("sra_rag").joinpath(f"{PROFILE_FOLDER}/{key}.json")
+    if not resource.is_file():
+        return None
+    return ReadoutProfile.model_validate(json.loads(resource.read_text()))
