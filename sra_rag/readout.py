@@ -103,3 +103,13 @@ class DocumentAttention:
     def ranking(self) -> list[int]:
         """Document indices, most read first."""
         return sorted(range(len(self.scores)), key=lambda index: -self.scores[index])
+
+    def summary(self) -> dict[str, object]:
+        """The scores as plain data for response metadata: ``scores`` (per document, prompt order),
+        ``calibrated``, ``layers`` and ``profile``."""
+        return {
+            "scores": [round(score, 4) for score in self.scores],
+            "calibrated": self.calibrated,
+            "layers": list(self.layers),
+            "profile": self.profile,
+        }
