@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -108,3 +109,70 @@ def shipped_profile(model: str) -> ReadoutProfile | None:
     if not resource.is_file():
         return None
     return ReadoutProfile.model_validate(json.loads(resource.read_text()))
+
+
+# Positions at which the bias is given, and the kernel width (in relative position) that smooths it.
+BIAS_POSITIONS = tuple(float(x) for x in np.linspace(0.0, 1.0, 21))
+BIAS_BANDWIDTH = 0.04
+MIN_BAND = 2
+
+
+def fit_bias(absent: Sequence[Readout]) -> tuple[tuple[float, ...], ...]:
+    """Per layer, the expected ``log(mass per token)`` at each of :data:`BIAS_POSITIONS`: a
+    Gaussian-kernel mean over the documents of prompts that no document answers."""
+    if not absent:
+        raise ValueError("the bias needs at least one prompt whose question no document answers")
+    where = np.concatenate([np.asarray(readout.positions) for readout in absent])
+    density = np.concatenate([readout.log_density().numpy() for readout in absent], axis=1)  # (layers, docs)
+    weights = np.exp(-0.5 * ((np.asarray(BIAS_POSITIONS)[:, None] - where[None]) / BIAS_BANDWIDTH) ** 2)
+    bias = density @ weights.T / weights.sum(axis=1)  # (layers, positions)
+    return tuple(tuple(float(value) for value in row) for row in bias)
+
+
+def rank_of_gold(scores: np.ndarray, gold: int) -> int:
+    """0 when the gold document scores highest (ties count against it)."""
+    return int((scores >= scores[gold]).sum()) - 1
+
+
+def _margin(scores: np.ndarray, gold: int) -> float:
+    """How far the gold document's score leads the best other one, in units of the scores' spread."""
+    others = np.delete(scores, gold)
+    return float((scores[gold] - others.max()) / (scores.std() + 1e-9)) if others.size else 0.0
+
+
+def choose_band(profile: ReadoutProfile, gold: Sequence[tuple[Readout, int]]) -> tuple[int, int]:
+    """The contiguous layer band (at least :data:`MIN_BAND` layers) whose calibrated scores rank the
+    gold document first most often; ties go to the higher mean reciprocal rank, then to the larger
+    mean margin of the gold document over the best other one."""
+    if not gold:
+        raise ValueError("choosing the layer band needs at least one prompt with a gold document")
+    layer_scores = [(profile.layer_scores(readout), index) for readout, index in gold]
+    cumulative = [np.vstack([np.zeros((1, scores.shape[1])), scores.cumsum(axis=0)]) for scores, _ in layer_scores]
+    best: tuple[float, float, float] | None = None
+    band = (0, profile.num_layers)
+    for low in range(profile.num_layers):
+        for high in range(low + MIN_BAND, profile.num_layers + 1):
+            pairs = [(c[high] - c[low], index) for c, (_, index) in zip(cumulative, layer_scores, strict=True)]
+            ranks = [rank_of_gold(scores, index) for scores, index in pairs]
+            key = (
+                float(np.mean([rank == 0 for rank in ranks])),
+                float(np.mean([1 / (1 + rank) for rank in ranks])),
+                float(np.mean([_margin(scores, index) for scores, index in pairs])),
+            )
+            if best is None or key > best:
+                best, band = key, (low, high)
+    return band
+
+
+def fit_profile(
+    model: str, absent: Sequence[Readout], gold: Sequence[tuple[Readout, int]], details: dict[str, object]
+) -> ReadoutProfile:
+    """A profile from readouts of prompts without an answer (the bias) and with a known gold
+    document (the band)."""
+    num_layers = absent[0].num_layers
+    bias = fit_bias(absent)
+    draft = ReadoutProfile(
+        model=model, num_layers=num_layers, layers=(0, num_layers), positions=BIAS_POSITIONS, bias=bias
+    )
+    band = choose_band(draft, gold)
+    return draft.model_copy(update={"layers": band, "details": details})

@@ -178,3 +178,36 @@ def tune_command(
     path = tune.write_tune_report(result, out)
     typer.echo(tune.ranking_table(result.test_ranking))
     typer.echo(f"\nWrote {path}", err=True)
+
+
+@app.command("calibrate")
+def calibrate_command(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Profile file to write (JSON). Default: readout-<model>.json here."),
+    ] = None,
+    length: Annotated[
+        list[int] | None,
+        typer.Option("--length", "-l", help="Prompt length in tokens (repeatable). Default: 1024 2048."),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option("--examples", "-n", min=2, help="Prompts per length, half without an answer.")
+    ] = 12,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the calibration prompts (keep reports on others).")
+    ] = 1000,
+    model: ModelOption = None,
+) -> None:
+    """Measure a model's readout profile (which layers tell which document the question reads, and the
+    position bias to subtract), without labels; load it with SRAEngine(..., readout_profile=FILE)."""
+    from sra_rag.engine import SRAEngine
+    from sra_rag.evaluation.readout import calibrate
+
+    engine = SRAEngine.shared(model)
+    profile = calibrate(
+        engine, seed=seed, lengths=length or [1024, 2048], count=examples, progress=lambda line: typer.echo(line)
+    )
+    target = out or Path(f"readout-{(model or 'smollm2-135m').replace('/', '--')}.json")
+    profile.save(target)
+    low, high = profile.layers
+    typer.echo(f"Wrote {target}: layers {low}-{high - 1} of {profile.num_layers}.")
