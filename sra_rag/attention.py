@@ -329,11 +329,16 @@ def _record_readout(
     heads = query.shape[0]
     step = max(1, ROW_CHUNK_ELEMENTS // max(1, heads * n))
     column_mass = torch.zeros(n, dtype=torch.float64, device=key.device)
+    class_mass = torch.zeros(3, dtype=torch.float64, device=key.device)
     for first in range(start, offset + n, step):
         rows = slice(first, min(first + step, offset + n))
         probs = _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
         column_mass[: rows.stop - offset] += probs.sum(dim=(0, 1)).double()
+        if recorder.token_classes:
+            class_mass += recorder.class_mass(probs)
     recorder.record(layer_idx, column_mass / (heads * (offset + n - start)))
+    if recorder.token_classes:
+        recorder.record_classes(layer_idx, class_mass)
 
 
 def _is_prefill(query: torch.Tensor, key: torch.Tensor) -> bool:
@@ -453,6 +458,8 @@ def sra_reference_attention_forward(
             # The question rows (question to the end) over the row's real keys, mean over heads and rows.
             question_rows = probs[b][:, positions[question_start:]][..., positions]
             recorder.record(_layer_position(module)[0], question_rows.double().mean(dim=(0, 1)))
+            if recorder.token_classes:
+                recorder.record_classes(_layer_position(module)[0], recorder.class_mass(question_rows))
 
     if any(config.enabled for config, _ in rows) and _is_prefill(query, key):
         layer_idx, num_layers = _layer_position(module)

@@ -21,14 +21,23 @@ import torch
 
 from sra_rag.layout import PromptLayout
 
+# The paper's token classes by attention weight: Linchpins above 0.05, Hidden Gems / Context Fillers
+# from 0.01 to 0.05, Small Potatoes below 0.01.
+CLASS_EDGES = (0.01, 0.05)
+CLASS_NAMES = ("Small Potatoes (< 0.01)", "Hidden Gems / Context Fillers (0.01-0.05)", "Linchpins (> 0.05)")
+
 
 @dataclass
 class ReadoutRecorder:
     """Filled by the attention function during one row's prefill: ``mass[layer]`` holds the question
-    rows' attention mass on each of the layout's documents (in prompt order)."""
+    rows' attention mass on each of the layout's documents (in prompt order). With
+    ``token_classes=True``, ``classes[layer]`` also holds the shares of the question rows' attention
+    mass carried by weights of each of the paper's classes (:data:`CLASS_NAMES`)."""
 
     layout: PromptLayout
+    token_classes: bool = False
     mass: dict[int, list[float]] = field(default_factory=dict)
+    classes: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def wanted(self) -> bool:
@@ -40,6 +49,18 @@ class ReadoutRecorder:
         key position of the row's real tokens, averaged over heads and rows."""
         cumulative = torch.cat([column_mass.new_zeros(1), column_mass.double().cumsum(0)])
         self.mass[layer] = [float(cumulative[stop] - cumulative[start]) for start, stop in self.layout.documents]
+
+    def class_mass(self, probs: torch.Tensor) -> torch.Tensor:
+        """``(3,)``: the mass of ``probs (heads, rows, keys)`` in each token class, summed (float64)."""
+        low, high = CLASS_EDGES
+        probs = probs.double()
+        small = probs.masked_fill(probs >= low, 0.0).sum()
+        linchpins = probs.masked_fill(probs <= high, 0.0).sum()
+        return torch.stack([small, probs.sum() - small - linchpins, linchpins])
+
+    def record_classes(self, layer: int, class_mass: torch.Tensor) -> None:
+        """Store layer ``layer``'s token-class shares from the question rows' summed class mass ``(3,)``."""
+        self.classes[layer] = [float(value) for value in class_mass / class_mass.sum()]
 
     def readout(self) -> Readout | None:
         """The finished readout, or None when nothing was recorded."""

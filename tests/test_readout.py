@@ -198,3 +198,16 @@ def test_engine_takes_a_profile_for_its_model(tiny_tokenizer, make_tiny_model, t
             tiny_tokenizer,
             readout_profile=ReadoutProfile.uncalibrated("other", 6),
         )
+
+
+def test_token_classes_fast_path_equals_reference():
+    n, layer = 96, 3
+    qkv = random_qkv(batch=3, n=n, seed=5)
+    shares = {}
+    for fn in (sra_attention_forward, sra_reference_attention_forward):
+        recorders = [ReadoutRecorder(layout, token_classes=True) for layout in LAYOUTS]
+        fn(module(layer), *qkv, padded_mask(n, PADS), scaling=0.25, sra_layout=LAYOUTS, sra_readout=recorders)
+        shares[fn] = [recorder.classes[layer] for recorder in recorders]
+    for fast, reference in zip(shares[sra_attention_forward], shares[sra_reference_attention_forward], strict=True):
+        assert fast == pytest.approx(reference, abs=1e-6) and sum(fast) == pytest.approx(1.0)
+        assert all(share > 0 for share in fast)
