@@ -1,11 +1,14 @@
 """The inspector on a tiny random model: values in range, files written, the page self-contained."""
 
 import base64
+from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from sra_rag import SRAConfig
+from sra_rag.cli import build_app
 from sra_rag.inspector import inspect_prompt, write_report
 from tests.test_attention import SMALL
 from tests.test_readout import DOCUMENTS
@@ -60,3 +63,24 @@ def test_stock_only_and_bad_input(tiny_engine):
         inspect_prompt(tiny_engine, "q?", [])
     with pytest.raises(ValueError, match="one distinct label"):
         inspect_prompt(tiny_engine, "q?", DOCUMENTS[:2], ["a", "a"])
+
+
+def test_inspect_writes_the_page(tmp_path: Path, tiny_engine, monkeypatch) -> None:
+    from sra_rag import SRAEngine
+
+    monkeypatch.setattr(SRAEngine, "shared", classmethod(lambda cls, model=None, **kwargs: tiny_engine))
+    (tmp_path / "door.md").write_text("The lighthouse keeper's house has a green door.")
+    (tmp_path / "ferry.md").write_text("The harbour master keeps the ferry log.")
+    out = tmp_path / "page"
+    result = CliRunner().invoke(
+        build_app(),
+        ["inspect", "What colour is the door?", str(tmp_path / "ferry.md"), str(tmp_path / "door.md"),
+        "--out", str(out), "--preset", "off"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (out / "index.html").is_file() and (out / "documents.png").is_file()
+    listed = [line for line in result.stdout.splitlines() if "] " in line]
+    assert sorted(line.split("] ")[1] for line in listed) == ["door.md", "ferry.md"]
+    bad = CliRunner().invoke(build_app(), ["inspect", "q?", str(tmp_path / "missing.md")])
+    assert bad.exit_code != 0 and "not a file" in bad.output
