@@ -211,3 +211,16 @@ def test_token_classes_fast_path_equals_reference():
     for fast, reference in zip(shares[sra_attention_forward], shares[sra_reference_attention_forward], strict=True):
         assert fast == pytest.approx(reference, abs=1e-6) and sum(fast) == pytest.approx(1.0)
         assert all(share > 0 for share in fast)
+
+
+@pytest.mark.slow
+def test_embedded_model_reads_the_planted_gold_document_first(embedded_engine):
+    from sra_rag.evaluation.readout import build_prompt, read
+
+    profile = embedded_engine.readout_profile
+    assert profile.calibrated and profile == shipped_profile("smollm2-135m")
+    rng = random.Random("slow-test")  # not a calibration seed
+    for depth in (0.25, 0.5, 0.75):
+        prompt = build_prompt(embedded_engine, rng, 1024, "name", depth)
+        attention = profile.score(read(embedded_engine, prompt))
+        assert attention.ranking[0] == prompt.gold, attention.scores
