@@ -224,3 +224,35 @@ def test_embedded_model_reads_the_planted_gold_document_first(embedded_engine):
         prompt = build_prompt(embedded_engine, rng, 1024, "name", depth)
         attention = profile.score(read(embedded_engine, prompt))
         assert attention.ranking[0] == prompt.gold, attention.scores
+
+
+def test_calibrate_command_writes_a_profile_for_any_model(tiny_engine, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sra_rag import SRAEngine
+    from sra_rag.cli import build_app
+
+    monkeypatch.setattr(SRAEngine, "shared", classmethod(lambda cls, model=None, **kwargs: tiny_engine))
+    out = tmp_path / "tiny.json"
+    result = CliRunner().invoke(
+        build_app(), ["calibrate", "--out", str(out), "--length", "700", "--examples", "4", "--seed", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    profile = ReadoutProfile.load(out)
+    assert profile.calibrated and profile.num_layers == 4 and profile.model == "tiny-llama"
+    assert profile.details["absent_prompts"] == 2 and profile.details["gold_prompts"] == 2
+    assert np.isfinite(np.array(profile.bias)).all() and 0 <= profile.layers[0] < profile.layers[1] <= 4
+
+
+def test_recall_table_counts_ranks():
+    from sra_rag.evaluation.readout import Measurement, recall_table
+
+    results = [
+        Measurement(2000, "name", 0, 10, 0, 0),
+        Measurement(2000, "name", 3, 10, 4, 0),
+        Measurement(2000, "paraphrase", 5, 10, 2, 5),
+    ]
+    rows = {row["questions"]: row for row in recall_table(results)}
+    assert rows["name"]["raw_recall@1"] == 0.5 and rows["name"]["calibrated_recall@1"] == 1.0
+    assert rows["paraphrase"]["raw_recall@3"] == 1.0 and rows["paraphrase"]["calibrated_recall@3"] == 0.0
+    assert rows["all"]["prompts"] == 3 and rows["all"]["calibrated_recall@1"] == pytest.approx(2 / 3)

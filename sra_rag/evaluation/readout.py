@@ -199,3 +199,23 @@ def measure(
                 f"rank raw {last.raw_rank}, calibrated {last.calibrated_rank}"
             )
     return results
+
+
+def recall_table(results: Sequence[Measurement]) -> list[dict[str, object]]:
+    """Recall@1 and @3 of the gold document, raw and calibrated, per question kind and overall, with
+    95% Wilson intervals of Recall@1."""
+    from sra_rag.evaluation.report import wilson_interval
+
+    rows = []
+    groups = {kind: [r for r in results if r.kind == kind] for kind in dict.fromkeys(r.kind for r in results)}
+    groups["all"] = list(results)
+    for kind, items in groups.items():
+        row: dict[str, object] = {"questions": kind, "prompts": len(items)}
+        for name in ("raw", "calibrated"):
+            ranks = [getattr(item, f"{name}_rank") for item in items]
+            hits = sum(rank == 0 for rank in ranks)
+            row[f"{name}_recall@1"] = hits / len(items)
+            row[f"{name}_recall@1_95ci"] = [round(x, 3) for x in wilson_interval(hits, len(items))]
+            row[f"{name}_recall@3"] = sum(rank < 3 for rank in ranks) / len(items)
+        rows.append(row)
+    return rows
