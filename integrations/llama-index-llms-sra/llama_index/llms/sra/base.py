@@ -62,7 +62,9 @@ class SRALLM(SRAOptions, CustomLLM):
     :class:`~sra_rag.SRAConfig` with its defaults; ``sra=SRAConfig(...)`` at construction sets them
     all at once. Every call accepts the same names as keyword arguments, or ``sra=SRAConfig(...)``,
     merged over the object's settings, plus ``max_new_tokens`` (or ``max_tokens``),
-    ``temperature``, ``top_p``, ``seed``, ``stop`` and ``tail_from`` (question-aware SRA tail).
+    the sampling settings (``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``,
+    ``penalize_prompt``, ``seed``), ``stop``, ``layout`` or ``tail_from`` (question-aware SRA tail)
+    and ``logits_processors``.
 
     Token counts are reported in ``raw["usage"]`` and ``additional_kwargs``
     (``prompt_tokens``, ``completion_tokens``, ``total_tokens``) where LlamaIndex's
