@@ -15,7 +15,10 @@ function as a keyword argument (transformers forwards extra ``forward`` kwargs t
 cannot carry it (``model.generate``), :func:`sra_settings` sets a context-local value instead. In a
 batch, ``sra_config`` may hold one config per row, and ``sra_layout`` one
 :class:`~sra_rag.layout.PromptLayout` (or None) per row: the question span that
-``SRAConfig(tail="question")`` reads, in the row's own coordinates.
+``SRAConfig(tail="question")`` reads, in the row's own coordinates. ``sra_readout`` may hold one
+:class:`~sra_rag.readout.ReadoutRecorder` (or None) per row: the prefill records in it the question
+rows' attention mass on each document (stock attention, before this layer's edits), whether SRA is
+enabled or not.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.layout import PromptLayout
+from sra_rag.readout import ReadoutRecorder
 from sra_rag.schedule import Edit, layer_edits
 
 logger = logging.getLogger(__name__)
@@ -70,6 +74,7 @@ def resolve_config(config: SRAConfig | None) -> SRAConfig:
 
 RowConfig = SRAConfig | Sequence[SRAConfig] | None
 RowLayout = PromptLayout | Sequence[PromptLayout | None] | None
+RowReadout = ReadoutRecorder | Sequence[ReadoutRecorder | None] | None
 
 
 def resolve_rows(config: RowConfig, layout: RowLayout, batch: int) -> list[tuple[SRAConfig, PromptLayout | None]]:
@@ -88,6 +93,20 @@ def resolve_rows(config: RowConfig, layout: RowLayout, batch: int) -> list[tuple
         if item is not None and not isinstance(item, PromptLayout):
             raise TypeError(f"sra_layout must hold PromptLayout objects or None, got {type(item).__name__}")
     return list(zip(configs, layouts, strict=True))
+
+
+def resolve_readouts(readout: RowReadout, batch: int) -> list[ReadoutRecorder | None]:
+    """Each batch row's readout recorder (None: no readout), checked: one per row, or one for a
+    single-row batch. Recorders whose layout lacks a question or documents are dropped."""
+    if readout is None:
+        return [None] * batch
+    recorders = [readout] if isinstance(readout, ReadoutRecorder) else list(readout)
+    if len(recorders) != batch:
+        raise ValueError(f"sra_readout has {len(recorders)} entries for a batch of {batch} rows; pass one per row")
+    for item in recorders:
+        if item is not None and not isinstance(item, ReadoutRecorder):
+            raise TypeError(f"sra_readout must hold ReadoutRecorder objects or None, got {type(item).__name__}")
+    return [item if item is not None and item.wanted else None for item in recorders]
 
 
 def _question_start(layout: PromptLayout | None, n: int, row: int) -> int | None:
@@ -288,6 +307,40 @@ def _real_span(
     return offset, n
 
 
+def _record_readout(
+    recorder: ReadoutRecorder,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    batch_index: int,
+    offset: int,
+    n: int,
+    layer_idx: int,
+    scaling: float,
+) -> None:
+    """Record one row's readout at this layer: the question rows' probabilities, in row chunks,
+    summed into a mass per key position and averaged over heads and rows.
+
+    query: ``(heads, q_len, head_dim)``; key: ``(kv_heads, kv_len, head_dim)`` in fp32.
+    """
+    layout = recorder.layout
+    _question_start(layout, n, batch_index)  # checks the layout's length against the row
+    start = offset + int(layout.question_start or 0)
+    heads = query.shape[0]
+    step = max(1, ROW_CHUNK_ELEMENTS // max(1, heads * n))
+    column_mass = torch.zeros(n, dtype=torch.float64, device=key.device)
+    class_mass = torch.zeros(3, dtype=torch.float64, device=key.device)
+    for first in range(start, offset + n, step):
+        rows = slice(first, min(first + step, offset + n))
+        probs = _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
+        column_mass[: rows.stop - offset] += probs.sum(dim=(0, 1)).double()
+        if recorder.token_classes:
+            class_mass += recorder.class_mass(probs)
+    recorder.record(layer_idx, column_mass / (heads * (offset + n - start)))
+    if recorder.token_classes:
+        recorder.record_classes(layer_idx, class_mass)
+
+
 def _is_prefill(query: torch.Tensor, key: torch.Tensor) -> bool:
     q_len, kv_len = query.shape[2], key.shape[2]
     if q_len > 1 and q_len != kv_len:
@@ -306,32 +359,42 @@ def sra_attention_forward(
     is_causal: bool | None = None,
     sra_config: RowConfig = None,
     sra_layout: RowLayout = None,
+    sra_readout: RowReadout = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SRA attention, fast path. Same signature and result layout as transformers' SDPA function.
 
     query: ``(batch, heads, q_len, head_dim)``; key, value: ``(batch, kv_heads, kv_len, head_dim)``;
-    attention_mask: boolean ``(batch, 1, q_len, kv_len)`` or None (causal). ``sra_config`` and
-    ``sra_layout``: one value, or one per batch row.
+    attention_mask: boolean ``(batch, 1, q_len, kv_len)`` or None (causal). ``sra_config``,
+    ``sra_layout`` and ``sra_readout``: one value, or one per batch row.
     Returns ``(batch, q_len, heads, head_dim)`` and no attention weights.
     """
     output, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
     )
     rows = resolve_rows(sra_config, sra_layout, query.shape[0])
-    if not any(config.enabled for config, _ in rows) or not _is_prefill(query, key):
+    readouts = resolve_readouts(sra_readout, query.shape[0])
+    wanted = any(config.enabled for config, _ in rows) or any(item is not None for item in readouts)
+    if not wanted or not _is_prefill(query, key):
         return output, None
     layer_idx, num_layers = _layer_position(module)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     length = key.shape[2]
-    for batch_index, (config, layout) in enumerate(rows):
-        if not config.enabled:
+    for batch_index, ((config, layout), recorder) in enumerate(zip(rows, readouts, strict=True)):
+        if not config.enabled and recorder is None:
             continue
         offset, n = _real_span(attention_mask, batch_index, length, query.device)
+        key_f = key[batch_index].float()
+        if recorder is not None:
+            _record_readout(
+                recorder, query[batch_index], key_f, attention_mask, batch_index, offset, n, layer_idx, scaling
+            )
+        if not config.enabled:
+            continue
         edits = layer_edits(n, layer_idx, num_layers, config, _question_start(layout, n, batch_index))
         if not edits:
             continue
-        key_f, value_f = key[batch_index].float(), value[batch_index].float()
+        value_f = value[batch_index].float()
         for edit in edits:
             _edit_sequence(
                 output[batch_index],
@@ -359,6 +422,7 @@ def sra_reference_attention_forward(
     is_causal: bool | None = None,
     sra_config: RowConfig = None,
     sra_layout: RowLayout = None,
+    sra_readout: RowReadout = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SRA attention, literal path: the spec's steps on full ``(batch, heads, q_len, kv_len)``
@@ -369,6 +433,7 @@ def sra_reference_attention_forward(
     if kwargs.get("softcap") is not None:
         raise ValueError("SRA attention does not support attention logit soft-capping.")
     rows = resolve_rows(sra_config, sra_layout, query.shape[0])
+    readouts = resolve_readouts(sra_readout, query.shape[0])
     groups = query.shape[1] // key.shape[1]
     key_r, value_r = repeat_kv(key, groups).float(), repeat_kv(value, groups).float()
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -383,6 +448,18 @@ def sra_reference_attention_forward(
         scores = scores + attention_mask.float()
     # Fully masked rows (padding queries) give NaN; they attend to nothing.
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+
+    if _is_prefill(query, key):
+        for b, recorder in enumerate(readouts):
+            if recorder is None:
+                continue
+            positions = real_positions(attention_mask, b, kv_len, query.device)
+            question_start = _question_start(recorder.layout, len(positions), b)
+            # The question rows (question to the end) over the row's real keys, mean over heads and rows.
+            question_rows = probs[b][:, positions[question_start:]][..., positions]
+            recorder.record(_layer_position(module)[0], question_rows.double().mean(dim=(0, 1)))
+            if recorder.token_classes:
+                recorder.record_classes(_layer_position(module)[0], recorder.class_mass(question_rows))
 
     if any(config.enabled for config, _ in rows) and _is_prefill(query, key):
         layer_idx, num_layers = _layer_position(module)

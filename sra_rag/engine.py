@@ -21,10 +21,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sra_rag.attention import IMPLEMENTATION, register
+from sra_rag.calibration import ReadoutProfile, shipped_profile
 from sra_rag.chat import PromptTokenizer, TokenizedPrompt, validate_messages
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.layout import PromptLayout, TextLayout, resolve
 from sra_rag.models import ModelSource, check_model, load, resolve_source
+from sra_rag.readout import DocumentAttention
 from sra_rag.request import Request, check_logits_processors, sampling_settings
 from sra_rag.scheduler import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_TOKENS, Scheduler
 from sra_rag.streaming import FinishReason, TextStream
@@ -86,13 +88,16 @@ class PreparedPrompt:
 @dataclass
 class Completion:
     """The result of :meth:`SRAEngine.complete`. ``prefill_seconds`` is the wall time of the prompt's
-    forward pass (not compared: two equal completions may take different times)."""
+    forward pass (not compared: two equal completions may take different times);
+    ``document_attention``: how much the question read each document of the layout (None when the
+    prompt has no documents or the readout was turned off)."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
     prefill_seconds: float = field(default=0.0, compare=False)
+    document_attention: DocumentAttention | None = field(default=None, compare=False)
 
 
 class SRAEngine:
@@ -102,7 +107,9 @@ class SRAEngine:
     together by the engine's scheduler, each with its own settings. ``max_batch_size``: requests
     decoded together at most; ``prefill_tokens``: padded prompt tokens prefilled in one forward pass
     at most; ``num_threads``: torch's CPU threads (None: at most the CPUs this process may use,
-    unless you set torch's threads or ``OMP_NUM_THREADS`` yourself).
+    unless you set torch's threads or ``OMP_NUM_THREADS`` yourself); ``readout_profile``: how the
+    question's attention on each document is scored (a :class:`~sra_rag.calibration.ReadoutProfile`
+    or its JSON file; None: the profile shipped for the model, else raw, uncalibrated scores).
     """
 
     def __init__(
@@ -117,6 +124,7 @@ class SRAEngine:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
         num_threads: int | None = None,
+        readout_profile: ReadoutProfile | str | os.PathLike[str] | None = None,
     ) -> None:
         check_model(model)
         register()
@@ -134,6 +142,7 @@ class SRAEngine:
             raise ValueError("The model config has no max_position_embeddings; pass context_window=...")
         self.context_window = int(window)
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.readout_profile = _readout_profile(readout_profile, self.name, text_config.num_hidden_layers)
         eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
         self.eos_token_ids = frozenset(int(token) for token in eos if token is not None)
         self.scheduler = Scheduler(
@@ -159,6 +168,7 @@ class SRAEngine:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
         num_threads: int | None = None,
+        readout_profile: ReadoutProfile | str | os.PathLike[str] | None = None,
         **model_kwargs: Any,
     ) -> SRAEngine:
         """Load a model with SRA attention.
@@ -190,6 +200,7 @@ class SRAEngine:
             max_batch_size=max_batch_size,
             prefill_tokens=prefill_tokens,
             num_threads=num_threads,
+            readout_profile=readout_profile,
         )
 
     _shared: dict[tuple[Any, ...], SRAEngine] = {}
@@ -305,6 +316,7 @@ class SRAEngine:
         json_schema: JsonSchema | None = None,
         tools: Sequence[Tool | Mapping[str, Any]] | None = None,
         tool_choice: str | bool | Mapping[str, Any] | None = None,
+        readout: bool = True,
     ) -> Request:
         """Validate every setting and tokenise the prompt: the :class:`~sra_rag.request.Request`
         that :meth:`submit` runs. Every other generation method calls this, so a bad setting fails
@@ -325,6 +337,9 @@ class SRAEngine:
         config = self._config(sra, tail_from)
         prepared = self.prepare(prompt, tail_from=tail_from, layout=layout, chat_template=chat_template)
         self._check_fits(prepared.num_tokens, sampling.max_new_tokens)
+        if not isinstance(readout, bool):
+            raise TypeError(f"readout must be True or False, got {readout!r}")
+        wants_readout = readout and prepared.layout.question is not None and bool(prepared.layout.documents)
         return Request(
             prompt_ids=tuple(prepared.input_ids[0].tolist()),
             sra=config,
@@ -332,6 +347,7 @@ class SRAEngine:
             layout=prepared.layout,
             logits_processors=processors if grammar is None else (*processors, grammar),
             logprobs=_flag(logprobs, "logprobs"),
+            readout=self.readout_profile if wants_readout else None,
         )
 
     def submit(self, request: Request) -> TextStream:
@@ -353,7 +369,9 @@ class SRAEngine:
         ``TextStream.logprobs``), ``layout`` (a
         :class:`~sra_rag.layout.TextLayout`), ``tail_from`` (shorthand for a question marker that
         also turns on the question tail), ``chat_template`` and ``logits_processors`` (transformers
-        ``LogitsProcessor`` s called with the request's full ids).
+        ``LogitsProcessor`` s called with the request's full ids), ``readout`` (True: when the
+        layout marks documents and a question, the stream's ``document_attention`` tells how much
+        the question read each document; ~1.0x prefill cost).
 
         Structured output, by constrained decoding: ``json_schema`` (a JSON schema dict, a pydantic
         model class, or True for any JSON object) makes the reply JSON that fits it; ``tools`` (a list
@@ -483,8 +501,30 @@ def _completion(stream: TextStream) -> Completion:
         pass
     assert stream.finish_reason is not None
     return Completion(
-        stream.text, stream.prompt_tokens, stream.completion_tokens, stream.finish_reason, stream.prefill_seconds or 0.0
+        stream.text,
+        stream.prompt_tokens,
+        stream.completion_tokens,
+        stream.finish_reason,
+        stream.prefill_seconds or 0.0,
+        stream.document_attention,
     )
+
+
+def _readout_profile(
+    profile: ReadoutProfile | str | os.PathLike[str] | None, name: str, num_layers: int
+) -> ReadoutProfile:
+    """The engine's readout profile: the one given (or its file), the one shipped for the model, or
+    raw scores (uncalibrated) over the upper half of the layers."""
+    if profile is None:
+        profile = shipped_profile(name) or ReadoutProfile.uncalibrated(name, num_layers)
+    elif not isinstance(profile, ReadoutProfile):
+        profile = ReadoutProfile.load(profile)
+    if profile.num_layers != num_layers:
+        raise ValueError(
+            f"The readout profile for {profile.model} has {profile.num_layers} layers, but {name} has {num_layers}; "
+            "make one for this model with `sra-rag calibrate`."
+        )
+    return profile
 
 
 def _markers(tail_from: str | None, layout: TextLayout | None) -> TextLayout | None:

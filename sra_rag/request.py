@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sra_rag.calibration import ReadoutProfile
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.layout import PromptLayout
 
@@ -82,7 +83,9 @@ class Request:
     ``sra``: its SRA settings; ``sampling``: its decoding settings; ``logits_processors``: extra
     processors applied after the repetition penalty and before the sampling warpers, with the full
     ids; ``forced_tokens``: score these tokens instead of choosing (teacher forcing, for
-    log-likelihoods); ``logprobs``: record each chosen token's log-probability under the model.
+    log-likelihoods); ``logprobs``: record each chosen token's log-probability under the model;
+    ``readout``: record the question's attention on each document of the layout in the prefill and
+    score it with this profile (None: no readout).
     """
 
     prompt_ids: tuple[int, ...]
@@ -92,6 +95,7 @@ class Request:
     logits_processors: tuple[LogitsProcessorLike, ...] = ()
     forced_tokens: tuple[int, ...] = ()
     logprobs: bool = False
+    readout: ReadoutProfile | None = None
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
@@ -103,6 +107,8 @@ class Request:
             raise ValueError(
                 f"The layout describes {self.layout.length} tokens but the prompt has {len(self.prompt_ids)}."
             )
+        if self.readout is not None and not isinstance(self.readout, ReadoutProfile):
+            raise TypeError(f"readout must be a ReadoutProfile or None, got {type(self.readout).__name__}")
         if self.forced_tokens and len(self.forced_tokens) != self.sampling.max_new_tokens:
             raise ValueError("A scoring request generates exactly its forced tokens (max_new_tokens = their count).")
 

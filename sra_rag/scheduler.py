@@ -32,6 +32,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
+from sra_rag.readout import ReadoutRecorder
 from sra_rag.request import Request
 from sra_rag.sampling import Sampler
 from sra_rag.streaming import Channel, IncrementalText, TextStream, Update
@@ -253,6 +254,10 @@ class Scheduler:
             positions = torch.arange(longest)[None] - offsets
             padding["attention_mask"] = (positions >= 0).long().to(self.device)
             padding["position_ids"] = positions.clamp(min=0).to(self.device)
+        recorders = [
+            ReadoutRecorder(request.layout) if request.readout is not None and request.layout is not None else None
+            for request in requests
+        ]
         cache = DynamicCache(config=self.model.config)
         start = time.perf_counter()
         with torch.inference_mode():
@@ -263,6 +268,7 @@ class Scheduler:
                 logits_to_keep=1,
                 sra_config=[request.sra for request in requests],
                 sra_layout=[request.layout for request in requests],
+                sra_readout=recorders,
                 **padding,
             )
             logits = outputs.logits[:, -1, :].float()
@@ -270,8 +276,11 @@ class Scheduler:
         self.stats.prefills += 1
         self.stats.prefilled_rows += len(requests)
         rows = [self._start(request, channel) for request, channel in group]
-        for sequence in rows:
+        for sequence, recorder in zip(rows, recorders, strict=True):
             sequence.update.prefill_seconds = seconds
+            readout = None if recorder is None else recorder.readout()
+            if readout is not None and sequence.request.readout is not None:
+                sequence.update.document_attention = sequence.request.readout.score(readout)
         return _Batch(cache, rows, pads), logits
 
     def _join(self, joining: _Batch) -> None:

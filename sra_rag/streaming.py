@@ -21,6 +21,8 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from sra_rag.readout import DocumentAttention
+
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
@@ -102,6 +104,7 @@ class Update:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     prefill_seconds: float | None = None
+    document_attention: DocumentAttention | None = None
     finish_reason: FinishReason | None = None
     error: BaseException | None = None
 
@@ -156,9 +159,11 @@ class TextStream:
     last reference) cancels the request: it leaves the running batch at the next decoding step.
     The counters describe what has been read: ``text``, ``completion_tokens``, ``token_ids``,
     ``logprobs`` (each chosen token's log-probability, when the request asked for them),
-    ``prefill_seconds`` (once the first piece is computed) and ``finish_reason`` (``"stop"``: an
-    end-of-sequence token or a stop string; ``"length"``: max_new_tokens; ``"cancelled"``) once it
-    is exhausted. An error of the request is raised by the iteration that reaches it.
+    ``prefill_seconds`` and ``document_attention`` (once the first piece is computed: how much the
+    question read each document of the layout, see :class:`~sra_rag.readout.DocumentAttention`;
+    None without a readout), and ``finish_reason`` (``"stop"``: an end-of-sequence token or a stop
+    string; ``"length"``: max_new_tokens; ``"cancelled"``) once it is exhausted. An error of the
+    request is raised by the iteration that reaches it.
     """
 
     def __init__(self, prompt_tokens: int, channel: Channel) -> None:
@@ -168,6 +173,7 @@ class TextStream:
         self.token_ids: list[int] = []
         self.logprobs: list[float] = []
         self.prefill_seconds: float | None = None
+        self.document_attention: DocumentAttention | None = None
         self.finish_reason: FinishReason | None = None
         self._channel = channel
         self._done = False
@@ -224,6 +230,8 @@ class TextStream:
             return ""
         if update.prefill_seconds is not None:
             self.prefill_seconds = update.prefill_seconds
+        if update.document_attention is not None:
+            self.document_attention = update.document_attention
         self.token_ids += update.tokens
         self.logprobs += update.logprobs
         self.completion_tokens = len(self.token_ids)

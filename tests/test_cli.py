@@ -3,6 +3,7 @@ CliRunner, so the engine loaded by the session fixture is reused)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -53,9 +54,15 @@ def test_ingest_ask_and_reingest(runner: CliRunner, docs: Path, tmp_path: Path, 
         "--preset", "demo", "--beta-outer", "2",
     )  # fmt: skip
     assert asked.exit_code == 0, asked.output
-    answer, sources = asked.stdout.split("\nSources:\n")
+    answer, sources = asked.stdout.split("\nSources:")
     assert answer.strip()  # the streamed answer comes first
-    assert sources.splitlines() == ["[1] docs/ferry.txt", "[2] docs/leave.md"]
+    heading, *lines = sources.splitlines()
+    assert "how much the question read each source" in heading
+    # Each source with its attention score beside it.
+    assert [re.fullmatch(r"[+-]\d+\.\d\d  (.*)", line.strip()).group(1) for line in lines] == [
+        "[1] docs/ferry.txt",
+        "[2] docs/leave.md",
+    ]
     assert "2 chunks in one prompt" in asked.stderr and "0 dropped" in asked.stderr
 
     no_sra = invoke(runner, "ask", "Who approves leave?", "--store", store, "--max-new-tokens", "2", "--no-sra")

@@ -86,3 +86,14 @@ def test_empty_retrieval_and_bad_settings_are_clear_errors(embedded_engine) -> N
         Reader(embedded_engine, ListRetriever(CHUNKS), sampling={"stop": ["x"]})
     with pytest.raises(ValueError, match="temperature=nan"):
         Reader(embedded_engine, ListRetriever(CHUNKS), sampling={"temperature": float("nan")}).stream(QUESTION)
+
+
+def test_answer_says_which_sources_the_question_read(embedded_engine) -> None:
+    reader = Reader(embedded_engine, ListRetriever(CHUNKS), max_new_tokens=2)
+    answer = reader.ask(QUESTION)
+    assert answer.sources == ["leave.md", "faq.txt"]
+    stuffed = reader.stuff(QUESTION, CHUNKS)
+    expected = embedded_engine.complete(stuffed.messages, max_new_tokens=1, sra=None, layout=stuffed.layout)
+    assert expected.document_attention is not None and answer.source_attention is not None
+    assert answer.source_attention == pytest.approx(list(expected.document_attention.scores), abs=1e-4)
+    assert answer.source_attention_calibrated is expected.document_attention.calibrated

@@ -178,3 +178,71 @@ def tune_command(
     path = tune.write_tune_report(result, out)
     typer.echo(tune.ranking_table(result.test_ranking))
     typer.echo(f"\nWrote {path}", err=True)
+
+
+@app.command("calibrate")
+def calibrate_command(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Profile file to write (JSON). Default: readout-<model>.json here."),
+    ] = None,
+    length: Annotated[
+        list[int] | None,
+        typer.Option("--length", "-l", help="Prompt length in tokens (repeatable). Default: 1024 2048."),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option("--examples", "-n", min=2, help="Prompts per length, half without an answer.")
+    ] = 12,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the calibration prompts (keep reports on others).")
+    ] = 1000,
+    model: ModelOption = None,
+) -> None:
+    """Measure a model's readout profile (which layers tell which document the question reads, and the
+    position bias to subtract), without labels; load it with SRAEngine(..., readout_profile=FILE)."""
+    from sra_rag.engine import SRAEngine
+    from sra_rag.evaluation.readout import calibrate
+
+    engine = SRAEngine.shared(model)
+    profile = calibrate(
+        engine, seed=seed, lengths=length or [1024, 2048], count=examples, progress=lambda line: typer.echo(line)
+    )
+    target = out or Path(f"readout-{(model or 'smollm2-135m').replace('/', '--')}.json")
+    profile.save(target)
+    low, high = profile.layers
+    typer.echo(f"Wrote {target}: layers {low}-{high - 1} of {profile.num_layers}.")
+
+
+@app.command("inspect")
+def inspect_command(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    documents: Annotated[list[Path], typer.Argument(help="Document files, in prompt order (one document each).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for index.html and the PNG plots.")] = Path("sra-inspect"),
+    preset: Annotated[
+        str, typer.Option("--preset", help="SRA preset compared with stock attention (off: stock only).")
+    ] = "recommended",
+    model: ModelOption = None,
+) -> None:
+    """Show what the model reads for one question over some documents: per layer, the question's
+    attention on each document (raw and calibrated) and the paper's token classes, as one HTML page."""
+    from sra_rag.config import SRAConfig
+    from sra_rag.engine import SRAEngine
+    from sra_rag.inspector import inspect_prompt, write_report
+
+    missing = [str(path) for path in documents if not path.is_file()]
+    if missing:
+        raise typer.BadParameter(f"not a file: {', '.join(missing)}", param_hint="DOCUMENTS")
+    try:
+        config = SRAConfig.preset(preset)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--preset") from None
+    engine = SRAEngine.shared(model)
+    texts = [path.read_text(encoding="utf-8", errors="replace") for path in documents]
+    inspection = inspect_prompt(engine, question, texts, [path.name for path in documents], config)
+    page = write_report(inspection, out)
+    stock = inspection.passes[0].attention
+    kind = "calibrated" if stock.calibrated else "raw: no readout profile for this model"
+    typer.echo(f"Documents by how much the question read them ({kind}):")
+    for index in stock.ranking:
+        typer.echo(f"{stock.scores[index]:+7.2f}  [{index + 1}] {inspection.labels[index]}")
+    typer.echo(f"Wrote {page}")

@@ -331,13 +331,22 @@ def _answer(
     with _warnings_to_stderr():
         answer = reader.stream(question)
     _echo_stream(answer)
-    typer.echo("\nSources:")
+    typer.echo("\nSources:" + _attention_heading(answer))
+    attention = answer.source_attention
     for number, source in enumerate(answer.sources, start=1):
-        typer.echo(f"[{number}] {source}")
+        read = "" if attention is None else f"{attention[number - 1]:+7.2f}  "
+        typer.echo(f"{read}[{number}] {source}")
     _info(
         f"[{len(answer.stuffed.chunks)} chunks in one prompt of {answer.prompt_tokens} tokens; "
         f"{len(answer.stuffed.dropped)} dropped; {answer.completion_tokens} tokens generated]"
     )
+
+
+def _attention_heading(answer: Any) -> str:
+    if answer.source_attention is None:
+        return ""
+    kind = "calibrated" if answer.source_attention_calibrated else "raw, uncalibrated: no profile for this model"
+    return f" (first column: how much the question read each source, higher = more; {kind})"
 
 
 def _echo_stream(pieces: Iterable[str]) -> None:

@@ -64,10 +64,28 @@ class AnswerStream:
     def finish_reason(self) -> str | None:
         return self.stream.finish_reason
 
+    @property
+    def source_attention(self) -> list[float] | None:
+        """One score per numbered source (order of :attr:`sources`; higher = the question read it
+        more), once the first piece is computed; None without a readout."""
+        attention = self.stream.document_attention
+        return None if attention is None else list(attention.scores)
+
+    @property
+    def source_attention_calibrated(self) -> bool:
+        attention = self.stream.document_attention
+        return attention is not None and attention.calibrated
+
 
 @dataclass(frozen=True)
 class Answer:
-    """A finished answer with the numbered sources it may cite (``sources[0]`` is ``[1]``)."""
+    """A finished answer with the numbered sources it may cite (``sources[0]`` is ``[1]``).
+
+    ``source_attention``: one score per source, in the order of ``sources`` (higher = the question
+    read that source more; a source's chunks form one block, scored together), calibrated for
+    position when ``source_attention_calibrated`` (the model has a readout profile); None when the
+    readout was off.
+    """
 
     question: str
     text: str
@@ -77,6 +95,8 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
+    source_attention: list[float] | None = None
+    source_attention_calibrated: bool = False
 
 
 class Reader:
@@ -170,4 +190,6 @@ class Reader:
             prompt_tokens=answer.prompt_tokens,
             completion_tokens=answer.completion_tokens,
             finish_reason=answer.finish_reason,
+            source_attention=answer.source_attention,
+            source_attention_calibrated=answer.source_attention_calibrated,
         )

@@ -24,7 +24,6 @@ from typing import Any
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
-from langchain_core.output_parsers import StrOutputParser
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
 
@@ -65,8 +64,9 @@ def create_stuffed_rag_chain(
 ) -> Runnable[dict[str, Any] | str, dict[str, Any]]:
     """A runnable: ``{"input": question}`` (or the question as a string) in; out a dict with
     ``input``, ``context`` (the documents in prompt order), ``answer``, ``sources`` (``sources[0]``
-    is ``[1]``), ``dropped`` (documents left out, only with ``overflow="drop"``) and
-    ``prompt_tokens``.
+    is ``[1]``), ``dropped`` (documents left out, only with ``overflow="drop"``),
+    ``prompt_tokens`` and ``source_attention`` (one score per source, higher = the question read it
+    more, with ``source_attention_calibrated``).
 
     ``chat_model`` must be a ``ChatSRA`` (its ``engine`` counts the tokens); ``max_new_tokens``
     defaults to the model's. ``overflow="error"`` raises with the token counts when the documents do
@@ -108,18 +108,27 @@ def create_stuffed_rag_chain(
             "call": call,
         }
 
-    def answer(state: dict[str, Any]) -> Runnable[dict[str, Any], str]:
+    def answer(state: dict[str, Any]) -> Runnable[dict[str, Any], BaseMessage]:
         # Returning a runnable lets LangChain stream it; the bound keywords are this call's settings.
-        return itemgetter("messages") | chat_model.bind(**state["call"]) | StrOutputParser()
+        return itemgetter("messages") | chat_model.bind(**state["call"])
 
     def public(chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        # A generator, so that the answer's pieces stream through instead of being collected.
+        # A generator, so that the answer's pieces stream through instead of being collected; the
+        # model's messages become the answer's text and, from the last one, the source attention.
         for chunk in chunks:
-            visible = {key: value for key, value in chunk.items() if key not in {"messages", "call"}}
+            visible = {key: value for key, value in chunk.items() if key not in {"messages", "call", "message"}}
+            message = chunk.get("message")
+            if isinstance(message, BaseMessage):
+                if message.text:
+                    visible["answer"] = message.text
+                attention = message.response_metadata.get("document_attention")
+                if attention is not None:
+                    visible["source_attention"] = attention["scores"]
+                    visible["source_attention_calibrated"] = attention["calibrated"]
             if visible:
                 yield visible
 
-    chain = RunnableLambda(prepare).assign(answer=RunnableLambda(answer)) | RunnableGenerator(public)
+    chain = RunnableLambda(prepare).assign(message=RunnableLambda(answer)) | RunnableGenerator(public)
     return chain.with_config(run_name="stuffed_rag_chain")
 
 

@@ -202,7 +202,7 @@ class ChatSRA(SRASettings, BaseChatModel):
         message = AIMessage(
             **message_fields(result.text, result.finish_reason, tools),
             usage_metadata=usage_metadata(result),
-            response_metadata={"finish_reason": result.finish_reason, "model_name": self.model_name},
+            response_metadata=_metadata(result, self.model_name),
         )
         generation = ChatGeneration(message=message, generation_info={"finish_reason": result.finish_reason})
         return ChatResult(
@@ -224,7 +224,7 @@ class ChatSRA(SRASettings, BaseChatModel):
         message = AIMessageChunk(
             content="",
             usage_metadata=usage_metadata(stream),
-            response_metadata={"finish_reason": stream.finish_reason, "model_name": self.model_name},
+            response_metadata=_metadata(stream, self.model_name),
             chunk_position="last",
         )
         return ChatGenerationChunk(message=message, generation_info={"finish_reason": stream.finish_reason})
@@ -271,3 +271,12 @@ def _text(message: BaseMessage, index: int) -> str:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise ValueError(f"message {index} has a {kind!r} content block; ChatSRA reads text only")
     return "".join(parts)
+
+
+def _metadata(result: Completion | TextStream, model_name: str) -> dict[str, Any]:
+    """``response_metadata``: why generation ended, the model, and (when the call's layout marked
+    documents) ``document_attention``: how much the question read each document."""
+    metadata: dict[str, Any] = {"finish_reason": result.finish_reason, "model_name": model_name}
+    if result.document_attention is not None:
+        metadata["document_attention"] = result.document_attention.summary()
+    return metadata

@@ -47,6 +47,11 @@ def test_invoke_stuffs_all_documents_and_matches_the_engine(chat: ChatSRA) -> No
         stuffed.messages, max_new_tokens=5, sra=sra, layout=stuffed.layout, stop=["\nQuestion:"]
     )
     assert result["answer"] == direct
+    # Which sources the question read: one score per source, as the engine computes them.
+    expected = chat.engine.complete(stuffed.messages, max_new_tokens=1, sra=sra, layout=stuffed.layout)
+    assert expected.document_attention is not None
+    assert result["source_attention"] == pytest.approx(expected.document_attention.scores, abs=1e-3)
+    assert result["source_attention_calibrated"] is expected.document_attention.calibrated
 
 
 def test_stream_yields_answer_pieces_after_the_context(chat: ChatSRA) -> None:
@@ -55,8 +60,11 @@ def test_stream_yields_answer_pieces_after_the_context(chat: ChatSRA) -> None:
     )
     chunks = list(chain.stream(QUESTION))
     assert chunks[0]["sources"] == ["ferry.txt", "leave.md"] and "answer" not in chunks[0]
-    pieces = [chunk["answer"] for chunk in chunks[1:]]
-    assert pieces and all(set(chunk) == {"answer"} for chunk in chunks[1:])
+    pieces = [chunk["answer"] for chunk in chunks[1:-1]]
+    assert pieces and all(set(chunk) == {"answer"} for chunk in chunks[1:-1])
+    # The model's last message carries the source attention.
+    assert set(chunks[-1]) == {"source_attention", "source_attention_calibrated"}
+    assert len(chunks[-1]["source_attention"]) == 2
     assert "".join(pieces) == chain.invoke({"input": QUESTION})["answer"]
 
 

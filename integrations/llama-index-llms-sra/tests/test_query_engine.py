@@ -46,6 +46,10 @@ def test_query_stuffs_all_nodes_and_matches_the_engine(llm: SRALLM) -> None:
         stuffed.messages, max_new_tokens=5, sra=sra, layout=stuffed.layout, stop=["\nQuestion:"]
     )
     assert response.response == direct
+    expected = llm.engine.complete(stuffed.messages, max_new_tokens=1, sra=sra, layout=stuffed.layout)
+    assert expected.document_attention is not None
+    assert response.metadata["source_attention"] == pytest.approx(expected.document_attention.scores, abs=1e-3)
+    assert response.metadata["source_attention_calibrated"] is expected.document_attention.calibrated
 
 
 def test_streaming_gives_the_same_text(llm: SRALLM) -> None:

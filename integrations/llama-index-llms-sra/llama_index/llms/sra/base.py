@@ -290,6 +290,8 @@ class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
             "total_tokens": result.prompt_tokens + result.completion_tokens,
         }
         raw = {"usage": usage, "finish_reason": result.finish_reason, "model": self.engine.name}
+        if result.document_attention is not None:
+            raw["document_attention"] = result.document_attention.summary()
         return CompletionResponse(text=text, delta=delta, raw=raw, additional_kwargs=dict(usage))
 
 

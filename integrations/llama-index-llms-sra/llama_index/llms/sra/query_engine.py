@@ -58,7 +58,9 @@ class SRAQueryEngine(CustomQueryEngine):
     exactly the question and instruction: the prompt's layout goes with every call); ``stop``:
     stop sequences added to the LLM's (by default a new "Question:" line).
     ``source_nodes`` of the response are the nodes in the prompt, in prompt order; its
-    ``metadata`` holds ``sources`` (``[1]`` first), ``dropped`` (node ids) and ``prompt_tokens``.
+    ``metadata`` holds ``sources`` (``[1]`` first), ``dropped`` (node ids) and ``prompt_tokens``,
+    and (not streaming) ``source_attention``: one score per source, higher = the question read it
+    more, with ``source_attention_calibrated``.
     """
 
     retriever: BaseRetriever
@@ -86,6 +88,10 @@ class SRAQueryEngine(CustomQueryEngine):
             tokens = (chunk.delta for chunk in self.llm.stream_chat(messages, **kwargs) if chunk.delta)
             return StreamingResponse(tokens, source_nodes=source_nodes, metadata=metadata)
         response = self.llm.chat(messages, **kwargs)
+        attention = (response.raw or {}).get("document_attention")
+        if attention is not None:
+            metadata["source_attention"] = attention["scores"]
+            metadata["source_attention_calibrated"] = attention["calibrated"]
         return Response(response.message.content, source_nodes=source_nodes, metadata=metadata)
 
     async def acustom_query(self, query_str: str) -> RESPONSE_TYPE:
