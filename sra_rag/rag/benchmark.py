@@ -62,7 +62,7 @@ def run_case(case: str, megabytes: float, chunk_tokens: int) -> dict[str, Any]:
         store.add(["warm-up"], ["Load the embedding model before timing."], [{"path": "warm-up"}])
         store.delete(["warm-up"])
         start = time.perf_counter()
-        report = ingest(store, folder, chunk_tokens=chunk_tokens, progress=False)
+        report = ingest(store, folder, chunk_tokens=chunk_tokens, progress=True)
         seconds = time.perf_counter() - start
         start = time.perf_counter()
         again = ingest(store, folder, chunk_tokens=chunk_tokens, progress=False)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         command = [sys.executable, "-m", "sra_rag.rag.benchmark", "--run-case", case, "--chunk-tokens"]
         command += [str(args.chunk_tokens), f"--{case}-mb", str(megabytes)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)  # progress on stderr
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(table(results[-1:]).splitlines()[-1], flush=True)
     import torch

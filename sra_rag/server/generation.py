@@ -230,7 +230,10 @@ def engine_errors(param: str | None) -> Iterator[None]:
     except ContextWindowExceededError as error:
         raise APIError(400, str(error), param=param, code="context_length_exceeded") from None
     except (ValueError, TypeError) as error:
-        raise APIError(400, str(error), param=param, code="invalid_value") from None
+        message = str(error)
+        if message.startswith("json_schema"):  # the engine names its argument; the client sent response_format
+            raise APIError(400, f"response_format: {message}", param="response_format", code="invalid_value") from None
+        raise APIError(400, message, param=param, code="invalid_value") from None
 
 
 # -- running a job --------------------------------------------------------------------------------

@@ -220,6 +220,27 @@ def test_malformed_json_unknown_routes_and_methods(url: str) -> None:
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_response_format_constrains_the_reply(url: str) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    wanted = {"type": "json_schema", "json_schema": {"name": "flag", "schema": schema, "strict": True}}
+    reply = chat(url, max_tokens=32, response_format=wanted, **GREEDY).json()
+    assert reply["choices"][0]["finish_reason"] == "stop"
+    assert isinstance(json.loads(reply["choices"][0]["message"]["content"])["ok"], bool)
+    loose = chat(url, max_tokens=64, response_format={"type": "json_object"}, **GREEDY).json()
+    if loose["choices"][0]["finish_reason"] == "stop":  # a random model may write a long object
+        assert isinstance(json.loads(loose["choices"][0]["message"]["content"]), dict)
+    else:
+        assert loose["choices"][0]["message"]["content"].lstrip().startswith("{")
+    bad = chat(url, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 3}}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "response_format"
+    assert "not a valid JSON Schema" in bad.json()["error"]["message"]
+
+
 # -- per-request SRA and documents ----------------------------------------------------------------
 
 

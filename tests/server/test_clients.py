@@ -5,7 +5,6 @@ loopback port): the ``openai`` package, LangChain's ``ChatOpenAI`` in LCEL chain
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import time
 from collections.abc import Iterator
@@ -31,14 +30,6 @@ FERRY = "When does the ferry to Skelda leave?"
 class Town(BaseModel):
     name: str
     country: str
-
-
-# Constrained decoding (the engine's json_schema argument) comes with sra_rag.structured.
-STRUCTURED = pytest.mark.xfail(
-    importlib.util.find_spec("sra_rag.structured") is None,
-    reason="the engine has no constrained decoding (json_schema) yet",
-    strict=True,
-)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +112,6 @@ def test_openai_errors_are_the_clients_exceptions(url: str, client: openai.OpenA
         assert [model.id for model in models] == [embedded_engine.name]
 
 
-@STRUCTURED
 def test_openai_json_schema_and_json_object(client: openai.OpenAI, embedded_engine) -> None:
     messages = [{"role": "user", "content": "Name the capital of France and its country as JSON."}]
     parsed = client.chat.completions.parse(
@@ -171,7 +161,6 @@ def test_langchain_chat_openai_in_lcel_chains(url: str, embedded_engine) -> None
     assert reattending.invoke(CAPITAL[0]["content"]).content == off
 
 
-@STRUCTURED
 def test_langchain_with_structured_output(url: str, embedded_engine) -> None:
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_openai import ChatOpenAI
