@@ -4,6 +4,7 @@ RoPE model use it."""
 from sra_rag.attention import register, sra_settings
 from sra_rag.config import SRAConfig
 from sra_rag.engine import Completion, ContextWindowExceededError, SRAEngine, TextStream
+from sra_rag.layout import PromptLayout, TextLayout
 from sra_rag.models import ModelLoadError, ModelNotSupportedError
 from sra_rag.options import SRAOptions
 
@@ -12,9 +13,11 @@ __all__ = [
     "ContextWindowExceededError",
     "ModelLoadError",
     "ModelNotSupportedError",
+    "PromptLayout",
     "SRAConfig",
     "SRAEngine",
     "SRAOptions",
+    "TextLayout",
     "TextStream",
     "register",
     "sra_settings",
