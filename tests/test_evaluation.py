@@ -12,9 +12,14 @@ import pytest
 from typer.testing import CliRunner
 
 from sra_rag.config import SRAConfig
+from sra_rag.engine import TextStream
 from sra_rag.evaluation import report, runner, suites, tune
 from sra_rag.evaluation.runner import Record
 from sra_rag.evaluation.suites import Answer, Example
+from sra_rag.rag.reader import DEFAULT_STOP
+from sra_rag.streaming import Channel, Update
+
+TOKEN_SUITES = sorted(set(suites.SUITES) - suites.SIZED_BY_DOCUMENTS)
 
 
 def words(text: str) -> int:
@@ -27,7 +32,7 @@ def chars(text: str) -> int:
     return len(text) // 4 + 1
 
 
-@pytest.mark.parametrize("suite", sorted(suites.SUITES))
+@pytest.mark.parametrize("suite", TOKEN_SUITES)
 def test_suites_are_seeded_and_deterministic(suite: str) -> None:
     first = suites.build(suite, chars, [300, 600], [0.0, 0.5, 1.0], 2, seed=3)
     again = suites.build(suite, chars, [300, 600], [0.0, 0.5, 1.0], 2, seed=3)
@@ -43,7 +48,7 @@ def test_suites_are_seeded_and_deterministic(suite: str) -> None:
         assert 0.9 * example.length <= chars(content) <= 1.2 * example.length + 80
 
 
-@pytest.mark.parametrize("suite", sorted(suites.SUITES))
+@pytest.mark.parametrize("suite", TOKEN_SUITES)
 def test_a_cells_prompts_do_not_depend_on_the_rest_of_the_grid(suite: str) -> None:
     # Runs over different grids (1k-2k today, 4k added later) must be comparable cell by cell.
     small = suites.build(suite, chars, [300], [0.5], 2, seed=5)
@@ -121,6 +126,100 @@ def test_scorer_with_choices_takes_the_first_town_named() -> None:
     assert qa.answers[0].text in qa.choices and all(f"town of {town}." in content for town in qa.choices)
     assert len(set(qa.choices)) == len(qa.choices) == content.count("Document [")
     assert qa.ignore[0] in qa.question and not qa.stop
+
+
+def test_reader_suite_ranks_the_gold_document_where_its_depth_says() -> None:
+    examples = suites.build("reader", words, [4096], [0.0, 0.5, 1.0], 2, seed=3, documents=[1, 5, 30])
+    assert examples == suites.build("reader", chars, [], [0.0, 0.5, 1.0], 2, seed=3, documents=[1, 5, 30])
+    other = suites.build("reader", words, [], [0.0, 0.5, 1.0], 2, seed=4, documents=[1, 5, 30])
+    assert [e.answers for e in examples] != [e.answers for e in other]
+    assert len(examples) == 3 * 3 * 2 and len({e.id for e in examples}) == len(examples)
+    for example in examples:
+        sources = [chunk.source for chunk in example.chunks]
+        assert len(sources) == len(set(sources)) == example.length  # one source per document
+        gold = round(example.depth * (example.length - 1))
+        assert example.cite == sources[gold]
+        assert f"{example.ignore[0]} was born" in example.chunks[gold].text
+        assert f"town of {example.answers[0].text}." in example.chunks[gold].text
+        assert example.answers[0].position == pytest.approx(gold / max(1, example.length - 1))
+        assert example.choices == tuple(re.search(r"town of (\w+)\.", c.text).group(1) for c in example.chunks)
+        assert example.question == f"In which town was {example.ignore[0]} born?" and example.messages == []
+        assert re.fullmatch(r"(registry|archive/people|parish-records)/[\w./-]+\.(txt|md)", sources[0])
+    # A cell's prompts do not depend on the rest of the grid.
+    alone = suites.build("reader", words, [], [0.5], 2, seed=3, documents=[5])
+    assert alone == [e for e in examples if e.length == 5 and e.depth == 0.5]
+
+
+@pytest.mark.parametrize("documents", [[0], [101], [1024], []])
+def test_reader_suite_sizes_are_document_counts(documents: list[int]) -> None:
+    with pytest.raises(ValueError, match="numbers of retrieved documents from 1 to 100"):
+        suites.build("reader", words, [1024], [0.5], documents=documents)
+
+
+@pytest.mark.parametrize(
+    ("output", "number", "expected"),
+    [
+        ("Ada was born in Kalomi [3].", 3, True),
+        ("Kalomi [1, 3]", 3, True),
+        ("Kalomi [2][3]", 3, True),
+        ("Kalomi [13]", 3, False),
+        ("Kalomi (3)", 3, False),
+        ("[3] registry/record-1.txt", 1, False),
+        ("", 1, False),
+    ],
+)
+def test_cites_finds_a_source_number_in_brackets(output: str, number: int, expected: bool) -> None:
+    assert runner.cites(output, number) is expected
+
+
+class FirstDocumentEngine:
+    """Stands in for the engine under the reader: a reader that always answers from the first
+    document of its prompt and cites it as [1]. Records every ``stream`` call."""
+
+    context_window = 100_000
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[dict[str, str]], dict]] = []
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return sum(chars(message["content"]) for message in messages)
+
+    def stream(self, messages: list[dict[str, str]], **kwargs) -> TextStream:
+        self.calls.append((messages, kwargs))
+        prompt = "\n".join(message["content"] for message in messages)
+        town = re.search(r"town of (\w+)", prompt).group(1)
+        text = f"Born in the town of {town} [1]."
+        channel = Channel()
+        channel.put(Update(text, [1], prefill_seconds=0.5, finish_reason="stop"))
+        return TextStream(self.count_tokens(messages), channel)
+
+
+def test_reader_examples_run_through_the_reader_as_users_run_it() -> None:
+    engine = FirstDocumentEngine()
+    examples = suites.build("reader", words, [], [0.0, 1.0], 1, seed=0, documents=[1, 4])
+    setting = runner.parse_setting("recommended")
+    records = runner.run(engine, examples, [runner.parse_setting("off"), setting], progress=False)
+    assert len(engine.calls) == len(records) == 8
+    for example, (messages, kwargs) in zip([e for e in examples for _ in range(2)], engine.calls, strict=True):
+        prompt = "\n".join(message["content"] for message in messages)
+        assert all(chunk.text in prompt for chunk in example.chunks)  # every document, whole
+        assert example.question in messages[-1]["content"]  # the question comes last
+        assert kwargs["stop"] == DEFAULT_STOP and kwargs["max_new_tokens"] == suites.READER_MAX_NEW_TOKENS
+    _, off_call = engine.calls[0]
+    _, recommended_call = engine.calls[1]
+    assert off_call["sra"] == SRAConfig.preset("off") and recommended_call["sra"] == setting.config
+    # The question travels as layout data; the preset's own tail mode decides what SRA does with it.
+    assert examples[0].question in recommended_call["layout"].question and setting.config.tail == "question"
+    # Answering from the first document is right, and cites the gold source, only when it is the gold one.
+    for record in records:
+        first = record.length == 1 or record.depth == 0.0
+        assert record.hits == [first] and record.cited is first
+        assert record.prompt_tokens > 0 and record.prefill_s == 0.5
+    table = report.markdown_table(records)
+    assert "| reader | 4 docs (" in table and "| 2 | 50 [9-91] | 50 [9-91] (+0) |" in table
+    citations = report.citation_table(records)
+    assert "| reader | 1 docs | 100 [34-100] n=2 | 100 [34-100] n=2 |" in citations
+    assert "| reader | 4 docs | 50 [9-91] n=2 | 100 [21-100] n=1 |" in citations
 
 
 @pytest.mark.parametrize(
@@ -317,6 +416,26 @@ def test_cli_eval_quick_runs_end_to_end(embedded_engine, tmp_path: Path) -> None
     assert next(r for r in records if r.suite == "passkey" and r.setting == "off").hits == [True]
     assert "| passkey | 200 (" in result.output
     assert (out / "heatmap_qa.png").exists() and (out / "positions_passkey.png").exists()
+
+
+@pytest.mark.slow
+def test_cli_eval_runs_the_reader_suite_on_the_embedded_model(embedded_engine, tmp_path: Path) -> None:
+    from sra_rag.cli import build_app
+
+    arguments = ["eval", "recommended", "--suite", "reader", "--documents", "1", "--documents", "3"]
+    arguments += ["--depth", "1", "-n", "1", "--out", str(tmp_path), "--no-progress", "--no-plots"]
+    result = CliRunner().invoke(build_app(), arguments, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    records = report.load_records(tmp_path / "results.json")
+    assert sorted((r.length, r.setting) for r in records) == [
+        (1, "off"),
+        (1, "recommended"),
+        (3, "off"),
+        (3, "recommended"),
+    ]
+    one, three = (next(r for r in records if r.length == n and r.setting == "off") for n in (1, 3))
+    assert 0 < one.prompt_tokens < three.prompt_tokens and all(isinstance(r.cited, bool) for r in records)
+    assert "| reader | 3 docs (" in result.output and "Replies citing the gold source" in result.output
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 from sra_rag import ContextWindowExceededError
-from sra_rag.rag.stuffing import ANSWER_INSTRUCTION, Chunk, ContextOverflowError, stuff_prompt
+from sra_rag.rag.stuffing import ANSWER_INSTRUCTION, DEFAULT_SYSTEM_PROMPT, Chunk, ContextOverflowError, stuff_prompt
 
 pytestmark = pytest.mark.slow
 
@@ -39,14 +39,23 @@ def test_deduplicates_orders_and_numbers_sources(embedded_engine) -> None:
     stuffed = stuff_prompt(embedded_engine, QUESTION, ranked_chunks(), max_new_tokens=16)
     assert [chunk.id for chunk in stuffed.chunks] == ["b0", "b2", "a0", "a1"]
     assert stuffed.sources == ["b.md", "a.md"]
-    user = stuffed.messages[-1]["content"]
-    assert user.index("[1] b.md") < user.index("on Gannet Point") < user.index("painted teal")
-    assert user.index("painted teal") < user.index("[2] a.md") < user.index("founded by weavers")
-    assert "[3]" not in user
-    assert user.endswith(stuffed.tail_from)
+    # The documents go in the system message, numbered, each chunk whole; the question alone in the user's turn.
+    system, user = stuffed.messages
+    assert system["role"] == "system" and system["content"].startswith(DEFAULT_SYSTEM_PROMPT + "\n\nDocuments:\n\n")
+    documents = system["content"]
+    assert documents.index("Document [1]\n") < documents.index("on Gannet Point") < documents.index("painted teal")
+    assert documents.index("painted teal") < documents.index("Document [2]\n") < documents.index("founded by weavers")
+    assert "Document [3]" not in documents and "b.md" not in documents  # numbers, not file names
+    assert user == {"role": "user", "content": stuffed.tail_from}
     assert stuffed.tail_from == f"Question: {QUESTION}\n{ANSWER_INSTRUCTION}"
-    assert stuffed.messages[0]["role"] == "system" and "[1]" in stuffed.messages[0]["content"]
     assert stuffed.dropped == []
+
+
+def test_without_a_system_prompt_everything_is_one_user_message_question_last(embedded_engine) -> None:
+    stuffed = stuff_prompt(embedded_engine, QUESTION, ranked_chunks(), max_new_tokens=16, system_prompt="")
+    (user,) = stuffed.messages
+    assert user["role"] == "user" and user["content"].startswith("Documents:\n\nDocument [1]\n")
+    assert user["content"].endswith("\n\n" + stuffed.tail_from) and "founded by weavers" in user["content"]
 
 
 def test_prompt_tokens_are_exact_and_fit(embedded_engine) -> None:
@@ -101,7 +110,7 @@ def test_tail_covers_exactly_the_question_instruction_and_generation_prompt(embe
     assert QUESTION in tail and ANSWER_INSTRUCTION in tail
     assert tail.rstrip().endswith("assistant")  # the generation prompt is part of the tail
     before = embedded_engine.tokenizer.decode(ids[: -prepared.tail_length])
-    assert before.endswith("\n\n") and "Gannet Point" in before
+    assert before.endswith("user\n") and "Gannet Point" in before  # the tail is the whole user turn
 
 
 def test_bad_input_is_rejected(embedded_engine) -> None:

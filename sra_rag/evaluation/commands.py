@@ -18,14 +18,25 @@ app = typer.Typer()
 # (lengths in tokens, gold depths, prompts per cell) of the two modes.
 QUICK: tuple[list[int], list[float], int] = ([512, 1024], [0.0, 0.5, 1.0], 1)
 FULL: tuple[list[int], list[float], int] = ([1024, 2048, 4096], [0.0, 0.25, 0.5, 0.75, 1.0], 4)
+# Numbers of retrieved documents of the reader suite in the two modes.
+QUICK_DOCUMENTS = [1, 5, 10]
+FULL_DOCUMENTS = [1, 5, 10, 20, 30]
 
 SuitesOption = Annotated[
     list[str] | None,
-    typer.Option("--suite", "-s", help="Suite to run (repeatable): passkey, kv, qa, summary. Default: all."),
+    typer.Option("--suite", "-s", help="Suite to run (repeatable): passkey, kv, qa, summary, reader. Default: all."),
 ]
 LengthsOption = Annotated[
     list[int] | None,
     typer.Option("--length", "-l", help="Context length in tokens (repeatable). Default: quick 512 1024; full 1k-4k."),
+]
+DocumentsOption = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--documents",
+        "-d",
+        help="Reader suite: retrieved documents per prompt (repeatable). Default: quick 1 5 10; full 1 5 10 20 30.",
+    ),
 ]
 DepthsOption = Annotated[
     list[float] | None, typer.Option("--depth", help="Gold depth in [0, 1] (repeatable). Default: 0 .5 1 / 0-1 by .25.")
@@ -58,6 +69,10 @@ def _grid(
     return list(lengths or default_lengths), list(depths or default_depths), per_cell or default_per_cell
 
 
+def _documents(quick: bool, documents: list[int] | None) -> list[int]:
+    return list(documents or (QUICK_DOCUMENTS if quick else FULL_DOCUMENTS))
+
+
 def _suites(names: list[str] | None) -> list[str]:
     from sra_rag.evaluation.suites import SUITES
 
@@ -79,6 +94,7 @@ def eval_command(
     ] = None,
     suite: SuitesOption = None,
     length: LengthsOption = None,
+    documents: DocumentsOption = None,
     depth: DepthsOption = None,
     examples: PerCellOption = None,
     quick: QuickOption = True,
@@ -94,13 +110,14 @@ def eval_command(
     from sra_rag.evaluation import report, runner, suites
 
     lengths, depths, per_cell = _grid(quick, length, depth, examples)
+    counts = _documents(quick, documents)
     names = _suites(suite)
     try:
         parsed = runner.parse_settings(settings or ["paper", "recommended"])
         engine = SRAEngine.shared(model)
         built = []
         for name in names:
-            built += suites.build(name, engine.count_tokens, lengths, depths, per_cell, seed)
+            built += suites.build(name, engine.count_tokens, lengths, depths, per_cell, seed, counts)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     typer.echo(f"{engine.name}: {len(built)} prompts x {len(parsed)} settings", err=True)
@@ -116,6 +133,9 @@ def eval_command(
         records = runner.run(engine, built, parsed, progress=progress, likelihood=likelihood, on_record=keep)
     path = report.write_report(records, out, plots=plots, title=f"SRA evaluation ({engine.name}, seed {seed})")
     typer.echo(report.markdown_table(records))
+    citations = report.citation_table(records)
+    if citations:
+        typer.echo("\n" + citations)
     if likelihood:
         typer.echo("\n" + report.likelihood_table(records))
     typer.echo(f"\nWrote {path}", err=True)
@@ -125,6 +145,7 @@ def eval_command(
 def tune_command(
     suite: SuitesOption = None,
     length: LengthsOption = None,
+    documents: DocumentsOption = None,
     depth: DepthsOption = None,
     candidates: Annotated[
         int | None,
@@ -172,6 +193,7 @@ def tune_command(
             seed=seed,
             reference=references,
             progress=progress,
+            documents=_documents(quick, documents),
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error

@@ -1,7 +1,9 @@
 """Accuracy with Wilson intervals, markdown tables, JSON and PNG plots of evaluation records.
 
 Accuracy is the share of scored answers found (one per example, except ``summary``: one per planted
-fact, so its intervals treat facts as independent, which makes them somewhat too narrow).
+fact, so its intervals treat facts as independent, which makes them somewhat too narrow). The
+``reader`` suite's size is a number of retrieved documents, shown as ``10 docs``; its replies are
+also checked for a citation of the gold source (:func:`citation_table`).
 Plots use matplotlib's Agg backend (``pip install 'sra-rag[eval]'``).
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from sra_rag.evaluation.runner import Record
+from sra_rag.evaluation.suites import SIZED_BY_DOCUMENTS
 
 Z_95 = 1.959963984540054
 POSITION_BINS = 5  # answer depths are grouped into this many equal bins for the per-position views
@@ -91,6 +94,11 @@ def prefill_ratios(records: Sequence[Record], baseline: str) -> dict[str, float]
     return {setting: statistics.median(values) for setting, values in ratios.items()}
 
 
+def size_label(suite: str, length: int) -> str:
+    """How a suite's size reads in tables: tokens, or retrieved documents (``"10 docs"``)."""
+    return f"{length} docs" if suite in SIZED_BY_DOCUMENTS else str(length)
+
+
 def markdown_table(records: Sequence[Record], baseline: str | None = None) -> str:
     """One row per (suite, length), one column per setting: ``accuracy [95% CI]`` in percent and,
     for non-baseline settings, the difference to the baseline in points."""
@@ -122,7 +130,7 @@ def markdown_table(records: Sequence[Record], baseline: str | None = None) -> st
             else max(s.total for (su, _, n), s in table.items() if (su, n) == (suite, length))
         )
         mean_tokens = round(statistics.mean(prompt_sizes[(suite, length)]))
-        lines.append(f"| {suite} | {length} ({mean_tokens}) | {total} | " + " | ".join(cells) + " |")
+        lines.append(f"| {suite} | {size_label(suite, length)} ({mean_tokens}) | {total} | " + " | ".join(cells) + " |")
     ratios = prefill_ratios(records, baseline)
     lines.append("")
     lines.append(
@@ -185,8 +193,9 @@ def plot_heatmaps(records: Sequence[Record], out_dir: Path) -> list[Path]:
             axis.set_xticks(range(len(bins)), [f"{b:.0%}" for b in bins], fontsize=6)
             axis.set_yticks(range(len(lengths)), [str(n) for n in lengths] if axis is axes[0][0] else [], fontsize=6)
             axis.set_xlabel("depth", fontsize=7)
-        axes[0][0].set_ylabel("length (tokens)", fontsize=7)
-        figure.suptitle(f"{suite}: accuracy by length and depth", fontsize=9)
+        axes[0][0].set_ylabel("documents" if suite in SIZED_BY_DOCUMENTS else "length (tokens)", fontsize=7)
+        size = "documents" if suite in SIZED_BY_DOCUMENTS else "length"
+        figure.suptitle(f"{suite}: accuracy by {size} and depth", fontsize=9)
         figure.subplots_adjust(top=0.78, bottom=0.22, left=0.1, right=0.86, wspace=0.15)
         if image is not None:
             figure.colorbar(image, cax=figure.add_axes((0.89, 0.22, 0.015, 0.56)), label="accuracy")
@@ -216,7 +225,8 @@ def plot_positions(records: Sequence[Record], out_dir: Path) -> list[Path]:
                 axis.fill_between(
                     xs, [s.interval[0] for _, s in points], [s.interval[1] for _, s in points], alpha=0.12
                 )
-            axis.set_title(f"{length} tokens", fontsize=8)
+            unit = "documents" if suite in SIZED_BY_DOCUMENTS else "tokens"
+            axis.set_title(f"{length} {unit}", fontsize=8)
             axis.set_xlabel("gold depth", fontsize=7)
             axis.set_ylim(-0.02, 1.02)
         axes[0][0].set_ylabel("accuracy", fontsize=7)
@@ -276,7 +286,7 @@ def _paired_table(
     ]
     for suite, length in sorted({(suite, length) for suite, length, _ in cells}):
         row = [cell(cells[(suite, length, s)]) if (suite, length, s) in cells else "-" for s in others]
-        lines.append(f"| {suite} | {length} | " + " | ".join(row) + " |")
+        lines.append(f"| {suite} | {size_label(suite, length)} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -328,6 +338,40 @@ def likelihood_table(records: Sequence[Record], baseline: str | None = None) -> 
     )
 
 
+def citation_table(records: Sequence[Record]) -> str:
+    """Share of replies that cite the gold source's number, per (suite, size) and setting, in
+    percent with a 95% Wilson interval: all replies, and the replies that answered right. Empty
+    when no record carries ``cited``."""
+    checked = [record for record in records if record.cited is not None]
+    if not checked:
+        return ""
+    settings = settings_of(checked)
+    counts: dict[tuple[str, int, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for record in checked:
+        count = counts[(record.suite, record.length, record.setting)]
+        count[0] += int(bool(record.cited))
+        count[1] += 1
+        if all(record.hits):
+            count[2] += int(bool(record.cited))
+            count[3] += 1
+    lines = [
+        "Replies citing the gold source's number: all replies; replies that answered right (percent [95% CI], n):",
+        "",
+        "| suite | size | " + " | ".join(f"`{s}` all | `{s}` right" for s in settings) + " |",
+        "|---|---|" + "---|---|" * len(settings),
+    ]
+    for suite, length in sorted({(suite, length) for suite, length, _ in counts}):
+        cells = []
+        for setting in settings:
+            cited, total, cited_right, right = counts.get((suite, length, setting), [0, 0, 0, 0])
+            cells += [
+                f"{Score(cited, total).cell()} n={total}" if total else "-",
+                f"{Score(cited_right, right).cell()} n={right}" if right else "-",
+            ]
+        lines.append(f"| {suite} | {size_label(suite, length)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(
     records: Sequence[Record], out_dir: Path, *, plots: bool = True, title: str = "SRA evaluation"
 ) -> Path:
@@ -337,7 +381,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_records(records, out_dir / "results.json")
     parts = [f"# {title}", "", markdown_table(records)]
-    for table in (paired_table(records), likelihood_table(records)):
+    for table in (citation_table(records), paired_table(records), likelihood_table(records)):
         if table:
             parts += ["", table]
     if plots:

@@ -7,10 +7,15 @@ config's ``tail_length``, the spec's reference behaviour). Pairs are written wit
 ``outer_layers=0.5/1``. Every example's question travels with its request as layout data, so a
 preset runs exactly as the reader and the CLI run it.
 Example: ``paper:inner=false,beta_outer=2,outer_target=attention,tail=question``.
+
+Examples with retrieved ``chunks`` (the ``reader`` suite) run through
+:class:`~sra_rag.rag.reader.Reader` exactly as users run it: its stuffing, numbering, system prompt,
+stop sequences and, with ``tail=question``, its question tail.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 from sra_rag.config import SRAConfig
 from sra_rag.evaluation.suites import Example
 from sra_rag.layout import TextLayout
+from sra_rag.rag.reader import Reader
+from sra_rag.rag.stuffing import Chunk
 
 if TYPE_CHECKING:
-    from sra_rag.engine import SRAEngine
+    from sra_rag.engine import SRAEngine, TextStream
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,8 @@ class Record:
     ``positions`` (depth in [0, 1]); ``prefill_s``: seconds of the prompt's forward pass (SRA
     included); ``total_s``: seconds for the whole completion; ``answer_logprob``: with
     ``likelihood``, the log-probability of the first answer as the reply
-    (:meth:`~sra_rag.SRAEngine.log_likelihood`), else None."""
+    (:meth:`~sra_rag.SRAEngine.log_likelihood`), else None; ``cited``: for examples that name a
+    source to cite, whether the reply cites its number (``[3]``, ``[1, 3]``), else None."""
 
     suite: str
     example_id: str
@@ -105,30 +113,67 @@ class Record:
     prefill_s: float
     total_s: float
     answer_logprob: float | None = None
+    cited: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+class RankedRetriever:
+    """An in-memory retriever that returns fixed chunks in their given order (the ranking is the
+    experiment's variable), whatever the question."""
+
+    def __init__(self, chunks: Sequence[Chunk]) -> None:
+        self.chunks = list(chunks)
+
+    def retrieve(self, question: str, top_k: int = 8) -> list[Chunk]:
+        return self.chunks[:top_k]
+
+
+def cites(output: str, number: int) -> bool:
+    """Whether ``output`` cites source ``number`` in square brackets, alone or in a list
+    (``[3]``, ``[1, 3]``, ``[1][3]``)."""
+    return any(str(number) in re.findall(r"\d+", group) for group in re.findall(r"\[([\d,;\s]+)\]", output))
+
+
 def run_one(engine: SRAEngine, example: Example, setting: Setting, *, likelihood: bool = False) -> Record:
     """Generate the answer of one example under one setting (greedy) and score it; with
-    ``likelihood``, also measure the first answer's log-probability (one more prefill)."""
-    layout = TextLayout(question=example.question)
+    ``likelihood``, also measure the first answer's log-probability (one more prefill). Examples
+    with ``chunks`` go through :class:`~sra_rag.rag.reader.Reader`."""
     start = time.perf_counter()
-    stream = engine.stream(
-        example.messages,
-        max_new_tokens=example.max_new_tokens,
-        sra=setting.config,
-        stop=list(example.stop) or None,
-        temperature=0.0,
-        layout=layout,
-    )
+    stream: TextStream
+    cite_number = None
+    if example.chunks:
+        reader = Reader(
+            engine,
+            RankedRetriever(example.chunks),
+            top_k=len(example.chunks),
+            sra=setting.config,
+            max_new_tokens=example.max_new_tokens,
+        )
+        answer = reader.stream(example.question)
+        stream = answer.stream
+        messages = answer.stuffed.messages
+        layout = answer.stuffed.layout
+        if example.cite is not None:
+            cite_number = answer.sources.index(example.cite) + 1
+    else:
+        messages = example.messages
+        layout = TextLayout(question=example.question)
+        stream = engine.stream(
+            messages,
+            max_new_tokens=example.max_new_tokens,
+            sra=setting.config,
+            stop=list(example.stop) or None,
+            temperature=0.0,
+            layout=layout,
+        )
     for _ in stream:
         pass
     end = time.perf_counter()
     logprob = None
     if likelihood:
-        logprob = engine.log_likelihood(example.messages, example.answers[0].text, sra=setting.config, layout=layout)
+        logprob = engine.log_likelihood(messages, example.answers[0].text, sra=setting.config, layout=layout)
     return Record(
         suite=example.suite,
         example_id=example.id,
@@ -138,10 +183,11 @@ def run_one(engine: SRAEngine, example: Example, setting: Setting, *, likelihood
         prompt_tokens=stream.prompt_tokens,
         output=stream.text,
         hits=example.score(stream.text),
-        positions=[answer.position for answer in example.answers],
+        positions=[item.position for item in example.answers],
         prefill_s=stream.prefill_seconds or 0.0,
         total_s=end - start,
         answer_logprob=logprob,
+        cited=None if cite_number is None else cites(stream.text, cite_number),
     )
 
 

@@ -13,6 +13,9 @@ the prompts of the other cells unchanged, so runs over different grids can be co
   (lost-in-the-middle style).
 - ``qa``: multi-document QA over fictional biographies; the gold document's position is swept.
 - ``summary``: summarise a report with planted facts at spread depths; score = recall of the facts.
+- ``reader``: the same biographies as retrieved documents, answered through
+  :class:`~sra_rag.rag.reader.Reader` with its own prompt; its sizes are numbers of retrieved
+  documents, not tokens.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from sra_rag.rag.stuffing import Chunk
 
 TokenCounter = Callable[[str], int]
 
@@ -50,6 +55,10 @@ class Example:
     before the right one, is wrong, while a lead-in ("The answer to this question is:") or a
     sentence around the answer is not penalised. ``ignore``: text removed from the output before
     scoring (the question's subject, which replies restate and whose words may match a choice).
+
+    ``chunks``: for the ``reader`` suite, the retrieved documents, best-ranked first; the example
+    then runs through :class:`~sra_rag.rag.reader.Reader`, which builds the prompt (``messages`` is
+    empty) from ``question``, the user's question. ``cite``: the source the reply should cite.
     """
 
     suite: str
@@ -63,6 +72,8 @@ class Example:
     stop: tuple[str, ...] = field(default=())
     choices: tuple[str, ...] = field(default=())
     ignore: tuple[str, ...] = field(default=())
+    chunks: tuple[Chunk, ...] = field(default=())
+    cite: str | None = None
 
     def score(self, output: str) -> list[bool]:
         """One verdict per answer: does its text appear in ``output`` (with ``choices``: is it the
@@ -301,6 +312,79 @@ def qa(
     return examples
 
 
+# -- the reader's own prompt over retrieved biographies ---------------------------------------------
+
+MAX_DOCUMENTS = 100
+# Realistic file names that say nothing about their content, so the model must read the text to
+# find the gold document (one style per prompt).
+_SOURCE_STYLES: tuple[Callable[[random.Random], str], ...] = (
+    lambda rng: f"registry/record-{rng.randint(100000, 999999)}.txt",
+    lambda rng: f"archive/people/{rng.randint(1801, 1899)}-{rng.randint(1000, 9999)}.md",
+    lambda rng: f"parish-records/entry_{rng.randint(1000, 99999):05d}.txt",
+)
+
+
+def reader(
+    count_tokens: TokenCounter, documents: Sequence[int], depths: Sequence[float], per_cell: int = 1, seed: int = 0
+) -> list[Example]:
+    """The reader as users run it: ``documents`` retrieved biographies (one source each, with a
+    realistic file name), the gold one at retrieval rank ``round(depth * (documents - 1))``, and a
+    plain question about one person's birth town. The prompt is the reader's own (built at run
+    time by :class:`~sra_rag.rag.reader.Reader`), so ``messages`` is empty and ``length`` is the
+    number of documents. Scored like ``qa`` (the first town named must be the gold one); ``cite``
+    names the gold source, whose citation number the runner checks. ``count_tokens`` is not used:
+    the size is set by the number of documents."""
+    del count_tokens
+    if not documents or any(
+        not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_DOCUMENTS for n in documents
+    ):
+        raise ValueError(
+            f"the reader suite's sizes are numbers of retrieved documents from 1 to {MAX_DOCUMENTS}, "
+            f"got {list(documents)}"
+        )
+    _check_grid([64], depths, per_cell)
+    examples = []
+    for count in documents:
+        for depth in depths:
+            rng = _cell_rng("reader", seed, count, depth)
+            for rep in range(per_cell):
+                style = rng.choice(_SOURCE_STYLES)
+                people: dict[str, str] = {}
+                chunks: list[Chunk] = []
+                while len(chunks) < count:
+                    person = f"{_name(rng, 2)} {_name(rng, 3)}"
+                    town = _name(rng, 3)
+                    source = style(rng)
+                    if person in people or town in people.values() or source in {c.source for c in chunks}:
+                        continue
+                    people[person] = town
+                    chunks.append(Chunk(_biography(rng, person, town), source, 0, id=f"{source}#0"))
+                gold = round(depth * (count - 1))
+                person = list(people)[gold]
+                examples.append(
+                    Example(
+                        suite="reader",
+                        id=f"reader-{count}-{depth:g}-{rep}",
+                        messages=[],
+                        question=f"In which town was {person} born?",
+                        answers=(Answer(people[person], gold / max(1, count - 1)),),
+                        length=count,
+                        depth=depth,
+                        max_new_tokens=READER_MAX_NEW_TOKENS,
+                        choices=tuple(people.values()),
+                        ignore=(person,),
+                        chunks=tuple(chunks),
+                        cite=chunks[gold].source,
+                    )
+                )
+    return examples
+
+
+# A sentence with the town and a citation, after a possible lead-in; a reply that lists the sources
+# instead of answering runs to this limit.
+READER_MAX_NEW_TOKENS = 64
+
+
 # -- summarisation with planted facts --------------------------------------------------------------
 
 _SUBJECTS = ["The committee", "The council", "The survey team", "The harbour office", "The library board"]
@@ -360,7 +444,16 @@ def summary(
     return examples
 
 
-SUITES: dict[str, Callable[..., list[Example]]] = {"passkey": passkey, "kv": kv, "qa": qa, "summary": summary}
+SUITES: dict[str, Callable[..., list[Example]]] = {
+    "passkey": passkey,
+    "kv": kv,
+    "qa": qa,
+    "summary": summary,
+    "reader": reader,
+}
+# Suites sized by the number of retrieved documents rather than by tokens.
+SIZED_BY_DOCUMENTS = frozenset({"reader"})
+DEFAULT_DOCUMENTS: tuple[int, ...] = (1, 5, 10, 20, 30)
 
 
 def build(
@@ -370,10 +463,12 @@ def build(
     depths: Sequence[float],
     per_cell: int = 1,
     seed: int = 0,
+    documents: Sequence[int] = DEFAULT_DOCUMENTS,
 ) -> list[Example]:
-    """The examples of suite ``suite`` (one of :data:`SUITES`)."""
+    """The examples of suite ``suite`` (one of :data:`SUITES`): ``lengths`` (tokens) size the
+    suites, except those in :data:`SIZED_BY_DOCUMENTS`, which take ``documents`` (counts)."""
     try:
         generator = SUITES[suite]
     except KeyError:
         raise ValueError(f"unknown suite {suite!r}; choose from {sorted(SUITES)}") from None
-    return generator(count_tokens, lengths, depths, per_cell, seed)
+    return generator(count_tokens, documents if suite in SIZED_BY_DOCUMENTS else lengths, depths, per_cell, seed)

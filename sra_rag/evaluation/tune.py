@@ -165,21 +165,22 @@ def search(
     seed: int = 0,
     reference: Sequence[str] = REFERENCE,
     progress: bool = True,
+    documents: Sequence[int] = suites.DEFAULT_DOCUMENTS,
 ) -> TuneResult:
     """Run every candidate of ``specs`` on the dev split, then the ``top_k`` best (plus the
     ``reference`` settings, by default the shipped presets) on the test split; both splits include
-    stock attention (``off``)."""
+    stock attention (``off``). ``documents`` sizes the ``reader`` suite."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     candidates_ = parse_settings(specs)
-    dev = _examples(engine, suite_names, lengths, depths, dev_per_cell, seed)
+    dev = _examples(engine, suite_names, lengths, depths, dev_per_cell, seed, documents)
     dev_records = run(engine, dev, candidates_, progress=progress)
     dev_ranking = rank(dev_records)
     finalists: list[Setting] = [parse_setting("off")]
     finalists += [parse_setting(r.setting) for r in dev_ranking[:top_k]]
     finalists += [parse_setting(spec) for spec in reference]
     finalists = list({s.name: s for s in finalists}.values())
-    test = _examples(engine, suite_names, lengths, depths, test_per_cell, seed + TEST_SEED_OFFSET)
+    test = _examples(engine, suite_names, lengths, depths, test_per_cell, seed + TEST_SEED_OFFSET, documents)
     test_records = run(engine, test, finalists, progress=progress)
     return TuneResult(dev_records, dev_ranking, test_records, rank(test_records))
 
@@ -191,10 +192,11 @@ def _examples(
     depths: Sequence[float],
     per_cell: int,
     seed: int,
+    documents: Sequence[int] = suites.DEFAULT_DOCUMENTS,
 ) -> list[suites.Example]:
     examples = []
     for name in suite_names:
-        examples += suites.build(name, engine.count_tokens, lengths, depths, per_cell, seed)
+        examples += suites.build(name, engine.count_tokens, lengths, depths, per_cell, seed, documents)
     return examples
 
 

@@ -3,19 +3,29 @@
 Layout of the prompt (the question comes last, so the SRA tail can cover exactly the question, the
 instruction and the generation prompt)::
 
-    system: <system prompt: answer from the numbered sources and cite them>
-    user:   Sources:
+    system: <system prompt: answer from the documents below and name the one used by its number>
 
-            [1] handbook.md
+            Documents:
+
+            Document [1]
             <chunk 0 of handbook.md>
 
             <chunk 3 of handbook.md>
 
-            [2] history.txt
+            Document [2]
             <chunk 1 of history.txt>
+    user:   Question: <question>
+            Answer in one or two sentences and name the document you used by its number.
 
-            Question: <question>
-            Answer using only the sources above and cite them by number, like [1].
+Why this layout (measured with the ``reader`` evaluation suite, ``docs/eval/reader-*``): with the
+sources in the user's message, headed by their file names, small models continue the list of
+sources instead of answering once there are about ten ("[1] registry/record-597931.txt [2] ..."),
+and when told to cite they cite file names or copy the example number. With the documents in the
+system message and the question alone in the user's turn, they answer it, and naming the document
+"Document [n]" gets the number cited. File names are left out of the prompt (they drew citations
+by name and cost the smallest model answers); ``StuffedPrompt.sources`` maps numbers to sources.
+With ``system_prompt=""`` (for chat templates without a system role) everything goes in one user
+message, the question last.
 
 Ranking and order: chunks are ranked in the order they are given (retrievers return the best match
 first). Duplicates (same id, or same text) keep their best-ranked copy. Sources are numbered in the
@@ -41,11 +51,12 @@ OverflowPolicy = Literal["error", "drop"]
 OVERFLOW_POLICIES: tuple[str, ...] = ("error", "drop")
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You answer questions using only the numbered sources the user gives you. "
-    "Cite every source you use by its number in square brackets, like [1]. "
-    "If the sources do not contain the answer, say that they do not."
+    "You answer the user's question from the documents below, using only them. Answer in one or two "
+    "sentences and name the document you used by its number, such as Document [n]. If the documents do not "
+    "contain the answer, say so."
 )
-ANSWER_INSTRUCTION = "Answer using only the sources above and cite them by number, like [1]."
+# No example number: models copy it ("like [4]" gave [4] whatever the source).
+ANSWER_INSTRUCTION = "Answer in one or two sentences and name the document you used by its number."
 
 
 @dataclass(frozen=True)
@@ -209,8 +220,9 @@ def order_chunks(ranked: list[Chunk]) -> list[Chunk]:
 
 
 def format_sources(chunks: list[Chunk]) -> str:
-    """The numbered ``Sources:`` block for chunks already in prompt order."""
-    return "Sources:\n\n" + "\n\n".join(source_blocks(chunks))
+    """The ``Documents:`` block for chunks already in prompt order: each source once, headed
+    ``Document [n]`` (``n`` its citation number), its chunks below it, each chunk's text whole."""
+    return "Documents:\n\n" + "\n\n".join(source_blocks(chunks))
 
 
 def source_blocks(chunks: list[Chunk]) -> list[str]:
@@ -218,16 +230,21 @@ def source_blocks(chunks: list[Chunk]) -> list[str]:
     blocks: dict[str, list[str]] = {}
     for chunk in chunks:
         if chunk.source not in blocks:
-            blocks[chunk.source] = [f"[{len(blocks) + 1}] {chunk.source}"]
-        blocks[chunk.source].append(chunk.text.strip())
+            blocks[chunk.source] = [f"Document [{len(blocks) + 1}]\n{chunk.text.strip()}"]
+        else:
+            blocks[chunk.source].append(chunk.text.strip())
     return ["\n\n".join(parts) for parts in blocks.values()]
 
 
 def _messages(system: str, chunks: list[Chunk], tail_from: str) -> list[dict[str, str]]:
-    user = f"{format_sources(chunks)}\n\n{tail_from}"
+    """The documents in the system message and the question alone in the user's turn (see the
+    module docstring); without a system prompt, one user message with the question last."""
     if not system:
-        return [{"role": "user", "content": user}]
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return [{"role": "user", "content": f"{format_sources(chunks)}\n\n{tail_from}"}]
+    return [
+        {"role": "system", "content": f"{system}\n\n{format_sources(chunks)}"},
+        {"role": "user", "content": tail_from},
+    ]
 
 
 def _largest_fitting(fits: Callable[[int], bool], upper: int) -> int:
