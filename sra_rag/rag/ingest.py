@@ -311,7 +311,7 @@ def _ingest_file(
         if num_chunks == _PROVISIONAL:
             provisional.update((record, index) for record, index, _ in pending)
         report.chunks_added += len(pending)
-        bar.set_postfix(chunks=report.chunks_added, refresh=False)
+        bar.set_postfix_str(f"{report.chunks_added:,} chunks stored", refresh=False)
         pending.clear()
 
     count = 0
