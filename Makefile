@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install install-qwen demo test test-fast bench lint format
+.PHONY: install install-qwen demo test test-fast bench bench-throughput lint format
 
 install: .install.stamp
 
@@ -29,6 +29,12 @@ test-fast: install
 
 bench: install
 	$(PYTHON) -m sra_rag.benchmark
+	$(PYTHON) -m sra_rag.benchmark --throughput
+
+# Concurrent requests only; a reduced run takes a few minutes, e.g.
+# make bench-throughput ARGS="--requests 8 --concurrency 1 8 --new-tokens 32"
+bench-throughput: install
+	$(PYTHON) -m sra_rag.benchmark --throughput $(ARGS)
 
 lint: install
 	$(PYTHON) -m ruff check sra_rag tests integrations examples

@@ -1,17 +1,25 @@
-"""Prefill time, peak memory and decode speed of SRA against stock SDPA, on the same model in the same run.
+"""Speed and memory of the engine: SRA against stock SDPA, and batched serving against one request
+at a time, each measured on the same model in the same run.
 
-Run ``python -m sra_rag.benchmark`` (``make bench``). Every figure is also given as a ratio to SDPA
-measured in the same run. Time: median of interleaved repeats (SDPA and SRA alternate, so drifting
-machine load hits both alike). Memory: each (implementation, length) runs in a fresh process whose
-large allocations are returned to the OS at once (``MALLOC_MMAP_THRESHOLD_``), and a sampler thread
-reads the resident set every millisecond; the figure is the peak above the resident set before the
-prefill (the model's own weights excluded).
+``python -m sra_rag.benchmark`` (``make bench``): prefill time, peak memory and decode speed of SRA
+against stock SDPA. Every figure is also given as a ratio to SDPA measured in the same run. Time:
+median of interleaved repeats (SDPA and SRA alternate, so drifting machine load hits both alike).
+Memory: each (implementation, length) runs in a fresh process whose large allocations are returned
+to the OS at once (``MALLOC_MMAP_THRESHOLD_``), and a sampler thread reads the resident set every
+millisecond; the figure is the peak above the resident set before the prefill (the model's own
+weights excluded). Decoding goes through the engine's one generation path.
+
+``python -m sra_rag.benchmark --throughput``: requests per second, generated tokens per second,
+latency and time to first token of concurrent requests (short chat requests and ~1k-token RAG-like
+prompts, SRA on and off), as ratios to the same requests run one after another in the same run
+(see :func:`throughput`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -22,10 +30,12 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor
 
 from sra_rag.config import SRAConfig
 from sra_rag.engine import SRAEngine
+from sra_rag.layout import TextLayout
+from sra_rag.request import Request, sampling_settings
 
 IMPLEMENTATIONS = ("sdpa", "sra", "sra_reference")
 WORDS = [
@@ -82,16 +92,16 @@ def _prefill(engine: SRAEngine, implementation: str, input_ids: torch.Tensor, co
 
 
 def _decode(engine: SRAEngine, implementation: str, input_ids: torch.Tensor, steps: int, config: SRAConfig) -> float:
-    """Tokens per second of ``steps`` greedy decoding steps after a prefill (the engine's loop)."""
+    """Tokens per second of up to ``steps`` greedy decoding steps after a prefill, through the
+    engine's generation path (the prefill's time is left out)."""
     engine.model.set_attn_implementation(implementation)
-    with torch.inference_mode():
-        cache = DynamicCache(config=engine.model.config)
-        logits = engine.model(input_ids, cache=cache, use_cache=True, logits_to_keep=1, sra_config=config).logits
-        start = time.perf_counter()
-        for _ in range(steps):
-            token = logits[:, -1].argmax(-1, keepdim=True)
-            logits = engine.model(token, cache=cache, use_cache=True, sra_config=config).logits
-        return steps / (time.perf_counter() - start)
+    request = Request(tuple(input_ids[0].tolist()), config, sampling_settings(max_new_tokens=steps + 1))
+    start = time.perf_counter()
+    stream = engine.submit(request)
+    for _ in stream:
+        pass
+    seconds = time.perf_counter() - start - (stream.prefill_seconds or 0.0)
+    return max(stream.completion_tokens - 1, 1) / seconds
 
 
 def _rss_bytes() -> int:
@@ -213,6 +223,186 @@ def format_table(rows: list[Row], decode: dict[str, float], engine: SRAEngine, a
     return "\n".join(lines)
 
 
+# -- throughput: concurrent requests against the same requests one after another ---------------------
+
+CHAT_QUESTIONS = (
+    "Why is the sky blue?",
+    "Give me three tips for a good night's sleep.",
+    "What is the capital of France?",
+    "Explain photosynthesis in two sentences.",
+    "Write a haiku about the sea.",
+    "How do I boil an egg?",
+    "Name three colours of the rainbow.",
+    "What does a lighthouse keeper do?",
+    "Suggest a name for a grey cat.",
+    "Why do we have seasons?",
+    "What is a prime number?",
+    "Tell me a fun fact about octopuses.",
+    "How many legs does a spider have?",
+    "What is the boiling point of water?",
+    "Describe a ferry in one sentence.",
+    "What is the opposite of cold?",
+)
+RAG_QUESTION = "Question: Which three words appear most often in the notes above?"
+
+
+@dataclass
+class Load:
+    """One measured run of ``len(latencies)`` requests with ``concurrency`` of them in flight (a closed
+    loop: each client starts its next request when its previous one ends)."""
+
+    workload: str
+    sra: str
+    concurrency: int
+    seconds: float
+    tokens: int
+    latencies: list[float]
+    first_pieces: list[float]
+    texts: list[str]
+    rows_per_step: float
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def workload_requests(
+    engine: SRAEngine, workload: str, count: int, new_tokens: int, rag_tokens: int, config: SRAConfig
+) -> list[Request]:
+    """``count`` distinct requests: ``chat`` (a short question each) or ``rag`` (~``rag_tokens``
+    tokens of notes and a question, the question marked for SRA's question tail), greedy, each
+    generating exactly ``new_tokens`` tokens (the end-of-sequence token is held off until then by
+    transformers' ``MinNewTokensLengthLogitsProcessor``, so every run does the same work)."""
+
+    def rag_prompt(notes: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"Notes:\n{notes}\n\n{RAG_QUESTION}\nAnswer in one sentence."}]
+
+    overhead = engine.count_tokens(rag_prompt(""))
+    requests = []
+    for index in range(count):
+        if workload == "chat":
+            prompt = [{"role": "user", "content": CHAT_QUESTIONS[index % len(CHAT_QUESTIONS)]}]
+            layout = None
+        else:
+            prompt = rag_prompt(
+                engine.tokenizer.decode(prompt_ids(engine, max(rag_tokens - overhead, 1), seed=index)[0])
+            )
+            layout = TextLayout(question=RAG_QUESTION)
+        length = engine.prepare(prompt).num_tokens
+        hold = MinNewTokensLengthLogitsProcessor(length, new_tokens, sorted(engine.eos_token_ids), str(engine.device))
+        requests.append(
+            engine.request(prompt, max_new_tokens=new_tokens, sra=config, layout=layout, logits_processors=[hold])
+        )
+    return requests
+
+
+def run_load(engine: SRAEngine, requests: list[Request], concurrency: int, workload: str, sra: str) -> Load:
+    """Run ``requests`` with ``concurrency`` client threads, each submitting its next request when its
+    previous one has finished; latency and time to the first text piece are measured per request."""
+    results: list[tuple[float, float, int, str] | None] = [None] * len(requests)
+    pending = iter(range(len(requests)))
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            with lock:
+                index = next(pending, None)
+            if index is None:
+                return
+            start = time.perf_counter()
+            stream = engine.submit(requests[index])
+            first = None
+            for _ in stream:
+                if first is None:
+                    first = time.perf_counter()
+            end = time.perf_counter()
+            results[index] = (end - start, (first or end) - start, stream.completion_tokens, stream.text)
+
+    stats = engine.scheduler.stats
+    steps, rows = stats.decode_steps, stats.decoded_rows
+    start = time.perf_counter()
+    clients = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
+    seconds = time.perf_counter() - start
+    done = [result for result in results if result is not None]
+    if len(done) != len(requests):
+        raise RuntimeError("some benchmark requests did not finish")
+    steps, rows = stats.decode_steps - steps, stats.decoded_rows - rows
+    return Load(
+        workload,
+        sra,
+        concurrency,
+        seconds,
+        sum(result[2] for result in done),
+        [result[0] for result in done],
+        [result[1] for result in done],
+        [result[3] for result in done],
+        rows / steps if steps else 0.0,
+    )
+
+
+def _percentile(values: list[float], share: float) -> float:
+    """The nearest-rank percentile (``share`` in (0, 1])."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def throughput(args: argparse.Namespace) -> str:
+    """Every (workload, SRA setting, concurrency) with the same ``--requests`` requests; concurrency 1
+    (one after another) is the baseline of each ratio and is always run first."""
+    engine = SRAEngine.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, max_batch_size=max(args.concurrency)
+    )
+    levels = sorted(set(args.concurrency) | {1})
+    settings = {"off": SRAConfig.preset("off"), args.sra_preset: SRAConfig.preset(args.sra_preset)}
+    engine.generate("Warm up.", max_new_tokens=4)
+    loads: list[Load] = []
+    for workload in args.workloads:
+        for name, config in settings.items():
+            requests = workload_requests(engine, workload, args.requests, args.new_tokens, args.rag_tokens, config)
+            for concurrency in levels:
+                load = run_load(engine, requests, concurrency, workload, name)
+                loads.append(load)
+                print(
+                    f"  {workload:<5} {name:<12} x{concurrency:<3} {load.seconds:7.1f} s "
+                    f"{load.tokens_per_s:7.1f} tok/s",
+                    file=sys.stderr,
+                )
+    return format_throughput(loads, engine, args)
+
+
+def format_throughput(loads: list[Load], engine: SRAEngine, args: argparse.Namespace) -> str:
+    sequential = {(load.workload, load.sra): load for load in loads if load.concurrency == 1}
+    lines = [
+        f"Model: {engine.name}, {engine.model.dtype}, {engine.device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {args.requests} requests per row, greedy, {args.new_tokens} "
+        f"new tokens each; chat: one short question; rag: ~{args.rag_tokens}-token prompt. Ratios: against the same "
+        "requests one after another (x1) in the same run.",
+        "",
+        "| workload | SRA | concurrent | req/s | gen tok/s | tok/s / x1 | p50 latency (s) | p95 latency (s) "
+        "| p50 first piece (s) | p95 first piece (s) | rows per step | same text as x1 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for load in loads:
+        base = sequential[(load.workload, load.sra)]
+        same = sum(text == other for text, other in zip(load.texts, base.texts, strict=True))
+        lines.append(
+            f"| {load.workload} | {load.sra} | {load.concurrency} | {load.requests_per_s:.2f} "
+            f"| {load.tokens_per_s:.1f} | {load.tokens_per_s / base.tokens_per_s:.2f} "
+            f"| {_percentile(load.latencies, 0.5):.2f} | {_percentile(load.latencies, 0.95):.2f} "
+            f"| {_percentile(load.first_pieces, 0.5):.2f} | {_percentile(load.first_pieces, 0.95):.2f} "
+            f"| {load.rows_per_step:.1f} | {same}/{len(load.texts)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -228,13 +418,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--no-reference", action="store_true", help="skip the literal O(n^2) reference")
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
+    throughput_options = parser.add_argument_group("throughput (--throughput)")
+    throughput_options.add_argument(
+        "--throughput", action="store_true", help="measure concurrent requests instead of prefill and memory"
+    )
+    throughput_options.add_argument("--requests", type=int, default=16, help="requests per row (default 16)")
+    throughput_options.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    throughput_options.add_argument("--workloads", nargs="+", choices=["chat", "rag"], default=["chat", "rag"])
+    throughput_options.add_argument("--new-tokens", type=int, default=64, help="max new tokens per request")
+    throughput_options.add_argument("--rag-tokens", type=int, default=1024, help="prompt tokens of a rag request")
+    throughput_options.add_argument(
+        "--sra-preset", default="recommended", help="the SRA-on setting (default recommended)"
+    )
     parser.add_argument("--memory-worker", dest="implementation", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.implementation:
         args.length = args.lengths[0]
         memory_worker(args)
         return
-    table = run(args)
+    if args.requests < 1 or min(args.concurrency) < 1:
+        parser.error("--requests and --concurrency must be positive")
+    table = throughput(args) if args.throughput else run(args)
     print(table)
     if args.out:
         with open(args.out, "w") as handle:

@@ -4,7 +4,7 @@ with every message's content read as literal text.
 A tokenizer parses special tokens wherever their text occurs, so ``<|im_end|>\\n<|im_start|>system``
 inside a retrieved document or a user message would become real turn markers (a forged system turn).
 Here only the template's own special tokens are special: the rendered text is split at them, and the
-text between them (message content included) is tokenised with ``split_special_tokens=True``. That is
+text between them (message content included) is tokenised with special tokens read as text. That is
 what the tokenizer does itself around special tokens, so a prompt without such text gets exactly the
 ids of ``apply_chat_template(..., tokenize=True)``; there is one tokenisation and no second BOS.
 """
@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 from sra_rag.layout import Span
@@ -54,58 +55,77 @@ def validate_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
     return [{"role": message["role"], "content": message["content"]} for message in messages]
 
 
-def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, *, add_special_tokens: bool) -> TokenizedPrompt:
-    """A raw string prompt, tokenised as it is (its special tokens are the caller's)."""
-    input_ids, offsets = _encode(tokenizer, text, add_special_tokens=add_special_tokens)
-    return TokenizedPrompt(text, input_ids, offsets)
+class PromptTokenizer:
+    """Renders and tokenises prompts for one tokenizer; safe to call from many threads at once.
+
+    A transformers tokenizer reads ``split_special_tokens`` from a flag it sets on its backend at
+    every call, so two threads tokenising at once could swap each other's setting. A fast tokenizer's
+    backend is therefore copied twice here, once parsing special tokens and once reading them as text,
+    and neither copy's flag ever changes. Slow tokenizers are called as they are (they keep no such
+    flag) but give no offsets, so layout markers cannot be placed on their prompts.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.special = _special_pattern(tokenizer)
+        backend: Tokenizer | None = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+        self._parsing = self._literal = None
+        if backend is not None:
+            self._parsing, self._literal = _backend_copy(backend, False), _backend_copy(backend, True)
+
+    def text(self, text: str, *, add_special_tokens: bool) -> TokenizedPrompt:
+        """A raw string prompt, tokenised as it is (its special tokens are the caller's)."""
+        return TokenizedPrompt(text, *self._encode(text, literal=False, add_special_tokens=add_special_tokens))
+
+    def chat(self, messages: list[dict[str, str]]) -> TokenizedPrompt:
+        """Render ``messages`` (already validated) with the chat template and the generation prompt,
+        and tokenise them once with every message's content literal (see the module doc)."""
+        text = str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        contents = _content_spans(self.tokenizer, messages, text)
+        question = _last_user_content(messages, text, contents)
+        special = self.special
+        injected = next((found for m in messages if special and (found := special.search(m["content"]))), None)
+        if injected is None or special is None:
+            return TokenizedPrompt(text, *self._encode(text, literal=False), question)
+        if contents is None:
+            raise ValueError(
+                f"A message contains the special token {injected[0]!r}, and this model's chat template rewrites "
+                "message content, so it cannot be kept literal; remove special tokens from the messages."
+            )
+        input_ids: list[int] = []
+        offsets: list[Span] = []
+        cursor = 0
+        for match in special.finditer(text):
+            if any(start < match.end() and match.start() < stop for start, stop in contents):
+                continue  # text inside a message: literal, tokenised with the piece around it
+            piece_ids, piece_offsets = self._encode(text[cursor : match.start()], literal=True, shift=cursor)
+            input_ids += [*piece_ids, int(self.tokenizer.convert_tokens_to_ids(match[0]))]
+            offsets += [*piece_offsets, (match.start(), match.end())]
+            cursor = match.end()
+        piece_ids, piece_offsets = self._encode(text[cursor:], literal=True, shift=cursor)
+        return TokenizedPrompt(text, input_ids + piece_ids, offsets + piece_offsets, question)
+
+    def _encode(
+        self, text: str, *, literal: bool, add_special_tokens: bool = False, shift: int = 0
+    ) -> tuple[list[int], list[Span]]:
+        """Token ids of ``text`` and their character offsets (moved by ``shift``); ``literal``:
+        special-token text is read as plain text."""
+        if not text:
+            return [], []
+        backend = self._literal if literal else self._parsing
+        if backend is None:  # a slow tokenizer: per-call settings, no offsets
+            ids = self.tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=literal)
+            return list(ids["input_ids"]), []
+        encoding = backend.encode(text, add_special_tokens=add_special_tokens)
+        return list(encoding.ids), [(start + shift, end + shift) for start, end in encoding.offsets]
 
 
-def tokenize_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> TokenizedPrompt:
-    """Render ``messages`` (already validated) with the chat template and the generation prompt,
-    and tokenise them once with every message's content literal (see the module doc)."""
-    text = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    contents = _content_spans(tokenizer, messages, text)
-    special = _special_pattern(tokenizer)
-    injected = next((found for m in messages if special and (found := special.search(m["content"]))), None)
-    question = _last_user_content(messages, text, contents)
-    if injected is None or special is None:
-        return TokenizedPrompt(text, *_encode(tokenizer, text, add_special_tokens=False), question)
-    if contents is None:
-        raise ValueError(
-            f"A message contains the special token {injected[0]!r}, and this model's chat template rewrites "
-            "message content, so it cannot be kept literal; remove special tokens from the messages."
-        )
-    input_ids: list[int] = []
-    offsets: list[Span] = []
-    cursor = 0
-    for match in special.finditer(text):
-        if any(start < match.end() and match.start() < stop for start, stop in contents):
-            continue  # text inside a message: literal, tokenised with the piece around it
-        piece_ids, piece_offsets = _encode_literal(tokenizer, text[cursor : match.start()], cursor)
-        input_ids += piece_ids
-        offsets += piece_offsets
-        input_ids.append(int(tokenizer.convert_tokens_to_ids(match[0])))
-        offsets.append((match.start(), match.end()))
-        cursor = match.end()
-    piece_ids, piece_offsets = _encode_literal(tokenizer, text[cursor:], cursor)
-    return TokenizedPrompt(text, input_ids + piece_ids, offsets + piece_offsets, question)
-
-
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str, *, add_special_tokens: bool) -> tuple[list[int], list[Span]]:
-    if not tokenizer.is_fast:  # slow tokenizers have no offset mapping; layout markers then cannot be placed
-        return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]), []
-    encoding = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    return list(encoding["input_ids"]), [tuple(span) for span in encoding["offset_mapping"]]
-
-
-def _encode_literal(tokenizer: PreTrainedTokenizerBase, piece: str, shift: int) -> tuple[list[int], list[Span]]:
-    """Token ids of ``piece`` with special-token text read as plain text; offsets moved by ``shift``."""
-    if not piece:
-        return [], []
-    if not tokenizer.is_fast:
-        return list(tokenizer(piece, add_special_tokens=False, split_special_tokens=True)["input_ids"]), []
-    encoding = tokenizer(piece, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
-    return list(encoding["input_ids"]), [(start + shift, end + shift) for start, end in encoding["offset_mapping"]]
+def _backend_copy(backend: Tokenizer, literal: bool) -> Tokenizer:
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    copy.encode_special_tokens = literal
+    return copy
 
 
 def _special_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern[str] | None:
@@ -150,8 +170,7 @@ def _last_user_content(messages: list[dict[str, str]], text: str, contents: list
     index = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"), None)
     if index is None:
         return None
-    content = messages[index]["content"]
-    stripped = content.strip()
+    stripped = messages[index]["content"].strip()
     if not stripped:
         return None
     if contents is not None:

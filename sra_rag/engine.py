@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sra_rag.attention import IMPLEMENTATION, register
-from sra_rag.chat import TokenizedPrompt, tokenize_chat, tokenize_text, validate_messages
+from sra_rag.chat import PromptTokenizer, TokenizedPrompt, validate_messages
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.layout import PromptLayout, TextLayout, resolve
 from sra_rag.models import ModelSource, check_model, load, resolve_source
@@ -126,6 +126,7 @@ class SRAEngine:
         configure_threads(num_threads)
         self.model = model
         self.tokenizer = tokenizer
+        self._prompts = PromptTokenizer(tokenizer)
         self.sra = SRAConfig() if sra is None else as_sra_config(sra)
         text_config = model.config.get_text_config()
         window = context_window or getattr(text_config, "max_position_embeddings", None)
@@ -218,6 +219,11 @@ class SRAEngine:
     def device(self) -> torch.device:
         return self.model.device
 
+    def close(self) -> None:
+        """Stop the engine's scheduler (its views from :meth:`with_context_window` share it):
+        unfinished requests end with an error and later calls are refused."""
+        self.scheduler.close()
+
     # -- tokens ------------------------------------------------------------------------------------
 
     def _tokenize(self, prompt: Prompt, chat_template: bool) -> TokenizedPrompt:
@@ -228,7 +234,7 @@ class SRAEngine:
             if not prompt.strip():
                 raise ValueError("The prompt is empty; pass some text or a list of chat messages.")
             if not chat_template or self.tokenizer.chat_template is None:
-                return tokenize_text(self.tokenizer, prompt, add_special_tokens=True)
+                return self._prompts.text(prompt, add_special_tokens=True)
             messages = [{"role": "user", "content": prompt}]
         elif isinstance(prompt, Sequence):
             if not chat_template:
@@ -241,7 +247,7 @@ class SRAEngine:
             )
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{self.name} has no chat template; pass a plain string prompt instead of messages.")
-        return tokenize_chat(self.tokenizer, messages)
+        return self._prompts.chat(messages)
 
     def prepare(
         self,
@@ -289,11 +295,13 @@ class SRAEngine:
         top_k: int = 0,
         min_p: float = 0.0,
         repetition_penalty: float = 1.0,
+        penalize_prompt: bool = True,
         seed: int | None = None,
         tail_from: str | None = None,
         layout: TextLayout | None = None,
         chat_template: bool = True,
         logits_processors: Sequence[Any] | None = None,
+        logprobs: bool = False,
         json_schema: JsonSchema | None = None,
         tools: Sequence[Tool | Mapping[str, Any]] | None = None,
         tool_choice: str | bool | Mapping[str, Any] | None = None,
@@ -308,6 +316,7 @@ class SRAEngine:
             top_k=top_k,
             min_p=min_p,
             repetition_penalty=repetition_penalty,
+            penalize_prompt=penalize_prompt,
             seed=seed,
             stop=stop,
         )
@@ -322,6 +331,7 @@ class SRAEngine:
             sampling=sampling,
             layout=prepared.layout,
             logits_processors=processors if grammar is None else (*processors, grammar),
+            logprobs=_flag(logprobs, "logprobs"),
         )
 
     def submit(self, request: Request) -> TextStream:
@@ -338,7 +348,9 @@ class SRAEngine:
 
         Settings (all per request): ``max_new_tokens`` (256), ``sra`` (an :class:`SRAConfig`; the
         engine's by default), ``stop`` (strings, never emitted), ``temperature`` (0: greedy),
-        ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``, ``seed``, ``layout`` (a
+        ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty`` (``penalize_prompt=False``: over
+        the generated tokens only), ``seed``, ``logprobs`` (record each token's log-probability in
+        ``TextStream.logprobs``), ``layout`` (a
         :class:`~sra_rag.layout.TextLayout`), ``tail_from`` (shorthand for a question marker that
         also turns on the question tail), ``chat_template`` and ``logits_processors`` (transformers
         ``LogitsProcessor`` s called with the request's full ids).
@@ -485,6 +497,12 @@ def _markers(tail_from: str | None, layout: TextLayout | None) -> TextLayout | N
     if layout is not None and layout.question is not None:
         raise ValueError("pass the question either as tail_from or as layout.question, not both")
     return TextLayout(question=tail_from, documents=layout.documents if layout else ())
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def _as_list(value: Any) -> list[Any]:

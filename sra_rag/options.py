@@ -29,6 +29,7 @@ SAMPLING_FIELDS: tuple[str, ...] = (
     "top_k",
     "min_p",
     "repetition_penalty",
+    "penalize_prompt",
     "seed",
 )
 """The generation settings that are fields (defaults of every call) as well as per-call arguments."""
@@ -67,6 +68,9 @@ class SRAOptions(BaseModel):
     )
     repetition_penalty: float = Field(
         default=1.0, gt=0.0, allow_inf_nan=False, description="Penalty on tokens already in the sequence (1: none)."
+    )
+    penalize_prompt: bool = Field(
+        default=True, description="The repetition penalty counts the prompt's tokens too (False: generated only)."
     )
     seed: int | None = Field(default=None, description="Random seed for sampling; None: a fresh one per call.")
     stop: list[str] | None = Field(default=None, description="Default stop sequences; a call's stop replaces them.")
@@ -125,7 +129,8 @@ class SRAOptions(BaseModel):
 
         ``kwargs`` may hold ``sra=SRAConfig(...)`` (replaces the object's SRA settings), single SRA
         fields (merged over those), ``max_new_tokens`` or ``max_tokens``, the sampling settings
-        (``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``, ``seed``),
+        (``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``,
+        ``penalize_prompt``, ``seed``),
         ``stop`` (``None``: the object's), ``tail_from``, ``layout`` and ``logits_processors``.
         Anything else is a TypeError that lists what is accepted.
         """

@@ -26,7 +26,9 @@ request's full ids ``(1, prompt + generated)`` and the next-token scores ``(1, v
 class SamplingSettings(BaseModel):
     """How one request picks its tokens. ``temperature=0`` is greedy decoding (the default); the
     other warpers (``top_p``, ``top_k``, ``min_p``) apply only when sampling; ``repetition_penalty``
-    applies in both, over the whole sequence (prompt and generated tokens), as in transformers.
+    applies in both, over the whole sequence (prompt and generated tokens) as in transformers, or
+    over the generated tokens only with ``penalize_prompt=False`` (a RAG prompt's sources hold the
+    words an answer must repeat).
     ``seed``: the request's own random generator (None: a fresh one); ``stop``: strings that end the
     generation and are never emitted."""
 
@@ -38,6 +40,7 @@ class SamplingSettings(BaseModel):
     top_k: int = Field(0, ge=0, description="Keep only the k likeliest tokens; 0 keeps all.")
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens under min_p x the top probability.")
     repetition_penalty: float = Field(1.0, gt=0.0, description="Penalty on tokens already in the sequence; 1 is none.")
+    penalize_prompt: bool = Field(True, description="The repetition penalty counts the prompt's tokens too.")
     seed: int | None = Field(None, ge=0, lt=2**63, description="Seed of the request's random generator.")
     stop: tuple[str, ...] = Field((), description="Stop strings (never emitted).")
 

@@ -24,11 +24,16 @@ from transformers.generation.logits_process import (
 from sra_rag.request import LogitsProcessorLike, SamplingSettings
 
 
-def build_processors(settings: SamplingSettings, extra: tuple[LogitsProcessorLike, ...] = ()) -> LogitsProcessorList:
-    """The processors of one request, in transformers' order (warpers only when sampling)."""
+def build_processors(
+    settings: SamplingSettings, extra: tuple[LogitsProcessorLike, ...] = (), prompt_tokens: int = 0
+) -> LogitsProcessorList:
+    """The processors of one request, in transformers' order (warpers only when sampling);
+    ``prompt_tokens``: the prompt's length, left out of the repetition penalty when
+    ``settings.penalize_prompt`` is False."""
     processors = LogitsProcessorList()
     if settings.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+        ignored = None if settings.penalize_prompt else prompt_tokens
+        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty, prompt_ignore_length=ignored))
     processors.extend(extra)
     if not settings.greedy:
         if settings.temperature != 1.0:
@@ -46,10 +51,14 @@ class Sampler:
     """Picks one request's tokens: its processors and its random generator."""
 
     def __init__(
-        self, settings: SamplingSettings, extra: tuple[LogitsProcessorLike, ...], device: torch.device
+        self,
+        settings: SamplingSettings,
+        extra: tuple[LogitsProcessorLike, ...],
+        device: torch.device,
+        prompt_tokens: int = 0,
     ) -> None:
         self.greedy = settings.greedy
-        self.processors = build_processors(settings, extra)
+        self.processors = build_processors(settings, extra, prompt_tokens)
         self.generator: torch.Generator | None = None
         if not self.greedy:
             self.generator = torch.Generator(device=device)

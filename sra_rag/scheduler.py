@@ -9,7 +9,9 @@ are ordinary attention (SRA edits only the prefill), so a request's tokens are t
 in a batch, up to float rounding.
 
 Models whose cache layers are not plain ``DynamicLayer`` s (sliding windows, ...) cannot be padded
-and concatenated this way; their requests still run concurrently, each in a batch of its own.
+and concatenated this way; their requests still run concurrently, each in a batch of its own. A
+prefilled group whose joining would add much padding (a long document among short chats) runs as a
+batch of its own too; every decoding step then makes one forward pass per batch.
 
 An error is confined to the requests it concerns: a failing prefill is retried one request at a
 time, a failing logits processor fails its own request; only a failing decoding forward pass fails
@@ -18,9 +20,11 @@ the requests of that batch. The worker thread itself survives every error.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -35,7 +39,7 @@ from sra_rag.streaming import Channel, IncrementalText, TextStream, Update
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 16
-DEFAULT_PREFILL_TOKENS = 2048
+DEFAULT_PREFILL_TOKENS = 1024
 
 
 @dataclass(eq=False)
@@ -67,6 +71,7 @@ class SchedulerStats:
     decode_steps: int = 0
     decoded_rows: int = 0
     peak_running: int = 0
+    peak_batches: int = 0
 
 
 @dataclass(eq=False)
@@ -116,7 +121,9 @@ class Scheduler:
         self._batches: list[_Batch] = []
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self.stats = SchedulerStats()
+        _open_schedulers.add(self)
 
     @property
     def device(self) -> torch.device:
@@ -127,6 +134,8 @@ class Scheduler:
         channel = Channel()
         stream = TextStream(request.num_prompt_tokens, channel)
         with self._wakeup:
+            if self._closed:
+                raise RuntimeError("This engine is closed; load a new one to generate.")
             self._waiting.append((request, channel))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="sra-scheduler", daemon=True)
@@ -139,15 +148,37 @@ class Scheduler:
         """Requests in the running batch(es) now."""
         return sum(len(batch.rows) for batch in self._batches)
 
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop the worker (idempotent): waiting and running requests end with an error, later
+        requests are refused. Called for every scheduler when the interpreter exits, so that no
+        forward pass is still running while the process tears down."""
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     # -- the worker ------------------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self._wakeup:
-                while not self._waiting and not self._batches:
+                while not self._waiting and not self._batches and not self._closed:
                     if not self._wakeup.wait(timeout=IDLE_SECONDS) and not self._waiting:
                         self._thread = None  # idle: end; the next submit starts a new worker
                         return
+                if self._closed:
+                    closed = RuntimeError("The engine was closed before this request finished.")
+                    for _, channel in self._waiting:
+                        channel.put(Update(error=closed))
+                    for batch in self._batches:
+                        for row in batch.rows:
+                            row.channel.put(Update(error=closed))
+                    self._waiting.clear()
+                    self._batches.clear()
+                    self._thread = None
+                    return
             try:
                 self._step()
             except Exception as error:  # a bug here must not strand the callers, nor stop the worker
@@ -200,10 +231,8 @@ class Scheduler:
             return
         try:
             self._choose(batch, logits)
-            if batch.rows and self.batchable and self._batches:
-                _merge(self._batches[0], batch)
-            elif batch.rows:
-                self._batches.append(batch)
+            if batch.rows:
+                self._join(batch)
         except Exception as error:  # e.g. out of memory while joining: these requests fail, the batch goes on
             logger.exception("Joining %d prefilled requests to the running batch failed", len(batch.rows))
             for row in batch.rows:
@@ -245,11 +274,26 @@ class Scheduler:
             sequence.update.prefill_seconds = seconds
         return _Batch(cache, rows, pads), logits
 
+    def _join(self, joining: _Batch) -> None:
+        """Add a prefilled batch to a running one it can share decoding steps with, else run it
+        beside the others. Joining pads every row to the longest, so a batch is only joined when
+        that padding stays small (at most its real tokens, or ``MAX_PADDING_TOKENS``): sixteen short
+        chats are not padded to the length of one long document."""
+        if self.batchable:
+            for batch in self._batches:
+                length = max(batch.length, joining.length)
+                rows = len(batch.rows) + len(joining.rows)
+                real = _real_tokens(batch) + _real_tokens(joining)
+                if rows * length - real <= max(real, MAX_PADDING_TOKENS):
+                    _merge(batch, joining)
+                    return
+        self._batches.append(joining)
+
     def _start(self, request: Request, channel: Channel) -> _Sequence:
         total = request.num_prompt_tokens + request.sampling.max_new_tokens
         ids = torch.empty((1, total), dtype=torch.long, device=self.device)
         ids[0, : request.num_prompt_tokens] = torch.tensor(request.prompt_ids, device=self.device)
-        sampler = Sampler(request.sampling, request.logits_processors, self.device)
+        sampler = Sampler(request.sampling, request.logits_processors, self.device, request.num_prompt_tokens)
         text = None if request.forced_tokens else IncrementalText(self.tokenizer, request.sampling.stop)
         return _Sequence(request, channel, sampler, text, ids, request.num_prompt_tokens)
 
@@ -279,6 +323,7 @@ class Scheduler:
         self.stats.decode_steps += 1
         self.stats.decoded_rows += len(batch.rows)
         self.stats.peak_running = max(self.stats.peak_running, self.running)
+        self.stats.peak_batches = max(self.stats.peak_batches, len(self._batches))
         self._choose(batch, logits)
 
     def _choose(self, batch: _Batch, logits: torch.Tensor) -> None:
@@ -351,8 +396,21 @@ class Scheduler:
         batch.pads = [pad - trim for pad in pads]
 
 
+MAX_PADDING_TOKENS = 8192
+"""Padding positions a join may add beyond its real tokens (see ``Scheduler._join``)."""
+
 IDLE_SECONDS = 30.0
 """A worker with nothing to do for this long ends (the next request starts a new one)."""
+
+_open_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # A daemon thread still inside a forward pass while the interpreter finalises can abort the
+    # process ("terminate called without an active exception"); stop the workers first.
+    for scheduler in list(_open_schedulers):
+        scheduler.close(timeout=5.0)
 
 
 def _batchable(model: PreTrainedModel) -> bool:
@@ -362,6 +420,10 @@ def _batchable(model: PreTrainedModel) -> bool:
     if not cache.layers:
         return getattr(cache, "layer_class_to_replicate", None) is DynamicLayer
     return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _real_tokens(batch: _Batch) -> int:
+    return sum(batch.length - pad for pad in batch.pads)
 
 
 def _merge(batch: _Batch, joining: _Batch) -> None:

@@ -61,6 +61,14 @@ def test_ingest_ask_and_reingest(runner: CliRunner, docs: Path, tmp_path: Path, 
     no_sra = invoke(runner, "ask", "Who approves leave?", "--store", store, "--max-new-tokens", "2", "--no-sra")
     assert no_sra.exit_code == 0 and "[1] docs/leave.md" in no_sra.stdout
 
+    sampled = invoke(
+        runner, "ask", "Who approves leave?", "--store", store, "--max-new-tokens", "3", "--temperature", "0.7",
+        "--top-p", "0.9", "--top-k-tokens", "20", "--min-p", "0.05", "--repetition-penalty", "1.1", "--seed", "4",
+    )  # fmt: skip
+    assert sampled.exit_code == 0, sampled.output
+    bad = invoke(runner, "ask", "Who approves leave?", "--store", store, "--top-p", "nan")
+    assert bad.exit_code == 1 and "top_p=nan" in bad.stderr and "Traceback" not in bad.output
+
 
 def test_ask_errors_are_messages_not_tracebacks(runner: CliRunner, tmp_path: Path, docs: Path) -> None:
     missing = invoke(runner, "ask", "Anything?", "--store", str(tmp_path / "nowhere"))

@@ -285,3 +285,37 @@ def test_log_likelihood_reads_the_answer_as_generation_would(embedded_engine):
         embedded_engine.log_likelihood(messages, "")
     with pytest.raises(ContextWindowExceededError):
         embedded_engine.log_likelihood(messages, "word " * 9000)
+
+
+def test_requests_batched_together_get_what_they_get_alone(embedded_engine):
+    """Continuous batching on the real model: mixed SRA settings, sampling and prompt lengths,
+    prefilled in one padded batch and decoded together, each equal to the same request alone."""
+    import threading
+
+    from sra_rag.layout import TextLayout
+
+    long = long_messages()
+    calls = [
+        ("What is the capital of France?", {"max_new_tokens": 12}),
+        (long, {"max_new_tokens": 10, "sra": SRAConfig()}),
+        (long, {"max_new_tokens": 10, "sra": SRAConfig.preset("recommended"), "layout": TextLayout(question=QUESTION)}),
+        ("Name three colours.", {"max_new_tokens": 14, "temperature": 0.7, "seed": 3, "top_k": 40}),
+        (long_messages(200), {"max_new_tokens": 8, "sra": SRAConfig.preset("demo"), "repetition_penalty": 1.2}),
+    ]
+    alone = [embedded_engine.complete(prompt, **kwargs) for prompt, kwargs in calls]
+    reached, released = threading.Event(), threading.Event()
+
+    def gate(input_ids, scores):
+        reached.set()
+        assert released.wait(timeout=120)
+        return scores
+
+    holder = embedded_engine.stream("Hold on.", max_new_tokens=2, logits_processors=[gate])
+    assert reached.wait(timeout=120)
+    streams = [embedded_engine.stream(prompt, **kwargs) for prompt, kwargs in calls]
+    released.set()
+    list(holder)
+    for expected, stream in zip(alone, streams, strict=True):
+        assert "".join(stream) == expected.text
+        assert stream.completion_tokens == expected.completion_tokens
+    assert all(completion.completion_tokens >= 3 for completion in alone)

@@ -37,16 +37,20 @@ CASES = [
 
 
 class Gate:
-    """A logits processor that holds the scheduler's thread at its first call until ``open()``, so
-    the requests submitted meanwhile join the running batch together."""
+    """A logits processor that holds the scheduler's thread at its ``at``-th call until ``open()``,
+    so the requests submitted meanwhile join the running batch together."""
 
-    def __init__(self) -> None:
+    def __init__(self, at: int = 1) -> None:
+        self.calls = 0
+        self.at = at
         self.reached = threading.Event()
         self.released = threading.Event()
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self.reached.set()
-        assert self.released.wait(timeout=60)
+        self.calls += 1
+        if self.calls == self.at:
+            self.reached.set()
+            assert self.released.wait(timeout=60)
         return scores
 
     def open(self) -> None:
@@ -113,6 +117,27 @@ def test_each_row_of_a_batched_prefill_has_its_own_sra_settings(tiny_engine: SRA
     assert alone[0] != pytest.approx(alone[1], abs=1e-3)  # SRA changes the first prompt's reading
 
 
+def test_long_prompts_do_not_pad_short_ones(tiny_tokenizer, make_tiny_model, monkeypatch) -> None:
+    engine = SRAEngine(make_tiny_model("llama", len(tiny_tokenizer)), tiny_tokenizer)
+    monkeypatch.setattr("sra_rag.scheduler.MAX_PADDING_TOKENS", 0)
+    calls = [(prompt(0), {"max_new_tokens": 6}), (prompt(1), {"max_new_tokens": 6}), (prompt(6), {"max_new_tokens": 6})]
+    alone = [engine.generate(text, **kwargs) for text, kwargs in calls]
+    engine.scheduler.stats.peak_batches = 0
+    together = submit_together(engine, calls[:2])  # two short prompts share a batch
+    assert ["".join(stream) for stream in together] == alone[:2]
+    assert engine.scheduler.stats.peak_batches == 1
+    gate = Gate(at=3)  # holds the short requests' third step (a processor does not change greedy choices)
+    short = [
+        engine.stream(calls[0][0], **calls[0][1], logits_processors=[gate]),
+        engine.stream(calls[1][0], **calls[1][1]),
+    ]
+    assert gate.reached.wait(timeout=60)
+    long = engine.stream(calls[2][0], **calls[2][1])  # joins while the short ones are decoding
+    gate.open()
+    assert ["".join(short[0]), "".join(short[1]), "".join(long)] == alone
+    assert engine.scheduler.stats.peak_batches == 2  # the long prompt ran beside them
+
+
 def test_joining_and_leaving_between_steps(tiny_engine: SRAEngine) -> None:
     expected = [tiny_engine.generate(prompt(i), max_new_tokens=4 + 6 * i) for i in range(4)]
     streams = []
@@ -157,6 +182,14 @@ def test_repetition_penalty_covers_the_prompt_and_the_generated_tokens(tiny_engi
     plain = tiny_engine.submit(tiny_engine.request(prompt(2), max_new_tokens=20))
     list(plain)
     assert set(plain.token_ids) & set(request.prompt_ids) or len(set(plain.token_ids)) < len(plain.token_ids)
+
+
+def test_the_penalty_can_leave_the_prompt_alone(tiny_engine: SRAEngine) -> None:
+    request = tiny_engine.request(prompt(2), max_new_tokens=20, repetition_penalty=1e6, penalize_prompt=False)
+    stream = tiny_engine.submit(request)
+    list(stream)
+    assert len(set(stream.token_ids)) == len(stream.token_ids)  # no generated token twice
+    assert set(stream.token_ids) & set(request.prompt_ids)  # but the prompt's tokens may be repeated
 
 
 def test_a_closed_stream_leaves_the_batch_and_others_go_on(tiny_engine: SRAEngine) -> None:
@@ -278,3 +311,19 @@ def test_an_impossible_budget_gives_advice_that_can_be_followed(tiny_engine: SRA
 def test_empty_or_unknown_roles_are_rejected(tiny_engine: SRAEngine, role: str) -> None:
     with pytest.raises(ValueError, match="role"):
         tiny_engine.stream([{"role": role, "content": "Hello"}])
+
+
+def test_a_closed_engine_fails_its_requests_and_refuses_new_ones(tiny_tokenizer, make_tiny_model) -> None:
+    engine = SRAEngine(make_tiny_model("llama", len(tiny_tokenizer)), tiny_tokenizer)
+    assert engine.generate(prompt(1), max_new_tokens=3)
+    gate = Gate()
+    holder = engine.stream("hold", max_new_tokens=50, logits_processors=[gate])
+    assert gate.reached.wait(timeout=60)
+    waiting = engine.stream(prompt(2), max_new_tokens=5)
+    threading.Timer(0.2, gate.open).start()
+    engine.close()
+    for stream in (holder, waiting):
+        with pytest.raises(RuntimeError, match="closed"):
+            list(stream)
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.stream(prompt(1))

@@ -42,6 +42,7 @@ def test_call_settings_merge_over_the_objects() -> None:
         "top_k": 0,
         "min_p": 0.0,
         "repetition_penalty": 1.0,
+        "penalize_prompt": True,
         "seed": 3,
         "stop": ["\n\n"],
         "tail_from": "Question:",

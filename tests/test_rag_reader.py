@@ -49,7 +49,7 @@ def test_answer_streams_over_all_chunks_with_numbered_sources(embedded_engine) -
     retriever = ListRetriever(CHUNKS)
     spy = SpyEngine(embedded_engine)
     sra = SRAConfig.preset("demo")
-    reader = Reader(spy, retriever, top_k=3, sra=sra, max_new_tokens=6)
+    reader = Reader(spy, retriever, top_k=3, sra=sra, max_new_tokens=6, sampling={"repetition_penalty": 1.2})
     answer = reader.stream(QUESTION)
     pieces = list(answer)
     assert retriever.calls == [(QUESTION, 3)]
@@ -61,7 +61,7 @@ def test_answer_streams_over_all_chunks_with_numbered_sources(embedded_engine) -
     assert answer.stuffed.layout.question == answer.stuffed.tail_from
     assert [block.splitlines()[0] for block in answer.stuffed.layout.documents] == ["[1] leave.md", "[2] faq.txt"]
     assert spy.stream_kwargs["sra"] is sra and spy.stream_kwargs["max_new_tokens"] == 6
-    assert spy.stream_kwargs["stop"] == ("\nQuestion:",)
+    assert spy.stream_kwargs["stop"] == ("\nQuestion:",) and spy.stream_kwargs["repetition_penalty"] == 1.2
 
 
 def test_ask_matches_stream(embedded_engine) -> None:
@@ -82,3 +82,7 @@ def test_empty_retrieval_and_bad_settings_are_clear_errors(embedded_engine) -> N
         Reader(embedded_engine, ListRetriever(CHUNKS), top_k=0)
     with pytest.raises(ValueError, match="overflow"):
         Reader(embedded_engine, ListRetriever(CHUNKS), overflow="cut")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="as Reader arguments"):
+        Reader(embedded_engine, ListRetriever(CHUNKS), sampling={"stop": ["x"]})
+    with pytest.raises(ValueError, match="temperature=nan"):
+        Reader(embedded_engine, ListRetriever(CHUNKS), sampling={"temperature": float("nan")}).stream(QUESTION)

@@ -58,6 +58,30 @@ QuestionTailOption = Annotated[
     ),
 ]
 MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate at most.", min=1)]
+TemperatureOption = Annotated[float, typer.Option("--temperature", help="Sampling temperature (0: greedy).", min=0.0)]
+TopPOption = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (with --temperature > 0).")]
+TokenTopKOption = Annotated[
+    int, typer.Option("--top-k-tokens", help="Sample from the k likeliest tokens only (0: all).", min=0)
+]
+MinPOption = Annotated[
+    float, typer.Option("--min-p", help="Drop tokens under min-p x the likeliest one's probability.")
+]
+RepetitionOption = Annotated[
+    float, typer.Option("--repetition-penalty", help="Penalty on repeated tokens (1: none); the default stops loops.")
+]
+PenalizePromptOption = Annotated[
+    bool,
+    typer.Option(
+        "--penalize-prompt/--no-penalize-prompt",
+        help="Count the sources' tokens in the repetition penalty too (default: only the answer's).",
+    ),
+]
+SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.")]
+
+ANSWER_REPETITION_PENALTY = 1.2
+"""The answers' default repetition penalty, over the answer's own tokens: the embedded model loops
+without one ("uses 868 MHz, which is the same as the 433 MHz band ..."), and counting the sources'
+tokens as well stops it from repeating the facts it must cite (it then answers neither demo question)."""
 
 
 @app.command()
@@ -104,8 +128,16 @@ def ask(
     beta_inner: BetaInnerOption = None,
     beta_outer: BetaOuterOption = None,
     question_tail: QuestionTailOption = None,
+    temperature: TemperatureOption = 0.0,
+    top_p: TopPOption = 1.0,
+    top_k_tokens: TokenTopKOption = 0,
+    min_p: MinPOption = 0.0,
+    repetition_penalty: RepetitionOption = ANSWER_REPETITION_PENALTY,
+    penalize_prompt: PenalizePromptOption = False,
+    seed: SeedOption = None,
 ) -> None:
     """Answer a question: retrieve top-k chunks, stuff them all into one prompt, stream the answer."""
+    sampling = _sampling(temperature, top_p, top_k_tokens, min_p, repetition_penalty, penalize_prompt, seed)
     overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer, question_tail)
     with _user_errors():
         config = _sra_config(preset, sra, overrides)
@@ -113,7 +145,7 @@ def ask(
         if opened.count() == 0:
             _fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
         engine = _engine(model)
-        _answer(engine, opened, question, config, top_k, max_new_tokens, overflow)
+        _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling)
 
 
 @app.command()
@@ -169,6 +201,9 @@ def demo(
     top_k: Annotated[int, typer.Option("--top-k", help="Chunks to retrieve.", min=1)] = 6,
     preset: PresetOption = "recommended",
     sra: SraSwitch = None,
+    temperature: TemperatureOption = 0.0,
+    repetition_penalty: RepetitionOption = ANSWER_REPETITION_PENALTY,
+    seed: SeedOption = None,
 ) -> None:
     """Ingest the bundled sample documents (idempotent) and answer two sample questions. Chunks
     that do not fit the context window are dropped with a warning."""
@@ -184,7 +219,8 @@ def demo(
         _info(f"Reader: {engine.name}, context window {engine.context_window} tokens, SRA {state} ({preset}).")
         for question in SAMPLE_QUESTIONS:
             typer.secho(f"\nQ: {question}", bold=True)
-            _answer(engine, opened, question, config, top_k, max_new_tokens, "drop")
+            sampling = _sampling(temperature, 1.0, 0, 0.0, repetition_penalty, False, seed)
+            _answer(engine, opened, question, config, top_k, max_new_tokens, "drop", sampling)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -209,6 +245,27 @@ def _overrides(
         "tail": None if question_tail is None else ("question" if question_tail else "fixed"),
     }
     return {name: value for name, value in values.items() if value is not None}
+
+
+def _sampling(
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    min_p: float,
+    repetition_penalty: float,
+    penalize_prompt: bool,
+    seed: int | None,
+) -> dict[str, Any]:
+    """The decoding settings of an answer (checked by the engine, with the other settings)."""
+    return {
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "min_p": min_p,
+        "repetition_penalty": repetition_penalty,
+        "penalize_prompt": penalize_prompt,
+        "seed": seed,
+    }
 
 
 def _sra_config(preset: str, enabled: bool | None, overrides: dict[str, Any]) -> SRAConfig:
@@ -253,6 +310,7 @@ def _answer(
     top_k: int,
     max_new_tokens: int,
     overflow: str,
+    sampling: dict[str, Any],
 ) -> None:
     from sra_rag.rag.reader import Reader
 
@@ -263,6 +321,7 @@ def _answer(
         sra=config,
         max_new_tokens=max_new_tokens,
         overflow=overflow,  # type: ignore[arg-type]  # validated by Reader
+        sampling=sampling,
     )
     with _warnings_to_stderr():
         answer = reader.stream(question)

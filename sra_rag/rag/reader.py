@@ -8,9 +8,9 @@ the instruction after it and the generation prompt, and the question re-attends 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
@@ -85,8 +85,10 @@ class Reader:
     ``top_k``: chunks retrieved; ``sra``: the SRA settings (default: the engine's); ``overflow``:
     what to do when the retrieved text does not fit (``"error"`` or ``"drop"``, see
     :func:`~sra_rag.rag.stuffing.stuff_prompt`); ``stop``: stop sequences (by default, a small model
-    that starts writing another "Question:" is stopped). The SRA tail follows the config's ``tail``
-    (``"question"``: exactly the question and instruction); the prompt's layout is always passed.
+    that starts writing another "Question:" is stopped); ``sampling``: further decoding settings of
+    :meth:`~sra_rag.SRAEngine.stream` (``temperature``, ``repetition_penalty``, ``seed``, ...;
+    default greedy). The SRA tail follows the config's ``tail`` (``"question"``: exactly the
+    question and instruction); the prompt's layout is always passed.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class Reader:
         overflow: OverflowPolicy = "error",
         system_prompt: str | None = None,
         stop: tuple[str, ...] = DEFAULT_STOP,
+        sampling: Mapping[str, Any] | None = None,
     ) -> None:
         if not callable(getattr(retriever, "retrieve", None)):
             raise TypeError(f"retriever must have a retrieve(question, top_k) method, got {type(retriever).__name__}")
@@ -117,6 +120,10 @@ class Reader:
         self.overflow: OverflowPolicy = overflow
         self.system_prompt = system_prompt
         self.stop = stop
+        self.sampling = dict(sampling or {})
+        taken = sorted(set(self.sampling) & {"max_new_tokens", "sra", "stop", "layout", "tail_from"})
+        if taken:
+            raise TypeError(f"pass {taken} as Reader arguments, not in sampling")
 
     def retrieve(self, question: str) -> list[Chunk]:
         chunks = self.retriever.retrieve(question, self.top_k)
@@ -145,6 +152,7 @@ class Reader:
             sra=self.sra,
             stop=self.stop,
             layout=stuffed.layout,
+            **self.sampling,
         )
         return AnswerStream(question, stuffed, stream)
 

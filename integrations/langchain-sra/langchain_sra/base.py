@@ -10,6 +10,7 @@ from langchain_core.messages import UsageMetadata
 from pydantic import Field
 
 from sra_rag import Completion, SRAOptions, TextStream
+from sra_rag.options import SAMPLING_FIELDS
 
 
 class SRASettings(SRAOptions):
@@ -39,10 +40,7 @@ class SRASettings(SRAOptions):
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
+            **{name: getattr(self, name) for name in SAMPLING_FIELDS},
             "stop": self.stop,
             "sra": self.sra_config.model_dump(),
         }

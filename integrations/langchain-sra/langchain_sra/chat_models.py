@@ -58,16 +58,18 @@ class ChatSRA(SRASettings, BaseChatModel):
     """A local Hugging Face causal LM with Scaled ReAttention (arXiv 2307.13365) as a chat model.
 
     Construction: ``model`` (None: the embedded SmolLM2-135M-Instruct), ``device``, ``dtype``,
-    ``max_tokens`` (alias ``max_new_tokens``), ``temperature``, ``top_p``, ``seed``, ``stop``,
+    ``max_tokens`` (alias ``max_new_tokens``), ``temperature``, ``top_p``, ``top_k``, ``min_p``,
+    ``repetition_penalty``, ``penalize_prompt``, ``seed``, ``stop``,
     ``streaming``, and the SRA fields of :class:`~sra_rag.SRAConfig` (``enabled``,
     ``begin_length``, ..., ``outer_layers``) or ``sra=SRAConfig(...)``; ``engine=`` uses an
     :class:`~sra_rag.SRAEngine` loaded yourself. Objects on the same model share one engine.
 
     Each call (``invoke``, ``stream``, ``batch``, ``bind``, and the async variants) accepts ``stop``,
-    ``sra=SRAConfig(...)``, single SRA fields, ``max_tokens``, ``temperature``, ``top_p``, ``seed`` and
-    ``tail_from`` (question-aware SRA tail). Messages carry ``usage_metadata`` with the engine's token
-    counts and ``response_metadata`` with ``finish_reason`` and ``model_name``; in a stream, the last
-    chunk carries them. Text only (no images).
+    ``sra=SRAConfig(...)``, single SRA fields, ``max_tokens``, the sampling settings, ``layout`` or
+    ``tail_from`` (question-aware SRA tail) and ``logits_processors``. Messages carry
+    ``usage_metadata`` with the engine's token counts and ``response_metadata`` with
+    ``finish_reason`` and ``model_name``; in a stream, the last chunk carries them. Text only (no
+    images).
 
     Structured output and tool calling use constrained decoding (the reply always parses and fits
     the schema): ``with_structured_output(schema)`` (``method="json_schema"``, the default,

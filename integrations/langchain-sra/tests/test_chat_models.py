@@ -139,8 +139,8 @@ def test_batch_and_async_calls_match_and_leave_the_event_loop_free(chat: ChatSRA
 
 
 def test_bad_input_raises_an_actionable_error(chat: ChatSRA) -> None:
-    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['top_k'\]"):
-        chat.invoke(QUESTION, top_k=3)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['num_beams'\]"):
+        chat.invoke(QUESTION, num_beams=3)
     with pytest.raises(ValueError, match="reads system, human, AI and tool messages"):
         chat.invoke([HumanMessage("Add 2 and 3."), FunctionMessage("5", name="add")])
     image = HumanMessage(content=[{"type": "image", "url": "https://example.com/cat.png"}])

@@ -138,8 +138,8 @@ def test_stop_sequences_and_generation_settings(llm: SRALLM) -> None:
 
 
 def test_bad_input_raises_an_actionable_error(llm: SRALLM) -> None:
-    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['top_k'\]"):
-        llm.complete(QUESTION, top_k=3)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['num_beams'\]"):
+        llm.complete(QUESTION, num_beams=3)
     with pytest.raises(TypeError, match="not both"):
         llm.complete(QUESTION, max_tokens=2, max_new_tokens=3)
     with pytest.raises(ValueError, match="beta_outer"):

@@ -68,7 +68,9 @@ class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
     :class:`~sra_rag.SRAConfig` with its defaults; ``sra=SRAConfig(...)`` at construction sets them
     all at once. Every call accepts the same names as keyword arguments, or ``sra=SRAConfig(...)``,
     merged over the object's settings, plus ``max_new_tokens`` (or ``max_tokens``),
-    ``temperature``, ``top_p``, ``seed``, ``stop`` and ``tail_from`` (question-aware SRA tail).
+    the sampling settings (``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``,
+    ``penalize_prompt``, ``seed``), ``stop``, ``layout`` or ``tail_from`` (question-aware SRA tail)
+    and ``logits_processors``.
 
     Structured output uses constrained decoding: ``structured_predict`` / ``as_structured_llm`` (and
     their stream and async variants) decode under the output class's JSON schema, so the reply always
