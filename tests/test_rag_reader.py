@@ -59,7 +59,7 @@ def test_answer_streams_over_all_chunks_with_numbered_sources(embedded_engine) -
     assert answer.prompt_tokens == embedded_engine.count_tokens(answer.stuffed.messages)
     assert spy.stream_kwargs["layout"] == answer.stuffed.layout
     assert answer.stuffed.layout.question == answer.stuffed.tail_from
-    assert [block.splitlines()[0] for block in answer.stuffed.layout.documents] == ["[1] leave.md", "[2] faq.txt"]
+    assert [block.splitlines()[0] for block in answer.stuffed.layout.documents] == ["Document [1]", "Document [2]"]
     assert spy.stream_kwargs["sra"] is sra and spy.stream_kwargs["max_new_tokens"] == 6
     assert spy.stream_kwargs["stop"] == ("\nQuestion:",) and spy.stream_kwargs["repetition_penalty"] == 1.2
 
