@@ -4,6 +4,7 @@ RoPE model use it."""
 from sra_rag.attention import register, sra_settings
 from sra_rag.config import SRAConfig
 from sra_rag.engine import Completion, ContextWindowExceededError, SRAEngine, TextStream
+from sra_rag.layout import PromptLayout, TextLayout
 from sra_rag.models import ModelNotSupportedError
 from sra_rag.options import SRAOptions
 
@@ -11,9 +12,11 @@ __all__ = [
     "Completion",
     "ContextWindowExceededError",
     "ModelNotSupportedError",
+    "PromptLayout",
     "SRAConfig",
     "SRAEngine",
     "SRAOptions",
+    "TextLayout",
     "TextStream",
     "register",
     "sra_settings",
