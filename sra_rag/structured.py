@@ -17,6 +17,7 @@ works inside ``model.generate`` and inside a decoding loop that hands it one req
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -163,7 +164,7 @@ class _Vocabulary:
         control = {i for i, token in enumerate(tokens) if _CONTROL.search(token)} - set(stops) - special
         return cls(
             info,
-            xgrammar.GrammarCompiler(info, max_threads=1),
+            xgrammar.GrammarCompiler(info),
             tuple(sorted(special)),
             tuple(sorted(control)),
             frozenset(i for i, token in enumerate(tokens) if token.startswith(b"{")),
@@ -202,7 +203,7 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
         self._prompt_length = 0
         self._seen = 0
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         batch, length = input_ids.shape
         if scores.shape[-1] != self.vocab_size:
             raise ValueError(
@@ -228,9 +229,6 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
                 "use one processor per request."
             )
         assert self._bitmask is not None
-        if scores.is_inference() and not torch.is_inference_mode_enabled():
-            # Masked in place below; logits made in inference mode are read-only outside it.
-            scores = scores.clone()  # type: ignore[assignment]
         new_tokens = input_ids[:, self._prompt_length + self._seen :].tolist()
         if self._json_start_token_ids is not None and self._seen == 0 and generated > 0:
             self._is_json = [tokens[0] in self._json_start_token_ids for tokens in new_tokens]
@@ -252,10 +250,12 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
             else:
                 matcher.fill_next_token_bitmask(self._bitmask, row)
                 (json_rows if self._is_json[row] else text_rows).append(row)
-        _apply_bitmask(scores, self._bitmask)
-        for rows, masked in ((json_rows, self._json_masked), (text_rows, self._text_masked)):
-            if rows and len(masked):
-                scores[torch.tensor(rows, device=scores.device)[:, None], masked.to(scores.device)] = -float("inf")
+        # Masked in place; logits made in inference mode can only be changed in place inside it.
+        with torch.inference_mode() if scores.is_inference() else contextlib.nullcontext():
+            _apply_bitmask(scores, self._bitmask)
+            for rows, masked in ((json_rows, self._json_masked), (text_rows, self._text_masked)):
+                if rows and len(masked):
+                    scores[torch.tensor(rows, device=scores.device)[:, None], masked.to(scores.device)] = -float("inf")
         return scores
 
     @property

@@ -201,11 +201,13 @@ def render_tool_result(name: str | None, content: str, *, error: bool = False) -
     return f"{label} {'failed' if error else 'returned'}: {content}"
 
 
-def parse_tool_call(text: str, tools: Sequence[Tool]) -> ToolCall | None:
-    """The call in a reply generated under :func:`tool_call_schema`, or None for a plain-text answer
-    (a reply that does not begin with ``{``). An incomplete or foreign call is a ``ValueError``."""
+def parse_tool_call(text: str, tools: Iterable[Tool | Mapping[str, Any]]) -> ToolCall | None:
+    """The call in a reply generated with ``tools`` (:class:`Tool`\ s or OpenAI tool dicts), or None for
+    a plain-text answer (a reply that does not begin with ``{``). An incomplete or foreign call is a
+    ``ValueError``."""
     if not text.startswith("{"):
         return None
+    tools = as_tools(tools)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:

@@ -132,7 +132,7 @@ class TestChatSRAStandardIntegration(LocalTextModel, ChatModelIntegrationTests):
     @pytest.mark.xfail(
         reason="tool_choice='auto' leaves the choice to the model, and the embedded 135M model answers "
         "'What is the weather in San Francisco, CA?' in text instead of calling get_weather; the same loop "
-        "with the call forced passes (test_chat_models.py::test_an_agent_loop_with_a_forced_first_call)",
+        "with the call forced passes (test_structured_output.py::test_an_agent_loop_with_a_forced_first_call)",
         strict=False,
     )
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)

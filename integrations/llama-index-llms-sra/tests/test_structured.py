@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, TextBlock, ToolCallBlock
+from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.sra import SRALLM
@@ -137,3 +138,11 @@ def test_function_calling_and_an_agent(llm: SRALLM) -> None:
 
     result = asyncio.run(run())
     assert result.tool_calls[0].tool_output.raw_output == 5 and "5" in str(result)
+
+
+@pytest.mark.slow
+def test_async_chat_reports_one_llm_event(embedded_engine) -> None:
+    counter = TokenCountingHandler(tokenizer=embedded_engine.tokenizer.encode)
+    llm = SRALLM(max_new_tokens=4, callback_manager=CallbackManager([counter]))
+    asyncio.run(llm.achat([ChatMessage(role="user", content="Hi")]))
+    assert len(counter.llm_token_counts) == 1

@@ -135,9 +135,7 @@ class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        settings, tools = self._settings(kwargs)
-        result = self.engine.complete(_engine_messages(messages), **settings)
-        return _to_chat(self._response(result.text, None, result), tools)
+        return self._chat(messages, kwargs)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -147,7 +145,7 @@ class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return await asyncio.to_thread(self.chat, messages, **kwargs)
+        return await asyncio.to_thread(self._chat, messages, kwargs)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
@@ -217,6 +215,11 @@ class SRALLM(SRAOptions, StructuredPredict, FunctionCallingLLM):
         call = dict(kwargs)
         structured, tools = pop_structured(call)
         return {**self.call_settings(call), **structured}, tools
+
+    def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponse:
+        settings, tools = self._settings(kwargs)
+        result = self.engine.complete(_engine_messages(messages), **settings)
+        return _to_chat(self._response(result.text, None, result), tools)
 
     def _complete(self, prompt: EnginePrompt, kwargs: dict[str, Any]) -> CompletionResponse:
         settings, _ = self._settings(kwargs)
