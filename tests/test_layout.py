@@ -68,8 +68,8 @@ def test_stuffed_prompts_give_their_question_and_source_blocks(tiny_engine) -> N
     stuffed = stuff_prompt(tiny_engine, "Who approves leave?", chunks, max_new_tokens=8)
     assert stuffed.layout.question == stuffed.tail_from
     assert stuffed.layout.documents == (
-        "[1] leave.md\n\nLeave is approved by the team lead.\n\nRequests go through the portal.",
-        "[2] ferry.txt\n\nThe ferry leaves at noon.",
+        "Document [1]\nLeave is approved by the team lead.\n\nRequests go through the portal.",
+        "Document [2]\nThe ferry leaves at noon.",
     )
     prepared = tiny_engine.prepare(stuffed.messages, layout=stuffed.layout)
     assert [decode(tiny_engine, prepared, span) for span in prepared.layout.documents] == list(stuffed.layout.documents)
