@@ -341,6 +341,56 @@ def _record_readout(
         recorder.record_classes(layer_idx, class_mass)
 
 
+def _boosted_spans(config: SRAConfig, recorder: ReadoutRecorder | None, layer_idx: int) -> list[tuple[int, int]]:
+    """The document spans (the row's real-token coordinates) whose attention document reattention
+    raises at this layer: the readout's top ``document_top_k``, once its band has been read."""
+    if not config.boosts_documents or recorder is None:
+        return []
+    ranking = recorder.ranking(layer_idx)
+    if ranking is None:
+        return []
+    return [recorder.layout.documents[index] for index in ranking[: config.document_top_k]]
+
+
+def boost_documents(probs: torch.Tensor, spans: Sequence[tuple[int, int]], boost: float) -> None:
+    """Document reattention, in place on rows ``probs (..., keys)``: multiply the columns of
+    ``spans`` by ``boost`` and renormalise every row."""
+    for start, stop in spans:
+        probs[..., start:stop] *= boost
+    probs /= probs.sum(dim=-1, keepdim=True)
+
+
+def _boost_sequence(
+    output: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    batch_index: int,
+    offset: int,
+    n: int,
+    question_start: int,
+    spans: Sequence[tuple[int, int]],
+    config: SRAConfig,
+    scaling: float,
+) -> None:
+    """Recompute, in place, the question rows' outputs of one sequence with document reattention.
+
+    output: ``(q_len, heads, head_dim)``; query: ``(heads, q_len, head_dim)``; key, value:
+    ``(kv_heads, kv_len, head_dim)`` in fp32.
+    """
+    heads, kv_heads = query.shape[0], key.shape[0]
+    step = max(1, ROW_CHUNK_ELEMENTS // max(1, heads * n))
+    for first in range(offset + question_start, offset + n, step):
+        rows = slice(first, min(first + step, offset + n))
+        probs = _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
+        boost_documents(probs, spans, config.document_boost)
+        count = rows.stop - rows.start
+        stacked = probs.view(kv_heads, heads // kv_heads * count, -1)
+        edited = torch.bmm(stacked, value[:, offset : rows.stop]).view(heads, count, -1)
+        output[rows] = edited.transpose(0, 1).to(output.dtype)
+
+
 def _is_prefill(query: torch.Tensor, key: torch.Tensor) -> bool:
     q_len, kv_len = query.shape[2], key.shape[2]
     if q_len > 1 and q_len != kv_len:
@@ -391,6 +441,23 @@ def sra_attention_forward(
             )
         if not config.enabled:
             continue
+        spans = _boosted_spans(config, recorder, layer_idx)
+        if spans and recorder is not None:
+            question_start = _question_start(recorder.layout, n, batch_index) or 0
+            _boost_sequence(
+                output[batch_index],
+                query[batch_index],
+                key_f,
+                value[batch_index].float(),
+                attention_mask,
+                batch_index,
+                offset,
+                n,
+                question_start,
+                spans,
+                config,
+                scaling,
+            )
         edits = layer_edits(n, layer_idx, num_layers, config, _question_start(layout, n, batch_index))
         if not edits:
             continue
@@ -460,6 +527,12 @@ def sra_reference_attention_forward(
             recorder.record(_layer_position(module)[0], question_rows.double().mean(dim=(0, 1)))
             if recorder.token_classes:
                 recorder.record_classes(_layer_position(module)[0], recorder.class_mass(question_rows))
+            spans = _boosted_spans(rows[b][0], recorder, _layer_position(module)[0])
+            if spans:  # document reattention: the question rows, every head
+                question, columns = positions[question_start:, None], positions[None, :]
+                edited = probs[b][:, question, columns]  # (heads, question rows, real keys): a copy
+                boost_documents(edited, spans, rows[b][0].document_boost)
+                probs[b][:, question, columns] = edited
 
     if any(config.enabled for config, _ in rows) and _is_prefill(query, key):
         layer_idx, num_layers = _layer_position(module)

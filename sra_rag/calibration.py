@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sra_rag.layout import PromptLayout
 from sra_rag.readout import DocumentAttention, Readout
 
 PROFILE_FOLDER = "data/readout"
@@ -73,6 +74,20 @@ class ReadoutProfile(BaseModel):
         where = np.asarray(readout.positions)
         bias = np.stack([np.interp(where, self.positions, row) for row in self.bias])
         return density - bias
+
+    def band_scores(self, layout: PromptLayout, mass: Mapping[int, Sequence[float]]) -> list[float]:
+        """The scores of :meth:`score` from the band's layers alone (``mass[layer][document]``), for
+        use inside a prefill that has read the band but not yet the later layers."""
+        low, high = self.layers
+        missing = [layer for layer in range(low, high) if layer not in mass]
+        if missing:
+            raise ValueError(f"the readout misses layers {missing} of the band {self.layers}")
+        band = Readout(layout, tuple(tuple(mass[layer]) for layer in range(low, high)))
+        scores = band.log_density().numpy()
+        if self.calibrated:
+            where = np.asarray(band.positions)
+            scores = scores - np.stack([np.interp(where, self.positions, row) for row in self.bias[low:high]])
+        return [float(value) for value in scores.mean(axis=0)]
 
     def score(self, readout: Readout) -> DocumentAttention:
         """One score per document (higher = read more): the band's mean of :meth:`layer_scores`."""

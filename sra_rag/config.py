@@ -73,12 +73,37 @@ class SRAConfig(BaseModel):
         ),
     )
 
+    document_boost: float = Field(
+        1.0,
+        ge=1.0,
+        description=(
+            "Variant beyond the paper, document reattention (1 = off): in the prefill, at every layer "
+            "after the readout profile's layer band, the question's rows (the question to the end of the "
+            "prompt) multiply their attention on the top-ranked document(s) by this factor and are "
+            "renormalised. The ranking is the calibrated readout of the band's layers (see "
+            "docs/readout.md), so it needs a request whose layout marks documents and a question (the "
+            "reader's, the server's documents, or TextLayout); rows without them are left as they are. "
+            "Works alone: set inner=False and outer=False."
+        ),
+    )
+    document_top_k: int = Field(1, ge=1, description="Documents whose attention document_boost raises.")
+
     @model_validator(mode="after")
     def _check_layer_band(self) -> SRAConfig:
         low, high = self.outer_layers
         if not 0.0 <= low < high <= 1.0:
             raise ValueError(f"outer_layers must satisfy 0 <= lo < hi <= 1, got {self.outer_layers}")
+        if self.boosts_documents and (self.inner or self.outer):
+            raise ValueError(
+                "document_boost replaces the paper's loops: pass inner=False and outer=False with it "
+                "(or use SRAConfig.preset('documents'))"
+            )
         return self
+
+    @property
+    def boosts_documents(self) -> bool:
+        """Whether document reattention is on (``enabled`` and ``document_boost > 1``)."""
+        return self.enabled and self.document_boost > 1.0
 
     def tail_for(self, n: int, question_start: int | None = None) -> int:
         """The tail length for a prompt of ``n`` real tokens whose question (if it has one) starts at
@@ -92,8 +117,8 @@ class SRAConfig(BaseModel):
     @classmethod
     def preset(cls, name: str) -> SRAConfig:
         """A named configuration: ``"paper"`` (the spec defaults), ``"demo"`` (the paper authors'
-        demo settings), ``"off"`` (stock attention) or ``"recommended"`` (see the README section
-        "Does SRA help?")."""
+        demo settings), ``"off"`` (stock attention), ``"recommended"`` (see the README section
+        "Does SRA help?") or ``"documents"`` (document reattention, a variant; docs/readout.md)."""
         try:
             return cls(**PRESETS[name])
         except KeyError:
@@ -125,6 +150,15 @@ PRESETS: dict[str, dict[str, object]] = {
         "outer_target": "attention",
         "outer_layers": (0.75, 1.0),
         "tail": "question",
+    },
+    # Document reattention (a variant beyond the paper): the question's rows read the document that the
+    # calibrated readout ranks first ten times more, in the layers after the readout's band. Measured
+    # in docs/eval/documents/.
+    "documents": {
+        "inner": False,
+        "outer": False,
+        "tail": "question",
+        "document_boost": 10.0,
     },
 }
 

@@ -339,7 +339,9 @@ class SRAEngine:
         self._check_fits(prepared.num_tokens, sampling.max_new_tokens)
         if not isinstance(readout, bool):
             raise TypeError(f"readout must be True or False, got {readout!r}")
-        wants_readout = readout and prepared.layout.question is not None and bool(prepared.layout.documents)
+        # Document reattention ranks the documents by the readout, so it records one whatever ``readout`` says.
+        wants_readout = (readout or config.boosts_documents) and prepared.layout.question is not None
+        wants_readout = wants_readout and bool(prepared.layout.documents)
         return Request(
             prompt_ids=tuple(prepared.input_ids[0].tolist()),
             sra=config,
@@ -371,7 +373,8 @@ class SRAEngine:
         also turns on the question tail), ``chat_template`` and ``logits_processors`` (transformers
         ``LogitsProcessor`` s called with the request's full ids), ``readout`` (True: when the
         layout marks documents and a question, the stream's ``document_attention`` tells how much
-        the question read each document; ~1.0x prefill cost).
+        the question read each document; ~1.0x prefill cost; always on with an ``sra`` that boosts
+        documents, which ranks them by it).
 
         Structured output, by constrained decoding: ``json_schema`` (a JSON schema dict, a pydantic
         model class, or True for any JSON object) makes the reply JSON that fits it; ``tools`` (a list

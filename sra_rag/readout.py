@@ -16,10 +16,14 @@ document answers (``sra-rag calibrate``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from sra_rag.layout import PromptLayout
+
+if TYPE_CHECKING:
+    from sra_rag.calibration import ReadoutProfile
 
 # The paper's token classes by attention weight: Linchpins above 0.05, Hidden Gems / Context Fillers
 # from 0.01 to 0.05, Small Potatoes below 0.01.
@@ -36,8 +40,21 @@ class ReadoutRecorder:
 
     layout: PromptLayout
     token_classes: bool = False
+    profile: ReadoutProfile | None = None
     mass: dict[int, list[float]] = field(default_factory=dict)
     classes: dict[int, list[float]] = field(default_factory=dict)
+    _ranking: list[int] | None = field(default=None, init=False, repr=False)
+
+    def ranking(self, layer: int) -> list[int] | None:
+        """Document indices, most read first, by the ``profile``'s calibrated scores over its layer
+        band; None at layers up to the band's end (the band is not read yet) or without a profile.
+        What document reattention (``SRAConfig.document_boost``) targets at ``layer``."""
+        if self.profile is None or layer < self.profile.layers[1]:
+            return None
+        if self._ranking is None:
+            scores = self.profile.band_scores(self.layout, self.mass)
+            self._ranking = sorted(range(len(scores)), key=lambda index: -scores[index])
+        return self._ranking
 
     @property
     def wanted(self) -> bool:

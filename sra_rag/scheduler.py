@@ -255,7 +255,9 @@ class Scheduler:
             padding["attention_mask"] = (positions >= 0).long().to(self.device)
             padding["position_ids"] = positions.clamp(min=0).to(self.device)
         recorders = [
-            ReadoutRecorder(request.layout) if request.readout is not None and request.layout is not None else None
+            ReadoutRecorder(request.layout, profile=request.readout)
+            if request.readout is not None and request.layout is not None
+            else None
             for request in requests
         ]
         cache = DynamicCache(config=self.model.config)

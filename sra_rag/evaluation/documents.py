@@ -1,0 +1,233 @@
+"""Does document reattention help? Held-out answers and readout ranks on the reader's own prompt.
+
+``python -m sra_rag.evaluation.documents --model qwen2.5-coder-0.5b --length 2048 --count 100 --seed 11
+--out docs/eval/documents/qwen-2k`` builds ``count`` prompts of :mod:`sra_rag.evaluation.readout`
+(numbered biographies, the gold document at relative depths 0, .25, .5, .75, 1 in turn, name and
+paraphrase questions alternating), answers each greedily with every setting (stock attention first),
+and writes per prompt: the gold document's readout rank (raw and calibrated, from the stock run) and
+whether each setting's answer names the gold town. The report gives accuracy per depth with 95% Wilson
+intervals, gained / lost answers against stock with an exact two-sided sign test, Recall@1 / @3 and
+each setting's prefill time as a ratio to stock in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sra_rag.calibration import ReadoutProfile, rank_of_gold
+from sra_rag.config import SRAConfig
+from sra_rag.evaluation.readout import ReadoutPrompt, prompts
+from sra_rag.evaluation.report import wilson_interval
+from sra_rag.rag.reader import DEFAULT_STOP
+
+if TYPE_CHECKING:
+    from sra_rag.engine import SRAEngine
+
+BASELINE = "off"
+DEFAULT_SETTINGS = ("off", "documents")
+NEW_TOKENS = 32
+
+
+@dataclass
+class Outcome:
+    """One prompt: where the gold document was, how the stock readout ranked it, and per setting the
+    reply, whether it names the gold town and the prefill seconds."""
+
+    index: int
+    kind: str
+    length: int
+    documents: int
+    gold: int
+    depth: float
+    answer: str
+    raw_rank: int
+    calibrated_rank: int
+    replies: dict[str, str] = field(default_factory=dict)
+    correct: dict[str, bool] = field(default_factory=dict)
+    prefill_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _answer(engine: SRAEngine, prompt: ReadoutPrompt, sra: SRAConfig) -> tuple[str, float, object]:
+    """The reader's greedy reply (the reader's stop strings and repetition penalty), its prefill
+    seconds and its document attention."""
+    stream = engine.stream(
+        prompt.stuffed.messages,
+        layout=prompt.stuffed.layout,
+        max_new_tokens=NEW_TOKENS,
+        sra=sra,
+        stop=list(DEFAULT_STOP),
+        repetition_penalty=1.2,
+        penalize_prompt=False,
+    )
+    text = "".join(stream)
+    return text, float(stream.prefill_seconds or 0.0), stream.document_attention
+
+
+def run(
+    engine: SRAEngine,
+    profile: ReadoutProfile,
+    *,
+    seed: int,
+    length: int,
+    count: int,
+    settings: Sequence[str] = DEFAULT_SETTINGS,
+    kinds: Sequence[str] = ("name", "paraphrase"),
+    progress: Callable[[str], None] | None = None,
+) -> list[Outcome]:
+    """Answer ``count`` fresh prompts of about ``length`` tokens with every preset in ``settings``
+    (the first is the baseline whose readout gives the ranks)."""
+    configs = {name: SRAConfig.preset(name) for name in settings}
+    raw_profile = profile.model_copy(update={"calibrated": False})
+    outcomes: list[Outcome] = []
+    for index, prompt in enumerate(prompts(engine, seed, [length], count, kinds)):
+        assert prompt.gold is not None
+        documents = len(prompt.stuffed.layout.documents)
+        outcome: Outcome | None = None
+        for name, config in configs.items():
+            reply, seconds, attention = _answer(engine, prompt, config)
+            if outcome is None:
+                readout = getattr(attention, "readout", None)
+                if readout is None:
+                    raise RuntimeError("the baseline run returned no readout")
+                outcome = Outcome(
+                    index,
+                    prompt.kind,
+                    readout.layout.length,
+                    documents,
+                    prompt.gold,
+                    prompt.gold / max(1, documents - 1),
+                    prompt.answer,
+                    rank_of_gold(np.asarray(raw_profile.score(readout).scores), prompt.gold),
+                    rank_of_gold(np.asarray(profile.score(readout).scores), prompt.gold),
+                )
+            outcome.replies[name] = reply
+            outcome.correct[name] = prompt.answer.lower() in reply.lower()
+            outcome.prefill_seconds[name] = seconds
+        assert outcome is not None
+        outcomes.append(outcome)
+        if progress is not None:
+            marks = " ".join(f"{name}={'Y' if ok else '.'}" for name, ok in outcome.correct.items())
+            progress(
+                f"{index + 1}/{count} {outcome.kind} gold {outcome.gold}/{documents} "
+                f"rank raw {outcome.raw_rank} cal {outcome.calibrated_rank}: {marks}"
+            )
+    return outcomes
+
+
+def sign_test(gained: int, lost: int) -> float:
+    """Exact two-sided sign test p-value of ``gained`` against ``lost`` discordant pairs."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def _percent(hits: int, total: int) -> str:
+    low, high = wilson_interval(hits, total)
+    return f"{100 * hits / total:.0f}% ({hits}/{total}; {100 * low:.0f}-{100 * high:.0f})"
+
+
+def report(outcomes: Sequence[Outcome], title: str) -> str:
+    """Markdown: readout recall, accuracy per depth and pooled, paired change against the baseline."""
+    settings = list(outcomes[0].correct)
+    baseline = settings[0]
+    total = len(outcomes)
+    lines = [f"## {title}", ""]
+    lines += [
+        f"{total} prompts, {outcomes[0].documents}-{max(o.documents for o in outcomes)} documents, "
+        f"{min(o.length for o in outcomes)}-{max(o.length for o in outcomes)} tokens.",
+        "",
+        "| readout (stock run) | questions | Recall@1 | Recall@3 |",
+        "|---|---|---|---|",
+    ]
+    for kind in [*dict.fromkeys(o.kind for o in outcomes), "all"]:
+        items = [o for o in outcomes if kind in ("all", o.kind)]
+        for name in ("raw", "calibrated"):
+            ranks = [getattr(o, f"{name}_rank") for o in items]
+            top1 = sum(rank == 0 for rank in ranks)
+            top3 = sum(rank < 3 for rank in ranks)
+            lines.append(f"| {name} | {kind} | {_percent(top1, len(items))} | {100 * top3 / len(items):.0f}% |")
+    depths = sorted({o.depth for o in outcomes})
+    lines += [
+        "",
+        "Answers naming the gold town, per gold depth (95% Wilson interval):",
+        "",
+        "| setting | " + " | ".join(f"depth {d:.2f}" for d in depths) + " | middle (0.25-0.75) | all |",
+        "|---|" + "---|" * (len(depths) + 2),
+    ]
+    for name in settings:
+        cells = []
+        for depth in depths:
+            items = [o for o in outcomes if o.depth == depth]
+            cells.append(_percent(sum(o.correct[name] for o in items), len(items)))
+        middle = [o for o in outcomes if 0.2 <= o.depth <= 0.8]
+        cells.append(_percent(sum(o.correct[name] for o in middle), len(middle)) if middle else "-")
+        cells.append(_percent(sum(o.correct[name] for o in outcomes), total))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    lines += ["", f"Paired against `{baseline}` on the same prompts:", ""]
+    lines += [
+        "| setting | scope | change | gained | lost | sign test p | prefill time / stock |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in settings[1:]:
+        ratio = float(
+            np.median(
+                [o.prefill_seconds[name] / o.prefill_seconds[baseline] for o in outcomes if o.prefill_seconds[baseline]]
+            )
+        )
+        for scope, items in (
+            ("middle (0.25-0.75)", [o for o in outcomes if 0.2 <= o.depth <= 0.8]),
+            ("all", list(outcomes)),
+        ):
+            if not items:
+                continue
+            gained = sum(o.correct[name] and not o.correct[baseline] for o in items)
+            lost = sum(o.correct[baseline] and not o.correct[name] for o in items)
+            change = 100 * (gained - lost) / len(items)
+            lines.append(
+                f"| `{name}` | {scope} | {change:+.1f} points | {gained} | {lost} | {sign_test(gained, lost):.3f} | "
+                f"{ratio:.2f}x |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="as for SRAEngine.from_pretrained (default: the embedded model)")
+    parser.add_argument("--length", type=int, default=2048, help="prompt tokens (about)")
+    parser.add_argument("--count", type=int, default=100, help="prompts")
+    parser.add_argument("--seed", type=int, default=11, help="prompt seed (settings were chosen on others)")
+    parser.add_argument(
+        "--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="presets; the first is the baseline"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder for outcomes.json and report.md")
+    args = parser.parse_args(argv)
+    from sra_rag.engine import SRAEngine
+
+    engine = SRAEngine.from_pretrained(args.model)
+    profile = engine.readout_profile
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    outcomes = run(
+        engine, profile, seed=args.seed, length=args.length, count=args.count, settings=args.settings, progress=print
+    )
+    title = f"{engine.name}, ~{args.length} tokens, seed {args.seed}, profile layers {list(profile.layers)}"
+    text = report(outcomes, title)
+    (args.out / "outcomes.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=1) + "\n")
+    (args.out / "report.md").write_text(text)
+    print(text)
+    print(f"{time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Document reattention (``SRAConfig.document_boost``): the question's rows read the readout's
+top-ranked document more, after the profile's layer band; fast path == reference, per row in a
+padded batch; and its evaluation's statistics."""
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from sra_rag import SRAConfig
+from sra_rag.attention import boost_documents, sra_attention_forward, sra_reference_attention_forward
+from sra_rag.calibration import ReadoutProfile
+from sra_rag.evaluation.documents import Outcome, report, sign_test
+from sra_rag.layout import TextLayout
+from sra_rag.readout import Readout, ReadoutRecorder
+from tests.test_attention import module, padded_mask, random_qkv
+from tests.test_readout import DOCUMENTS, LAYOUTS, PADS, PROMPT, QUESTION
+
+BOOST = SRAConfig.preset("documents")
+NUM_LAYERS = 4  # of tests.test_attention.module
+
+
+def profile(layers=(0, 2), bias_last=0.0):
+    bias = tuple((0.0, 0.0, bias_last) for _ in range(NUM_LAYERS))
+    return ReadoutProfile(model="t", num_layers=NUM_LAYERS, layers=layers, positions=(0.0, 0.5, 1.0), bias=bias)
+
+
+def test_the_preset_and_its_checks():
+    assert BOOST.boosts_documents and not BOOST.inner and not BOOST.outer and BOOST.tail == "question"
+    assert not SRAConfig().boosts_documents and not BOOST.model_copy(update={"enabled": False}).boosts_documents
+    with pytest.raises(ValidationError, match="inner=False and outer=False"):
+        SRAConfig(document_boost=4.0)
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        SRAConfig(inner=False, outer=False, document_boost=0.5)
+    with pytest.raises(ValidationError):
+        SRAConfig(inner=False, outer=False, document_boost=float("inf"))
+
+
+def test_boosting_multiplies_the_spans_and_renormalises():
+    probs = torch.full((2, 3, 10), 0.1)
+    boost_documents(probs, [(2, 4)], 10.0)
+    assert probs.sum(-1) == pytest.approx(torch.ones(2, 3))
+    assert float(probs[0, 0, 2]) == pytest.approx(1.0 / 2.8) and float(probs[0, 0, 0]) == pytest.approx(0.1 / 2.8)
+
+
+def test_the_ranking_waits_for_the_band_and_uses_the_calibrated_scores():
+    layout = LAYOUTS[0]  # three documents of 25, 25 and 23 tokens
+    recorder = ReadoutRecorder(layout, profile=profile(bias_last=5.0))
+    recorder.mass = {0: [0.1, 0.1, 0.5], 1: [0.1, 0.2, 0.5]}
+    assert recorder.ranking(1) is None  # the band [0, 2) ends after layer 1
+    # Raw, the last document leads; its position bias (5 nats at the end) puts it last.
+    assert recorder.ranking(2) == [1, 0, 2]
+    full = Readout(layout, tuple(tuple(recorder.mass.get(layer, [0.1, 0.1, 0.1])) for layer in range(NUM_LAYERS)))
+    assert recorder.profile is not None
+    assert recorder.profile.band_scores(layout, recorder.mass) == pytest.approx(
+        list(recorder.profile.score(full).scores)
+    )
+    assert ReadoutRecorder(layout).ranking(3) is None
+    with pytest.raises(ValueError, match="misses layers"):
+        recorder.profile.band_scores(layout, {0: [0.1, 0.1, 0.5]})
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3])
+def test_fast_path_equals_reference_per_row_in_a_padded_batch(layer):
+    n = 96
+    qkv = random_qkv(batch=3, n=n, seed=7)
+    mask = padded_mask(n, PADS)
+    configs = [BOOST, SRAConfig(enabled=False), BOOST.model_copy(update={"document_top_k": 2})]
+    outputs = {}
+    for fn in (sra_attention_forward, sra_reference_attention_forward):
+        recorders = [ReadoutRecorder(layout, profile=profile()) for layout in LAYOUTS]
+        for recorder in recorders:  # the band's layers as an earlier part of the prefill left them
+            recorder.mass = {
+                0: [0.3, 0.1, 0.2][: len(recorder.layout.documents)],
+                1: [0.3, 0.1, 0.2][: len(recorder.layout.documents)],
+            }
+        outputs[fn], _ = fn(
+            module(layer), *qkv, mask, scaling=0.25, sra_config=configs, sra_layout=LAYOUTS, sra_readout=recorders
+        )
+    torch.testing.assert_close(
+        outputs[sra_attention_forward], outputs[sra_reference_attention_forward], atol=1e-5, rtol=1e-5
+    )
+    stock, _ = sra_attention_forward(module(layer), *qkv, mask, scaling=0.25, sra_config=SRAConfig(enabled=False))
+    fast = outputs[sra_attention_forward]
+    torch.testing.assert_close(fast[1], stock[1])  # the row without document reattention
+    for row in (0, 2):
+        left, question_start = PADS[row][0], LAYOUTS[row].question_start
+        assert question_start is not None
+        before = left + question_start
+        if layer < 2:  # the band is not read yet: stock everywhere
+            torch.testing.assert_close(fast[row], stock[row])
+        else:  # only the question's rows change
+            torch.testing.assert_close(fast[row, :before], stock[row, :before])
+            assert not torch.allclose(fast[row, before:], stock[row, before:])
+
+
+def test_without_documents_or_a_recorder_nothing_changes():
+    qkv = random_qkv(n=40)
+    stock, _ = sra_attention_forward(module(3), *qkv, None, sra_config=SRAConfig(enabled=False))
+    alone, _ = sra_attention_forward(module(3), *qkv, None, sra_config=BOOST)
+    torch.testing.assert_close(alone, stock)
+
+
+def test_the_engine_ranks_by_the_readout_even_when_it_is_not_asked_for(tiny_engine):
+    layout = TextLayout(question=QUESTION, documents=DOCUMENTS)
+    boosted = tiny_engine.complete(PROMPT, max_new_tokens=4, layout=layout, sra=BOOST, readout=False)
+    assert boosted.document_attention is not None
+    stock = tiny_engine.complete(PROMPT, max_new_tokens=4, layout=layout, sra=SRAConfig(enabled=False))
+    # The readout is of stock attention at every layer up to the band; the band is the upper half.
+    band = range(*boosted.document_attention.layers)
+    for layer in range(band.start):
+        assert boosted.document_attention.readout.mass[layer] == pytest.approx(
+            stock.document_attention.readout.mass[layer]
+        )
+    # Without a layout the preset leaves the prompt as stock attention reads it.
+    plain = [tiny_engine.complete(PROMPT, max_new_tokens=6, sra=sra).text for sra in (BOOST, SRAConfig(enabled=False))]
+    assert plain[0] == plain[1]
+
+
+def test_sign_test_and_report():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(10, 0) == pytest.approx(2 / 1024)
+    assert sign_test(3, 3) == 1.0
+    assert sign_test(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    outcomes = [
+        Outcome(
+            i,
+            "name",
+            2000,
+            5,
+            i % 5,
+            (i % 5) / 4,
+            "Town",
+            0,
+            0,
+            {},
+            {"off": i % 2 == 0, "documents": True},
+            {"off": 1.0, "documents": 1.05},
+        )
+        for i in range(10)
+    ]
+    text = report(outcomes, "t")
+    assert "| `documents` | all | +50.0 points | 5 | 0 | 0.062 | 1.05x |" in text
+    assert "| `off` |" in text and "depth 0.50" in text
