@@ -141,3 +141,14 @@ def test_sign_test_and_report():
     text = report(outcomes, "t")
     assert "| `documents` | all | +50.0 points | 5 | 0 | 0.062 | 1.05x |" in text
     assert "| `off` |" in text and "depth 0.50" in text
+
+
+def test_the_chroma_check_runs_end_to_end(tiny_engine, tmp_path):
+    from sra_rag.evaluation.documents import chroma_check, chroma_report
+
+    outcomes = chroma_check(tiny_engine, tmp_path, seed=1, records=6, questions=3, top_k=3)
+    assert len(outcomes) == 3 and all(set(o.correct) == {"off", "documents"} for o in outcomes)
+    assert all(o.retrieved_rank is None or 1 <= o.retrieved_rank <= 3 for o in outcomes)
+    assert len(list((tmp_path / "registry").iterdir())) == 6
+    text = chroma_report(outcomes, "tiny")
+    assert "| all | 3 |" in text

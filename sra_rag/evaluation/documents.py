@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -201,6 +202,118 @@ def report(outcomes: Sequence[Outcome], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class ChromaOutcome:
+    """One question through a Chroma store: the retriever's rank of the gold record (1-based; None:
+    not retrieved), the reader's prompt position of it, and per setting whether the answer names the
+    gold town and the gold source's rank by ``Answer.source_attention``."""
+
+    kind: str
+    retrieved_rank: int | None
+    correct: dict[str, bool] = field(default_factory=dict)
+    attention_rank: dict[str, int | None] = field(default_factory=dict)
+
+
+def chroma_check(
+    engine: SRAEngine,
+    folder: Path,
+    *,
+    seed: int,
+    records: int = 40,
+    questions: int = 20,
+    top_k: int = 10,
+    settings: Sequence[str] = DEFAULT_SETTINGS,
+    progress: Callable[[str], None] | None = None,
+) -> list[ChromaOutcome]:
+    """End to end as users run it: ``records`` biographies written as files, ingested into a fresh
+    Chroma store in ``folder``, then ``questions`` questions naming one of them (a paraphrase would fit
+    several records of the same profession), answered by :class:`~sra_rag.rag.reader.Reader` with
+    ``top_k`` retrieved records."""
+    from sra_rag.evaluation.readout import PARAPHRASES, _person
+    from sra_rag.rag.ingest import ingest
+    from sra_rag.rag.reader import Reader
+    from sra_rag.rag.store import ChromaStore
+
+    rng = random.Random(f"chroma-{seed}")
+    professions = list(PARAPHRASES)
+    people = [_person(rng, professions[index % len(professions)]) for index in range(records)]
+    corpus = folder / "registry"
+    corpus.mkdir(parents=True, exist_ok=True)
+    for index, (_, _, text) in enumerate(people):
+        (corpus / f"record-{index + 1:03d}.txt").write_text(text + "\n")
+    store = ChromaStore.open(folder / "store")
+    ingest(store, corpus, progress=False)
+    outcomes = []
+    for number in range(questions):
+        index = rng.randrange(records)
+        person, town, _ = people[index]
+        kind = "name"
+        question = f"In which town was {person} born?"
+        source = f"record-{index + 1:03d}.txt"
+        outcome: ChromaOutcome | None = None
+        for name in settings:
+            reader = Reader(
+                engine,
+                store,
+                top_k=top_k,
+                sra=SRAConfig.preset(name),
+                max_new_tokens=NEW_TOKENS,
+                sampling={"repetition_penalty": 1.2, "penalize_prompt": False},
+            )
+            retrieved = [chunk.source.rsplit("/", 1)[-1] for chunk in reader.retrieve(question)]
+            if outcome is None:
+                rank = retrieved.index(source) + 1 if source in retrieved else None
+                outcome = ChromaOutcome(kind, rank)
+            answer = reader.ask(question)
+            outcome.correct[name] = town.lower() in answer.text.lower()
+            names = [item.rsplit("/", 1)[-1] for item in answer.sources]
+            scores = answer.source_attention
+            if source in names and scores:
+                gold = scores[names.index(source)]
+                outcome.attention_rank[name] = sum(score > gold for score in scores) + 1
+            else:
+                outcome.attention_rank[name] = None
+        assert outcome is not None
+        outcomes.append(outcome)
+        if progress is not None:
+            progress(
+                f"chroma {number + 1}/{questions} {kind}: retrieved rank {outcome.retrieved_rank}, "
+                f"attention rank {outcome.attention_rank}, correct {outcome.correct}"
+            )
+    return outcomes
+
+
+def chroma_report(outcomes: Sequence[ChromaOutcome], title: str) -> str:
+    """Markdown: per retriever rank of the gold record, answers right per setting and how often the
+    calibrated attention put the gold source first."""
+    settings = list(outcomes[0].correct)
+    lines = [
+        f"## {title}",
+        "",
+        "| retriever rank of the gold record | questions | "
+        + " | ".join(f"`{s}` right" for s in settings)
+        + " | attention ranks it first (stock run) |",
+        "|---|---|" + "---|" * (len(settings) + 1),
+    ]
+    buckets = {
+        "1": lambda r: r == 1,
+        "2-3": lambda r: r in (2, 3),
+        "4-10": lambda r: r is not None and r >= 4,
+        "not retrieved": lambda r: r is None,
+    }
+    for label, test in buckets.items():
+        items = [o for o in outcomes if test(o.retrieved_rank)]
+        if not items:
+            continue
+        cells = [f"{sum(o.correct[s] for o in items)}/{len(items)}" for s in settings]
+        first = sum(o.attention_rank[settings[0]] == 1 for o in items)
+        lines.append(f"| {label} | {len(items)} | " + " | ".join(cells) + f" | {first}/{len(items)} |")
+    cells = [f"{sum(o.correct[s] for o in outcomes)}/{len(outcomes)}" for s in settings]
+    first = sum(o.attention_rank[settings[0]] == 1 for o in outcomes)
+    lines.append(f"| all | {len(outcomes)} | " + " | ".join(cells) + f" | {first}/{len(outcomes)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="as for SRAEngine.from_pretrained (default: the embedded model)")
@@ -211,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="presets; the first is the baseline"
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for outcomes.json and report.md")
+    parser.add_argument(
+        "--chroma", action="store_true", help="the end-to-end check through a Chroma store instead (chroma.md)"
+    )
     args = parser.parse_args(argv)
     from sra_rag.engine import SRAEngine
 
@@ -218,6 +334,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     profile = engine.readout_profile
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if args.chroma:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            checked = chroma_check(engine, Path(folder), seed=args.seed, settings=args.settings, progress=print)
+        text = chroma_report(checked, f"{engine.name} through a Chroma store, seed {args.seed}")
+        (args.out / "chroma.md").write_text(text)
+        print(text)
+        return
     outcomes = run(
         engine, profile, seed=args.seed, length=args.length, count=args.count, settings=args.settings, progress=print
     )
