@@ -52,7 +52,7 @@ class Inspection:
 
 def _prefill(engine: SRAEngine, messages: list[dict[str, str]], layout, sra: SRAConfig) -> ReadoutRecorder:
     prepared = engine.prepare(messages, layout=layout)
-    recorder = ReadoutRecorder(prepared.layout, token_classes=True)
+    recorder = ReadoutRecorder(prepared.layout, token_classes=True, profile=engine.readout_profile)
     with torch.inference_mode():
         engine.model(
             input_ids=prepared.input_ids,
