@@ -34,10 +34,17 @@ from transformers.generation.logits_process import MinNewTokensLengthLogitsProce
 
 from sra_rag.config import SRAConfig
 from sra_rag.engine import SRAEngine
-from sra_rag.layout import TextLayout
+from sra_rag.layout import PromptLayout, TextLayout
+from sra_rag.readout import ReadoutRecorder
 from sra_rag.request import Request, sampling_settings
 
-IMPLEMENTATIONS = ("sdpa", "sra", "sra_reference")
+IMPLEMENTATIONS = ("sdpa", "sra", "sra_reference", "sra+readout", "sra+documents")
+# Rows of the prefill table that run the fast path with a prompt layout (10 equal documents, then a
+# 10-token question and 30 more tokens): the readout alone under stock attention, and document
+# reattention (the readout plus the boost). Their SRA settings are these presets, not the spec's.
+LAYOUT_VARIANTS = {"sra+readout": "off", "sra+documents": "documents"}
+LAYOUT_DOCUMENTS = 10
+LAYOUT_TAIL = 40
 WORDS = [
     "river",
     "harbour",
@@ -79,13 +86,27 @@ def prompt_ids(engine: SRAEngine, length: int, seed: int = 0) -> torch.Tensor:
             return torch.tensor([ids[:length]], device=engine.device)
 
 
+def benchmark_layout(length: int) -> PromptLayout:
+    """The layout of a ``length``-token benchmark prompt: :data:`LAYOUT_DOCUMENTS` equal documents
+    after 16 leading tokens, then the question's 10 tokens and 30 more (the generation prompt)."""
+    stop = length - LAYOUT_TAIL
+    edges = [16 + (stop - 16) * index // LAYOUT_DOCUMENTS for index in range(LAYOUT_DOCUMENTS + 1)]
+    return PromptLayout(length, question=(stop, stop + 10), documents=tuple(zip(edges, edges[1:], strict=False)))
+
+
 def _prefill(engine: SRAEngine, implementation: str, input_ids: torch.Tensor, config: SRAConfig) -> float:
+    extra: dict[str, object] = {}
+    if implementation in LAYOUT_VARIANTS:
+        layout = benchmark_layout(input_ids.shape[1])
+        config = SRAConfig.preset(LAYOUT_VARIANTS[implementation])
+        extra = {"sra_layout": layout, "sra_readout": ReadoutRecorder(layout, profile=engine.readout_profile)}
+        implementation = "sra"
     engine.model.set_attn_implementation(implementation)
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.inference_mode():
-        engine.model(input_ids, logits_to_keep=1, sra_config=config)
+        engine.model(input_ids, logits_to_keep=1, sra_config=config, **extra)
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -203,7 +224,10 @@ def format_table(rows: list[Row], decode: dict[str, float], engine: SRAEngine, a
     stock = {(r.length, r.implementation): r for r in rows if r.implementation == "sdpa"}
     lines = [
         f"Model: {engine.name}, {engine.model.dtype}, {engine.device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; SRA settings: spec defaults; median of {args.repeats} interleaved runs.",
+        f"{torch.get_num_threads()} threads; SRA settings: spec defaults (sra, sra_reference); median of "
+        f"{args.repeats} interleaved runs. sra+readout: stock attention plus the readout (the question's "
+        f"last {LAYOUT_TAIL} rows over {LAYOUT_DOCUMENTS} documents, every layer); sra+documents: the "
+        "'documents' preset (the readout plus document reattention after the profile's band).",
         "",
         "| tokens | implementation | prefill (s) | time / SDPA | peak extra memory (MiB) | memory / SDPA |",
         "|---:|---|---:|---:|---:|---:|",

@@ -31,3 +31,17 @@ def test_concurrent_loads_are_measured_against_the_sequential_run(tiny_engine) -
 def test_nearest_rank_percentiles() -> None:
     values = [float(value) for value in range(1, 21)]
     assert (_percentile(values, 0.5), _percentile(values, 0.95), _percentile([3.0], 0.95)) == (10.0, 19.0, 3.0)
+
+
+def test_the_layout_rows_prefill_with_a_readout(tiny_engine) -> None:
+    from sra_rag.benchmark import LAYOUT_VARIANTS, _prefill, benchmark_layout, prompt_ids
+
+    layout = benchmark_layout(200)
+    assert len(layout.documents) == 10 and layout.documents[0][0] == 16 and layout.documents[-1][1] == 160
+    assert layout.question == (160, 170)
+    input_ids = prompt_ids(tiny_engine, 200)
+    try:
+        for implementation in ("sdpa", *LAYOUT_VARIANTS):
+            assert _prefill(tiny_engine, implementation, input_ids, SRAConfig()) > 0
+    finally:
+        tiny_engine.model.set_attn_implementation("sra")
