@@ -24,6 +24,8 @@ def test_defaults_match_the_spec_table():
         "renormalize": False,
         "outer_layers": (0.0, 1.0),
         "tail": "fixed",
+        "document_boost": 1.0,
+        "document_top_k": 1,
     }
 
 
