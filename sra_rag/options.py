@@ -122,6 +122,8 @@ class SRAOptions(BaseModel):
     outer_target: Literal["schedule", "attention"] = _mirror("outer_target")
     renormalize: bool = _mirror("renormalize")
     outer_layers: tuple[float, float] = _mirror("outer_layers")
+    document_boost: float = _mirror("document_boost")
+    document_top_k: int = _mirror("document_top_k")
 
     _engine: SRAEngine | None = PrivateAttr(default=None)
 
