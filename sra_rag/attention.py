@@ -238,6 +238,22 @@ def _attention_target(edit: Edit, column_mass: torch.Tensor, begin: int) -> rang
     return range(best, best + width)
 
 
+def _chunk_output(probs: torch.Tensor, value: torch.Tensor, offset: int, rows: slice) -> torch.Tensor:
+    """The attention output ``(rows, heads, head_dim)`` of probabilities ``probs (heads, rows, keys)``
+    over the keys ``[offset, rows.stop)`` of ``value (kv_heads, kv_len, head_dim)``, grouped heads
+    stacked as in :func:`_chunk_probabilities`."""
+    heads, count, _ = probs.shape
+    kv_heads = value.shape[0]
+    stacked = probs.view(kv_heads, heads // kv_heads * count, -1)
+    return torch.bmm(stacked, value[:, offset : rows.stop]).view(heads, count, -1).transpose(0, 1)
+
+
+def _question_chunks(start: int, stop: int, heads: int, n: int) -> list[slice]:
+    """Row chunks ``[start, stop)`` of at most :data:`ROW_CHUNK_ELEMENTS` probabilities over ``n`` keys."""
+    step = max(1, ROW_CHUNK_ELEMENTS // max(1, heads * n))
+    return [slice(first, min(first + step, stop)) for first in range(start, stop, step)]
+
+
 def _row_chunks(edit: Edit, offset: int, heads: int, length: int) -> list[slice]:
     rows = ROW_CHUNK_ELEMENTS // max(1, heads * length)
     rows = max(1, rows)
@@ -262,9 +278,7 @@ def _edit_sequence(
     The sequence's real tokens are ``[offset, offset + n)``. output: ``(q_len, heads, head_dim)``;
     query: ``(heads, q_len, head_dim)``; key, value: ``(kv_heads, kv_len, head_dim)`` in fp32.
     """
-    heads = query.shape[0]
-    kv_heads = key.shape[0]
-    chunks = _row_chunks(edit, offset, heads, offset + edit.row_stop)
+    chunks = _row_chunks(edit, offset, query.shape[0], offset + edit.row_stop)
 
     def probabilities(rows: slice) -> torch.Tensor:
         # A row never sees keys after itself, so the chunk reads only keys up to its last row.
@@ -284,10 +298,7 @@ def _edit_sequence(
         )
         if not bool(eligible.any()):
             continue
-        count = rows.stop - rows.start
-        stacked = probs.view(kv_heads, heads // kv_heads * count, -1)
-        edited = torch.bmm(stacked, value[:, offset : rows.stop]).view(heads, count, -1)
-        edited = edited.transpose(0, 1).to(output.dtype)
+        edited = _chunk_output(probs, value, offset, rows).to(output.dtype)
         output[rows] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[rows])
 
 
@@ -327,11 +338,9 @@ def _record_readout(
     _question_start(layout, n, batch_index)  # checks the layout's length against the row
     start = offset + int(layout.question_start or 0)
     heads = query.shape[0]
-    step = max(1, ROW_CHUNK_ELEMENTS // max(1, heads * n))
     column_mass = torch.zeros(n, dtype=torch.float64, device=key.device)
     class_mass = torch.zeros(3, dtype=torch.float64, device=key.device)
-    for first in range(start, offset + n, step):
-        rows = slice(first, min(first + step, offset + n))
+    for rows in _question_chunks(start, offset + n, heads, n):
         probs = _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
         column_mass[: rows.stop - offset] += probs.sum(dim=(0, 1)).double()
         if recorder.token_classes:
@@ -379,16 +388,10 @@ def _boost_sequence(
     output: ``(q_len, heads, head_dim)``; query: ``(heads, q_len, head_dim)``; key, value:
     ``(kv_heads, kv_len, head_dim)`` in fp32.
     """
-    heads, kv_heads = query.shape[0], key.shape[0]
-    step = max(1, ROW_CHUNK_ELEMENTS // max(1, heads * n))
-    for first in range(offset + question_start, offset + n, step):
-        rows = slice(first, min(first + step, offset + n))
+    for rows in _question_chunks(offset + question_start, offset + n, query.shape[0], n):
         probs = _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
         boost_documents(probs, spans, config.document_boost)
-        count = rows.stop - rows.start
-        stacked = probs.view(kv_heads, heads // kv_heads * count, -1)
-        edited = torch.bmm(stacked, value[:, offset : rows.stop]).view(heads, count, -1)
-        output[rows] = edited.transpose(0, 1).to(output.dtype)
+        output[rows] = _chunk_output(probs, value, offset, rows).to(output.dtype)
 
 
 def _is_prefill(query: torch.Tensor, key: torch.Tensor) -> bool:

@@ -68,11 +68,16 @@ class ReadoutProfile(BaseModel):
                 f"the readout has {readout.num_layers} layers but the profile for {self.model} expects "
                 f"{self.num_layers}; calibrate this model with `sra-rag calibrate`"
             )
+        return self._minus_bias(readout, range(self.num_layers))
+
+    def _minus_bias(self, readout: Readout, layers: range) -> np.ndarray:
+        """``(len(layers), documents)``: ``log(mass per token)`` of ``readout`` (whose rows are
+        ``layers``), minus those layers' bias at each document's position if calibrated."""
         density = readout.log_density().numpy()
         if not self.calibrated:
             return density
         where = np.asarray(readout.positions)
-        bias = np.stack([np.interp(where, self.positions, row) for row in self.bias])
+        bias = np.stack([np.interp(where, self.positions, self.bias[layer]) for layer in layers])
         return density - bias
 
     def band_scores(self, layout: PromptLayout, mass: Mapping[int, Sequence[float]]) -> list[float]:
@@ -83,11 +88,7 @@ class ReadoutProfile(BaseModel):
         if missing:
             raise ValueError(f"the readout misses layers {missing} of the band {self.layers}")
         band = Readout(layout, tuple(tuple(mass[layer]) for layer in range(low, high)))
-        scores = band.log_density().numpy()
-        if self.calibrated:
-            where = np.asarray(band.positions)
-            scores = scores - np.stack([np.interp(where, self.positions, row) for row in self.bias[low:high]])
-        return [float(value) for value in scores.mean(axis=0)]
+        return [float(value) for value in self._minus_bias(band, range(low, high)).mean(axis=0)]
 
     def score(self, readout: Readout) -> DocumentAttention:
         """One score per document (higher = read more): the band's mean of :meth:`layer_scores`."""
