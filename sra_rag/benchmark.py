@@ -171,7 +171,7 @@ def _load(model: str | None, device: str | None, dtype: str | None) -> SRAEngine
 def memory_worker(args: argparse.Namespace) -> None:
     engine = _load(args.model, args.device, args.dtype)
     config = SRAConfig()
-    warm = prompt_ids(engine, 64)
+    warm = prompt_ids(engine, 256)  # long enough for benchmark_layout's ten documents
     input_ids = prompt_ids(engine, args.length)
     _prefill(engine, args.implementation, warm, config)
     print(json.dumps({"peak": _peak_memory(engine, args.implementation, input_ids, config)}))

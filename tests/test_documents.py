@@ -9,7 +9,8 @@ from pydantic import ValidationError
 from sra_rag import SRAConfig
 from sra_rag.attention import boost_documents, sra_attention_forward, sra_reference_attention_forward
 from sra_rag.calibration import ReadoutProfile
-from sra_rag.evaluation.documents import Outcome, report, sign_test
+from sra_rag.evaluation.documents import Outcome, report, setting, sign_test
+from sra_rag.evaluation.readout import PARAPHRASES
 from sra_rag.layout import TextLayout
 from sra_rag.readout import Readout, ReadoutRecorder
 from tests.test_attention import module, padded_mask, random_qkv
@@ -146,9 +147,25 @@ def test_sign_test_and_report():
 def test_the_chroma_check_runs_end_to_end(tiny_engine, tmp_path):
     from sra_rag.evaluation.documents import chroma_check, chroma_report
 
-    outcomes = chroma_check(tiny_engine, tmp_path, seed=1, records=6, questions=3, top_k=3)
-    assert len(outcomes) == 3 and all(set(o.correct) == {"off", "documents"} for o in outcomes)
+    settings = ("off", "documents", "order-first")
+    outcomes = chroma_check(tiny_engine, tmp_path, seed=1, records=10, questions=4, top_k=3, settings=settings)
+    assert len(outcomes) == 4 and all(set(o.correct) == set(settings) for o in outcomes)
+    assert [o.kind for o in outcomes] == ["name", "paraphrase", "name", "paraphrase"]
     assert all(o.retrieved_rank is None or 1 <= o.retrieved_rank <= 3 for o in outcomes)
-    assert len(list((tmp_path / "registry").iterdir())) == 6
+    records = [path.read_text() for path in (tmp_path / "registry").iterdir()]
+    assert len(records) == 10
+    for profession in PARAPHRASES:  # a paraphrase question has one right record
+        assert sum(f"worked as a {profession} " in text for text in records) == 1
     text = chroma_report(outcomes, "tiny")
-    assert "| all | 3 |" in text
+    assert "| all | 4 |" in text
+    with pytest.raises(ValueError, match="exceed the 8 paraphrased"):
+        chroma_check(tiny_engine, tmp_path, seed=1, records=8)
+
+
+def test_settings_name_a_preset_and_an_optional_order():
+    assert setting("documents") == (SRAConfig.preset("documents"), None)
+    assert setting("order-ends") == (SRAConfig.preset("off"), "ends")
+    assert setting("documents+order-last") == (SRAConfig.preset("documents"), "last")
+    for bad, message in (("order-middle", "placement"), ("off+first", "PRESET"), ("nonsense", "preset")):
+        with pytest.raises(ValueError, match=message):
+            setting(bad)

@@ -28,6 +28,7 @@ from sra_rag.calibration import ReadoutProfile, rank_of_gold
 from sra_rag.config import SRAConfig
 from sra_rag.evaluation.readout import ReadoutPrompt, prompts
 from sra_rag.evaluation.report import wilson_interval
+from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
 from sra_rag.rag.reader import DEFAULT_STOP
 
 if TYPE_CHECKING:
@@ -57,12 +58,28 @@ class Outcome:
     prefill_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _answer(engine: SRAEngine, prompt: ReadoutPrompt, sra: SRAConfig) -> tuple[str, float, object]:
+def setting(name: str) -> tuple[SRAConfig, Placement | None]:
+    """A setting by name: a preset (``documents``), ``order-<placement>`` (stock attention with
+    attention-ordered stuffing, :mod:`sra_rag.rag.ordering`) or ``<preset>+order-<placement>``."""
+    preset, _, order = name.partition("+")
+    if preset.startswith("order-") and not order:
+        preset, order = "off", preset
+    if order and not order.startswith("order-"):
+        raise ValueError(f"a setting is PRESET, order-PLACEMENT or PRESET+order-PLACEMENT, got {name!r}")
+    return SRAConfig.preset(preset), check_placement(order.removeprefix("order-")) if order else None
+
+
+def _answer(
+    engine: SRAEngine, prompt: ReadoutPrompt, sra: SRAConfig, placement: Placement | None = None
+) -> tuple[str, float, object]:
     """The reader's greedy reply (the reader's stop strings and repetition penalty), its prefill
-    seconds and its document attention."""
+    seconds (both prefills when re-ordered) and its document attention."""
+    stuffed, probe_seconds = prompt.stuffed, 0.0
+    if placement is not None:
+        stuffed, _, probe_seconds = order_by_attention(engine, stuffed, placement, sra)
     stream = engine.stream(
-        prompt.stuffed.messages,
-        layout=prompt.stuffed.layout,
+        stuffed.messages,
+        layout=stuffed.layout,
         max_new_tokens=NEW_TOKENS,
         sra=sra,
         stop=list(DEFAULT_STOP),
@@ -70,7 +87,7 @@ def _answer(engine: SRAEngine, prompt: ReadoutPrompt, sra: SRAConfig) -> tuple[s
         penalize_prompt=False,
     )
     text = "".join(stream)
-    return text, float(stream.prefill_seconds or 0.0), stream.document_attention
+    return text, probe_seconds + float(stream.prefill_seconds or 0.0), stream.document_attention
 
 
 def run(
@@ -86,15 +103,15 @@ def run(
 ) -> list[Outcome]:
     """Answer ``count`` fresh prompts of about ``length`` tokens with every preset in ``settings``
     (the first is the baseline whose readout gives the ranks)."""
-    configs = {name: SRAConfig.preset(name) for name in settings}
+    configs = {name: setting(name) for name in settings}
     raw_profile = profile.model_copy(update={"calibrated": False})
     outcomes: list[Outcome] = []
     for index, prompt in enumerate(prompts(engine, seed, [length], count, kinds)):
         assert prompt.gold is not None
         documents = len(prompt.stuffed.layout.documents)
         outcome: Outcome | None = None
-        for name, config in configs.items():
-            reply, seconds, attention = _answer(engine, prompt, config)
+        for name, (config, placement) in configs.items():
+            reply, seconds, attention = _answer(engine, prompt, config, placement)
             if outcome is None:
                 readout = getattr(attention, "readout", None)
                 if readout is None:
@@ -226,17 +243,25 @@ def chroma_check(
     progress: Callable[[str], None] | None = None,
 ) -> list[ChromaOutcome]:
     """End to end as users run it: ``records`` biographies written as files, ingested into a fresh
-    Chroma store in ``folder``, then ``questions`` questions naming one of them (a paraphrase would fit
-    several records of the same profession), answered by :class:`~sra_rag.rag.reader.Reader` with
-    ``top_k`` retrieved records."""
-    from sra_rag.evaluation.readout import PARAPHRASES, _person
+    Chroma store in ``folder``, then ``questions`` questions, answered by
+    :class:`~sra_rag.rag.reader.Reader` with ``top_k`` retrieved records. Questions alternate between
+    naming one record's person and paraphrasing what one person did: each paraphrased profession
+    belongs to exactly one record (the others get the remaining professions), so a paraphrase has one
+    right answer, and the retriever, matching meaning rather than a name, ranks its record anywhere
+    in 1..k (or misses it)."""
+    from sra_rag.evaluation.readout import _PROFESSIONS, PARAPHRASES, _person
     from sra_rag.rag.ingest import ingest
     from sra_rag.rag.reader import Reader
     from sra_rag.rag.store import ChromaStore
 
     rng = random.Random(f"chroma-{seed}")
-    professions = list(PARAPHRASES)
-    people = [_person(rng, professions[index % len(professions)]) for index in range(records)]
+    unique = list(PARAPHRASES)
+    if records <= len(unique):
+        raise ValueError(f"records must exceed the {len(unique)} paraphrased professions, got {records}")
+    common = [profession for profession in _PROFESSIONS if profession not in PARAPHRASES]
+    professions = unique + [common[index % len(common)] for index in range(records - len(unique))]
+    rng.shuffle(professions)
+    people = [_person(rng, profession) for profession in professions]
     corpus = folder / "registry"
     corpus.mkdir(parents=True, exist_ok=True)
     for index, (_, _, text) in enumerate(people):
@@ -245,20 +270,26 @@ def chroma_check(
     ingest(store, corpus, progress=False)
     outcomes = []
     for number in range(questions):
-        index = rng.randrange(records)
-        person, town, _ = people[index]
-        kind = "name"
-        question = f"In which town was {person} born?"
+        kind = ("name", "paraphrase")[number % 2]
+        if kind == "name":
+            index = rng.randrange(records)
+            question = f"In which town was {people[index][0]} born?"
+        else:
+            index = professions.index(rng.choice(unique))
+            question = f"In which town was the person who {PARAPHRASES[professions[index]]} born?"
+        town = people[index][1]
         source = f"record-{index + 1:03d}.txt"
         outcome: ChromaOutcome | None = None
         for name in settings:
+            config, placement = setting(name)
             reader = Reader(
                 engine,
                 store,
                 top_k=top_k,
-                sra=SRAConfig.preset(name),
+                sra=config,
                 max_new_tokens=NEW_TOKENS,
                 sampling={"repetition_penalty": 1.2, "penalize_prompt": False},
+                order=placement,
             )
             retrieved = [chunk.source.rsplit("/", 1)[-1] for chunk in reader.retrieve(question)]
             if outcome is None:
@@ -321,7 +352,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=100, help="prompts")
     parser.add_argument("--seed", type=int, default=11, help="prompt seed (settings were chosen on others)")
     parser.add_argument(
-        "--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="presets; the first is the baseline"
+        "--settings",
+        nargs="+",
+        default=list(DEFAULT_SETTINGS),
+        help="presets, order-PLACEMENT or PRESET+order-PLACEMENT (first, last, ends); the first is the baseline",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for outcomes.json and report.md")
     parser.add_argument(

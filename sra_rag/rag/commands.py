@@ -124,6 +124,14 @@ def ask(
         ),
     ] = "error",
     model: ModelOption = None,
+    order: Annotated[
+        str | None,
+        typer.Option(
+            "--order",
+            help="Attention-ordered stuffing: read the prompt once, then put the sources the question read most "
+            "'first', 'last' or at both 'ends' and answer (about 2x prefill; no chunk is dropped).",
+        ),
+    ] = None,
     preset: PresetOption = "recommended",
     sra: SraSwitch = None,
     begin_length: BeginOption = None,
@@ -148,8 +156,12 @@ def ask(
     opened = _open_store(store, chroma_url, collection, create=False)
     if opened.count() == 0:
         fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
+    from sra_rag.rag.ordering import PLACEMENTS
+
+    if order is not None and order not in PLACEMENTS:
+        fail(f"--order must be one of {', '.join(PLACEMENTS)}, got {order!r}.")
     engine = _engine(model)
-    _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling)
+    _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling, order)
 
 
 @app.command()
@@ -316,6 +328,7 @@ def _answer(
     max_new_tokens: int,
     overflow: str,
     sampling: dict[str, Any],
+    order: str | None = None,
 ) -> None:
     from sra_rag.rag.reader import Reader
 
@@ -327,6 +340,7 @@ def _answer(
         max_new_tokens=max_new_tokens,
         overflow=overflow,  # type: ignore[arg-type]  # validated by Reader
         sampling=sampling,
+        order=order,  # type: ignore[arg-type]  # validated above
     )
     with _warnings_to_stderr():
         answer = reader.stream(question)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sra_rag.config import SRAConfig, as_sra_config
+from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
 
 if TYPE_CHECKING:
@@ -107,8 +108,12 @@ class Reader:
     :func:`~sra_rag.rag.stuffing.stuff_prompt`); ``stop``: stop sequences (by default, a small model
     that starts writing another "Question:" is stopped); ``sampling``: further decoding settings of
     :meth:`~sra_rag.SRAEngine.stream` (``temperature``, ``repetition_penalty``, ``seed``, ...;
-    default greedy). The SRA tail follows the config's ``tail`` (``"question"``: exactly the
-    question and instruction); the prompt's layout is always passed.
+    default greedy); ``order``: attention-ordered stuffing (``"first"``, ``"last"`` or ``"ends"``,
+    see :mod:`sra_rag.rag.ordering`): one readout prefill ranks the sources by how much the question
+    read them, and the prompt is stuffed again with the most-read sources at that place before
+    answering (about 2x prefill; no chunk is dropped; ``sources`` follow the new numbering). The SRA
+    tail follows the config's ``tail`` (``"question"``: exactly the question and instruction); the
+    prompt's layout is always passed.
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class Reader:
         system_prompt: str | None = None,
         stop: tuple[str, ...] = DEFAULT_STOP,
         sampling: Mapping[str, Any] | None = None,
+        order: Placement | None = None,
     ) -> None:
         if not callable(getattr(retriever, "retrieve", None)):
             raise TypeError(f"retriever must have a retrieve(question, top_k) method, got {type(retriever).__name__}")
@@ -132,6 +138,7 @@ class Reader:
             as_sra_config(sra)
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
+        self.order = None if order is None else check_placement(order)
         self.engine = engine
         self.retriever = retriever
         self.top_k = top_k
@@ -163,9 +170,11 @@ class Reader:
         )
 
     def stream(self, question: str, chunks: list[Chunk] | None = None) -> AnswerStream:
-        """Retrieve (unless ``chunks`` are given), stuff and start generating; iterate the result
-        for text pieces."""
+        """Retrieve (unless ``chunks`` are given), stuff (and re-order, with ``order``) and start
+        generating; iterate the result for text pieces."""
         stuffed = self.stuff(question, chunks)
+        if self.order is not None:
+            stuffed = order_by_attention(self.engine, stuffed, self.order, self.sra)[0]
         stream = self.engine.stream(
             stuffed.messages,
             max_new_tokens=self.max_new_tokens,

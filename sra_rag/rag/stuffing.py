@@ -37,8 +37,8 @@ When chunks must be dropped (``overflow="drop"``), the lowest-ranked go first.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from sra_rag.engine import ContextWindowExceededError
@@ -83,7 +83,8 @@ class StuffedPrompt:
     ``messages``: the chat messages; ``tail_from``: the text from which the SRA tail starts (the
     question and the instruction after it); ``prompt_tokens``: ``engine.count_tokens(messages)``;
     ``chunks``: the chunks included, in prompt order; ``dropped``: chunks left out (only with
-    ``overflow="drop"``), best-ranked first.
+    ``overflow="drop"``), best-ranked first; ``system``: the system prompt above the documents
+    (``""``: none, everything in one user message).
     """
 
     messages: list[dict[str, str]]
@@ -91,6 +92,7 @@ class StuffedPrompt:
     prompt_tokens: int
     chunks: list[Chunk]
     dropped: list[Chunk] = field(default_factory=list)
+    system: str = DEFAULT_SYSTEM_PROMPT
 
     @property
     def sources(self) -> list[str]:
@@ -166,7 +168,7 @@ def stuff_prompt(
 
     messages, included, prompt_tokens = build(len(ranked))
     if prompt_tokens <= budget:
-        return StuffedPrompt(messages, tail_from, prompt_tokens, included)
+        return StuffedPrompt(messages, tail_from, prompt_tokens, included, system=system)
 
     fitting = _largest_fitting(lambda count: build(count)[2] <= budget, len(ranked))
     if overflow == "error" or fitting == 0:
@@ -181,7 +183,20 @@ def stuff_prompt(
         UserWarning,
         stacklevel=2,
     )
-    return StuffedPrompt(messages, tail_from, kept_tokens, included, dropped)
+    return StuffedPrompt(messages, tail_from, kept_tokens, included, dropped, system)
+
+
+def reorder(engine: SRAEngine, stuffed: StuffedPrompt, order: Sequence[int]) -> StuffedPrompt:
+    """The same prompt with its sources in a new order: ``order[i]`` is the index (in ``stuffed.sources``)
+    of the source that becomes ``Document [i + 1]``. Every chunk stays, whole, with its source; chunks
+    of one source keep their order; the sources are renumbered by their new position."""
+    sources = stuffed.sources
+    if sorted(order) != list(range(len(sources))):
+        raise ValueError(f"order must list each of the {len(sources)} source indices once, got {list(order)}")
+    rank = {sources[index]: position for position, index in enumerate(order)}
+    chunks = sorted(stuffed.chunks, key=lambda chunk: rank[chunk.source])  # stable: keeps chunk order
+    messages = _messages(stuffed.system, chunks, stuffed.tail_from)
+    return replace(stuffed, messages=messages, prompt_tokens=engine.count_tokens(messages), chunks=chunks)
 
 
 def deduplicate(chunks: list[Chunk]) -> list[Chunk]:

@@ -1,0 +1,71 @@
+"""Attention-ordered stuffing: read the prompt once, then put the sources the question read most where
+the model reads best, and answer from the re-ordered prompt.
+
+Small readers lose a document in the middle of a long prompt even when their attention found it: the
+calibrated readout (:class:`~sra_rag.readout.DocumentAttention`) ranks the gold document first far more
+often than the reply uses it (``docs/eval/documents``). Re-ordering turns that ranking into position:
+one prefill with the readout (a single decoding step), then the prompt is stuffed again with the same
+chunks, every one of them kept, in the order :func:`arrange` gives, and answered. The cost is a second
+prefill (about 2x prefill time); the numbers in ``Answer.sources`` follow the new order.
+
+Placements (:data:`PLACEMENTS`): ``"first"`` puts the most-read source first (``Document [1]``),
+``"last"`` puts it last (just before the question), ``"ends"`` alternates the most-read sources between
+the two ends, so the least-read end up in the middle (the order of LangChain's ``LongContextReorder``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, get_args
+
+from sra_rag.rag.stuffing import StuffedPrompt, reorder
+
+if TYPE_CHECKING:
+    from sra_rag.config import SRAConfig
+    from sra_rag.engine import SRAEngine
+    from sra_rag.readout import DocumentAttention
+
+Placement = Literal["first", "last", "ends"]
+PLACEMENTS: tuple[str, ...] = get_args(Placement)
+
+
+def check_placement(placement: object) -> Placement:
+    """``placement`` if it is one of :data:`PLACEMENTS`; a ``ValueError`` naming them otherwise."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"the order placement must be one of {PLACEMENTS}, got {placement!r}")
+    return placement  # type: ignore[return-value]
+
+
+def arrange(ranking: Sequence[int], placement: Placement) -> list[int]:
+    """The prompt order (source indices, first to last) for sources ranked ``ranking`` (most read first).
+
+    >>> arrange([2, 0, 1, 3], "first"), arrange([2, 0, 1, 3], "last"), arrange([2, 0, 1, 3], "ends")
+    ([2, 0, 1, 3], [3, 1, 0, 2], [2, 1, 3, 0])
+    """
+    check_placement(placement)
+    ranked = list(ranking)
+    if placement == "first":
+        return ranked
+    if placement == "last":
+        return ranked[::-1]
+    front, back = ranked[0::2], ranked[1::2]
+    return front + back[::-1]
+
+
+def probe(engine: SRAEngine, stuffed: StuffedPrompt, sra: SRAConfig | None = None) -> tuple[DocumentAttention, float]:
+    """Read ``stuffed`` once (one prefill and one decoding step): how much the question read each
+    source, and the prefill seconds."""
+    completion = engine.complete(stuffed.messages, layout=stuffed.layout, max_new_tokens=1, sra=sra, readout=True)
+    if completion.document_attention is None:
+        raise RuntimeError("the engine returned no document readout for a prompt with sources and a question")
+    return completion.document_attention, completion.prefill_seconds
+
+
+def order_by_attention(
+    engine: SRAEngine, stuffed: StuffedPrompt, placement: Placement, sra: SRAConfig | None = None
+) -> tuple[StuffedPrompt, DocumentAttention, float]:
+    """``stuffed`` re-ordered by one readout prefill (under ``sra``): the new prompt, the readout it was
+    ordered by (in the old prompt's source order) and that prefill's seconds."""
+    check_placement(placement)
+    attention, seconds = probe(engine, stuffed, sra)
+    return reorder(engine, stuffed, arrange(attention.ranking, placement)), attention, seconds
