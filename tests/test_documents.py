@@ -169,3 +169,17 @@ def test_settings_name_a_preset_and_an_optional_order():
     for bad, message in (("order-middle", "placement"), ("off+first", "PRESET"), ("nonsense", "preset")):
         with pytest.raises(ValueError, match=message):
             setting(bad)
+
+
+def test_a_reordered_setting_may_take_the_baseline_s_readout_instead_of_a_probe(tiny_engine):
+    from sra_rag.evaluation.documents import _answer
+    from sra_rag.evaluation.readout import prompts
+
+    prompt = next(prompts(tiny_engine, 3, [400], 1, ["name"]))
+    off = SRAConfig.preset("off")
+    _, seconds, attention = _answer(tiny_engine, prompt, off)
+    assert attention is not None
+    probed = _answer(tiny_engine, prompt, off, "last")
+    reused = _answer(tiny_engine, prompt, off, "last", (attention, seconds))
+    assert reused[0] == probed[0] and reused[2].scores == pytest.approx(probed[2].scores, abs=1e-5)
+    assert reused[1] > seconds  # the baseline's prefill is counted as the probe's

@@ -28,11 +28,12 @@ from sra_rag.calibration import ReadoutProfile, rank_of_gold
 from sra_rag.config import SRAConfig
 from sra_rag.evaluation.readout import ReadoutPrompt, prompts
 from sra_rag.evaluation.report import wilson_interval
-from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
+from sra_rag.rag.ordering import Placement, check_placement, order_by_attention, ordered
 from sra_rag.rag.reader import DEFAULT_STOP
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
+    from sra_rag.readout import DocumentAttention
 
 BASELINE = "off"
 DEFAULT_SETTINGS = ("off", "documents")
@@ -70,13 +71,22 @@ def setting(name: str) -> tuple[SRAConfig, Placement | None]:
 
 
 def _answer(
-    engine: SRAEngine, prompt: ReadoutPrompt, sra: SRAConfig, placement: Placement | None = None
-) -> tuple[str, float, object]:
+    engine: SRAEngine,
+    prompt: ReadoutPrompt,
+    sra: SRAConfig,
+    placement: Placement | None = None,
+    readout: tuple[DocumentAttention, float] | None = None,
+) -> tuple[str, float, DocumentAttention | None]:
     """The reader's greedy reply (the reader's stop strings and repetition penalty), its prefill
-    seconds (both prefills when re-ordered) and its document attention."""
+    seconds (both prefills when re-ordered) and its document attention. A re-ordered setting whose
+    attention equals the baseline's takes the baseline run's ``readout`` (its document attention and
+    prefill seconds) instead of a probe: the probe would be that very prefill again."""
     stuffed, probe_seconds = prompt.stuffed, 0.0
     if placement is not None:
-        stuffed, _, probe_seconds = order_by_attention(engine, stuffed, placement, sra)
+        if readout is None:
+            stuffed, _, probe_seconds = order_by_attention(engine, stuffed, placement, sra)
+        else:
+            stuffed, probe_seconds = ordered(engine, stuffed, readout[0], placement), readout[1]
     stream = engine.stream(
         stuffed.messages,
         layout=stuffed.layout,
@@ -104,18 +114,22 @@ def run(
     """Answer ``count`` fresh prompts of about ``length`` tokens with every preset in ``settings``
     (the first is the baseline whose readout gives the ranks)."""
     configs = {name: setting(name) for name in settings}
+    stock, stock_placement = configs[settings[0]]
     raw_profile = profile.model_copy(update={"calibrated": False})
     outcomes: list[Outcome] = []
     for index, prompt in enumerate(prompts(engine, seed, [length], count, kinds)):
         assert prompt.gold is not None
         documents = len(prompt.stuffed.layout.documents)
         outcome: Outcome | None = None
+        baseline: tuple[DocumentAttention, float] | None = None
         for name, (config, placement) in configs.items():
-            reply, seconds, attention = _answer(engine, prompt, config, placement)
+            reuse = baseline if config == stock and stock_placement is None else None
+            reply, seconds, attention = _answer(engine, prompt, config, placement, reuse)
             if outcome is None:
                 readout = getattr(attention, "readout", None)
-                if readout is None:
+                if attention is None or readout is None:
                     raise RuntimeError("the baseline run returned no readout")
+                baseline = (attention, seconds)
                 outcome = Outcome(
                     index,
                     prompt.kind,

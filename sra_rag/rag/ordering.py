@@ -61,6 +61,16 @@ def probe(engine: SRAEngine, stuffed: StuffedPrompt, sra: SRAConfig | None = Non
     return completion.document_attention, completion.prefill_seconds
 
 
+def ordered(
+    engine: SRAEngine, stuffed: StuffedPrompt, attention: DocumentAttention, placement: Placement
+) -> StuffedPrompt:
+    """``stuffed`` with its sources in the order :func:`arrange` gives for ``attention``'s ranking
+    (a readout of ``stuffed`` itself)."""
+    if len(attention.scores) != len(stuffed.sources):
+        raise ValueError(f"the readout scores {len(attention.scores)} sources, the prompt has {len(stuffed.sources)}")
+    return reorder(engine, stuffed, arrange(attention.ranking, placement))
+
+
 def order_by_attention(
     engine: SRAEngine, stuffed: StuffedPrompt, placement: Placement, sra: SRAConfig | None = None
 ) -> tuple[StuffedPrompt, DocumentAttention, float]:
@@ -68,4 +78,4 @@ def order_by_attention(
     ordered by (in the old prompt's source order) and that prefill's seconds."""
     check_placement(placement)
     attention, seconds = probe(engine, stuffed, sra)
-    return reorder(engine, stuffed, arrange(attention.ranking, placement)), attention, seconds
+    return ordered(engine, stuffed, attention, placement), attention, seconds
