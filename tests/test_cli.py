@@ -65,6 +65,13 @@ def test_ingest_ask_and_reingest(runner: CliRunner, docs: Path, tmp_path: Path, 
     ]
     assert "2 chunks in one prompt" in asked.stderr and "0 dropped" in asked.stderr
 
+    ordered = invoke(
+        runner, "ask", "When does the ferry leave?", "--store", store, "--max-new-tokens", "2", "--order", "last"
+    )
+    assert ordered.exit_code == 0, ordered.output
+    scores = [float(line.split()[0]) for line in ordered.stdout.split("\nSources:")[1].splitlines()[1:]]
+    assert len(scores) == 2 and "2 chunks in one prompt" in ordered.stderr  # both sources kept, re-numbered
+
     no_sra = invoke(runner, "ask", "Who approves leave?", "--store", store, "--max-new-tokens", "2", "--no-sra")
     assert no_sra.exit_code == 0 and "[1] docs/leave.md" in no_sra.stdout
 
@@ -89,6 +96,8 @@ def test_ask_errors_are_messages_not_tracebacks(runner: CliRunner, tmp_path: Pat
     empty = invoke(runner, "ask", "Anything?", "--store", store)
     assert empty.exit_code == 1 and "is empty" in empty.stderr
 
+    bad_order = invoke(runner, "ask", "Anything?", "--store", store, "--order", "middle")
+    assert bad_order.exit_code == 1 and "--order must be one of first, last, ends" in bad_order.stderr
     bad_preset = invoke(runner, "ask", "Anything?", "--store", store, "--preset", "nope")
     assert bad_preset.exit_code == 1 and "unknown SRA preset 'nope'" in bad_preset.stderr
     bad_value = invoke(runner, "ask", "Anything?", "--store", store, "--alpha-outer", "-1")

@@ -150,16 +150,16 @@ def ask(
     seed: SeedOption = None,
 ) -> None:
     """Answer a question: retrieve top-k chunks, stuff them all into one prompt, stream the answer."""
+    from sra_rag.rag.ordering import PLACEMENTS
+
+    if order is not None and order not in PLACEMENTS:
+        fail(f"--order must be one of {', '.join(PLACEMENTS)}, got {order!r}.")
     sampling = _sampling(temperature, top_p, top_k_tokens, min_p, repetition_penalty, penalize_prompt, seed)
     overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer, question_tail)
     config = _sra_config(preset, sra, overrides)
     opened = _open_store(store, chroma_url, collection, create=False)
     if opened.count() == 0:
         fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
-    from sra_rag.rag.ordering import PLACEMENTS
-
-    if order is not None and order not in PLACEMENTS:
-        fail(f"--order must be one of {', '.join(PLACEMENTS)}, got {order!r}.")
     engine = _engine(model)
     _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling, order)
 
