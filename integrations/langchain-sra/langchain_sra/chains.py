@@ -29,6 +29,7 @@ from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
 
 from langchain_sra.chat_models import ChatSRA
 from sra_rag import SRAConfig
+from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
 from sra_rag.rag.reader import DEFAULT_STOP
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, stuff_prompt
 
@@ -61,6 +62,7 @@ def create_stuffed_rag_chain(
     sra: SRAConfig | None = None,
     system_prompt: str | None = None,
     stop: Sequence[str] = DEFAULT_STOP,
+    order: Placement | None = None,
 ) -> Runnable[dict[str, Any] | str, dict[str, Any]]:
     """A runnable: ``{"input": question}`` (or the question as a string) in; out a dict with
     ``input``, ``context`` (the documents in prompt order), ``answer``, ``sources`` (``sources[0]``
@@ -73,13 +75,18 @@ def create_stuffed_rag_chain(
     not fit; ``"drop"`` leaves out the lowest-ranked with a warning. ``sra``: SRA settings for these
     calls (with ``tail="question"``, as in ``recommended``, the SRA tail covers exactly the question
     and instruction: the prompt's layout goes with every call). ``stop``:
-    stop sequences added to the model's (by default a new "Question:" line).
+    stop sequences added to the model's (by default a new "Question:" line). ``order``:
+    attention-ordered stuffing (``"first"``, ``"last"`` or ``"ends"``; see :mod:`sra_rag.rag.ordering`):
+    one readout prefill ranks the sources by how much the question read them and the prompt is
+    stuffed again with the most-read there (about 2x prefill; nothing dropped).
     """
     engine = getattr(chat_model, "engine", None)
     if engine is None or not callable(getattr(engine, "count_tokens", None)):
         raise TypeError(f"chat_model must be a ChatSRA with an SRAEngine, got {type(chat_model).__name__}")
     if overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
+    if order is not None:
+        check_placement(order)
     new_tokens = int(max_new_tokens or chat_model.max_new_tokens)
     stops = [*(getattr(chat_model, "stop", None) or []), *stop]
 
@@ -95,6 +102,8 @@ def create_stuffed_rag_chain(
         stuffed = stuff_prompt(
             engine, question, chunks, max_new_tokens=new_tokens, overflow=overflow, system_prompt=system_prompt
         )
+        if order is not None:
+            stuffed = order_by_attention(engine, stuffed, order, sra if sra is not None else chat_model.sra_config())[0]
         call: dict[str, Any] = {"max_new_tokens": new_tokens, "stop": stops, "layout": stuffed.layout}
         if sra is not None:
             call["sra"] = sra

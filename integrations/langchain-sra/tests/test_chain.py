@@ -81,3 +81,21 @@ def test_documents_without_metadata_and_bad_input(chat: ChatSRA) -> None:
     empty = create_stuffed_rag_chain(RunnableLambda(lambda question: []), chat)
     with pytest.raises(ValueError, match="no documents"):
         empty.invoke(QUESTION)
+
+
+def test_order_puts_the_most_read_source_where_asked(chat: ChatSRA) -> None:
+    from sra_rag.rag.ordering import order_by_attention
+
+    sra = SRAConfig.preset("off")
+    chain = create_stuffed_rag_chain(ChunkRetriever(store=ListStore(CHUNKS), top_k=3), chat, sra=sra, order="last")
+    result = chain.invoke(QUESTION)
+    stuffed = stuff_prompt(chat.engine, QUESTION, CHUNKS, max_new_tokens=5)
+    ordered, attention, _ = order_by_attention(chat.engine, stuffed, "last", sra)
+    assert result["sources"] == ordered.sources == [stuffed.sources[i] for i in attention.ranking[::-1]]
+    assert [document.id for document in result["context"]] == [chunk.id for chunk in ordered.chunks]
+    direct = chat.engine.generate(
+        ordered.messages, max_new_tokens=5, sra=sra, layout=ordered.layout, stop=["\nQuestion:"]
+    )
+    assert result["answer"] == direct
+    with pytest.raises(ValueError, match="placement"):
+        create_stuffed_rag_chain(ChunkRetriever(store=ListStore(CHUNKS)), chat, order="middle")  # type: ignore[arg-type]

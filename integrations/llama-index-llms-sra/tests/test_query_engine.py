@@ -77,3 +77,19 @@ def test_node_metadata_becomes_citable_chunks_and_empty_retrieval_is_an_error(ll
         SRAQueryEngine(retriever=ChunkRetriever(ListStore([])), llm=llm).query(QUESTION)
     with pytest.raises(TypeError, match="retrieve"):
         ChunkRetriever(object())
+
+
+def test_order_puts_the_most_read_source_where_asked(llm: SRALLM) -> None:
+    from sra_rag.rag.ordering import order_by_attention
+
+    sra = SRAConfig.preset("off")
+    query_engine = SRAQueryEngine(retriever=ChunkRetriever(ListStore(CHUNKS), top_k=3), llm=llm, sra=sra, order="last")
+    response = query_engine.query(QUESTION)
+    stuffed = stuff_prompt(llm.engine, QUESTION, CHUNKS, max_new_tokens=5)
+    ordered, attention, _ = order_by_attention(llm.engine, stuffed, "last", sra)
+    assert response.metadata["sources"] == ordered.sources == [stuffed.sources[i] for i in attention.ranking[::-1]]
+    assert [node.node.node_id for node in response.source_nodes] == [chunk.id for chunk in ordered.chunks]
+    direct = llm.engine.generate(
+        ordered.messages, max_new_tokens=5, sra=sra, layout=ordered.layout, stop=["\nQuestion:"]
+    )
+    assert response.response == direct

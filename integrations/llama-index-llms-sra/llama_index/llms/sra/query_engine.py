@@ -26,6 +26,7 @@ from llama_index.llms.sra.base import SRALLM
 from pydantic import Field
 
 from sra_rag import SRAConfig
+from sra_rag.rag.ordering import Placement, order_by_attention
 from sra_rag.rag.reader import DEFAULT_STOP
 from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
 
@@ -57,6 +58,9 @@ class SRAQueryEngine(CustomQueryEngine):
     calls (default: the LLM's; with ``tail="question"``, as in ``recommended``, the SRA tail covers
     exactly the question and instruction: the prompt's layout goes with every call); ``stop``:
     stop sequences added to the LLM's (by default a new "Question:" line).
+    ``order``: attention-ordered stuffing (``"first"``, ``"last"`` or ``"ends"``; see
+    :mod:`sra_rag.rag.ordering`): one readout prefill ranks the sources by how much the question read
+    them and the prompt is stuffed again with the most-read there (about 2x prefill; nothing dropped).
     ``source_nodes`` of the response are the nodes in the prompt, in prompt order; its
     ``metadata`` holds ``sources`` (``[1]`` first), ``dropped`` (node ids) and ``prompt_tokens``,
     and (not streaming) ``source_attention``: one score per source, higher = the question read it
@@ -71,6 +75,7 @@ class SRAQueryEngine(CustomQueryEngine):
     system_prompt: str | None = None
     stop: list[str] = Field(default_factory=lambda: list(DEFAULT_STOP), description="Added to the LLM's stops.")
     streaming: bool = False
+    order: Placement | None = None
 
     def custom_query(self, query_str: str) -> RESPONSE_TYPE:
         nodes = self.retriever.retrieve(QueryBundle(query_str))
@@ -110,6 +115,9 @@ class SRAQueryEngine(CustomQueryEngine):
             overflow=self.overflow,
             system_prompt=self.system_prompt,
         )
+        if self.order is not None:
+            sra = self.sra if self.sra is not None else self.llm.sra_config()
+            stuffed = order_by_attention(self.llm.engine, stuffed, self.order, sra)[0]
         return stuffed, by_id
 
     def _max_new_tokens(self) -> int:
