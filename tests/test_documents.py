@@ -183,3 +183,36 @@ def test_a_reordered_setting_may_take_the_baseline_s_readout_instead_of_a_probe(
     reused = _answer(tiny_engine, prompt, off, "last", (attention, seconds))
     assert reused[0] == probed[0] and reused[2].scores == pytest.approx(probed[2].scores, abs=1e-5)
     assert reused[1] > seconds  # the baseline's prefill is counted as the probe's
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tiny_engine, tmp_path):
+    from sra_rag.evaluation.documents import resume, run, save
+
+    arguments = {"model": "tiny-llama", "length": 400, "count": 3, "seed": 2, "settings": ["off", "order-last"]}
+    kwargs = {"seed": 2, "length": 400, "count": 3, "settings": ("off", "order-last")}
+    profile = tiny_engine.readout_profile
+    whole = run(tiny_engine, profile, **kwargs)
+
+    def stop_after_two(outcomes):
+        save(tmp_path, arguments, outcomes)
+        if len(outcomes) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_engine, profile, **kwargs, checkpoint=stop_after_two)
+    done = resume(tmp_path, arguments)
+    assert [o.index for o in done] == [0, 1]
+    answered = []
+    resumed = run(tiny_engine, profile, **kwargs, done=done, progress=answered.append)
+    assert len(answered) == 1 and answered[0].startswith("3/3")
+
+    def same(outcome):
+        return (outcome.index, outcome.gold, outcome.raw_rank, outcome.calibrated_rank, outcome.replies)
+
+    assert [same(o) for o in resumed] == [same(o) for o in whole]
+    with pytest.raises(ValueError, match="seed 2 there, 3 here"):
+        resume(tmp_path, {**arguments, "seed": 3})
+    assert resume(tmp_path / "elsewhere", arguments) == []
+    (tmp_path / "run.json").unlink()
+    with pytest.raises(ValueError, match="no run.json"):
+        resume(tmp_path, arguments)

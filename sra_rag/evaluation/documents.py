@@ -7,7 +7,8 @@ paraphrase questions alternating), answers each greedily with every setting (sto
 and writes per prompt: the gold document's readout rank (raw and calibrated, from the stock run) and
 whether each setting's answer names the gold town. The report gives accuracy per depth with 95% Wilson
 intervals, gained / lost answers against stock with an exact two-sided sign test, Recall@1 / @3 and
-each setting's prefill time as a ratio to stock in the same run.
+each setting's prefill time as a ratio to stock in the same run. Outcomes are saved after every
+prompt; ``--resume`` continues an interrupted run (same arguments, same ``--out``) where it stopped.
 """
 
 from __future__ import annotations
@@ -109,15 +110,21 @@ def run(
     count: int,
     settings: Sequence[str] = DEFAULT_SETTINGS,
     kinds: Sequence[str] = ("name", "paraphrase"),
+    done: Sequence[Outcome] = (),
     progress: Callable[[str], None] | None = None,
+    checkpoint: Callable[[list[Outcome]], None] | None = None,
 ) -> list[Outcome]:
     """Answer ``count`` fresh prompts of about ``length`` tokens with every preset in ``settings``
-    (the first is the baseline whose readout gives the ranks)."""
+    (the first is the baseline whose readout gives the ranks). ``done``: the outcomes of the first
+    prompts from an interrupted run with the same arguments (:func:`resume`), which are kept and not
+    answered again; ``checkpoint`` is called with all outcomes so far after each prompt."""
     configs = {name: setting(name) for name in settings}
     stock, stock_placement = configs[settings[0]]
     raw_profile = profile.model_copy(update={"calibrated": False})
-    outcomes: list[Outcome] = []
+    outcomes: list[Outcome] = list(done)
     for index, prompt in enumerate(prompts(engine, seed, [length], count, kinds)):
+        if index < len(done):
+            continue
         assert prompt.gold is not None
         documents = len(prompt.stuffed.layout.documents)
         outcome: Outcome | None = None
@@ -146,6 +153,8 @@ def run(
             outcome.prefill_seconds[name] = seconds
         assert outcome is not None
         outcomes.append(outcome)
+        if checkpoint is not None:
+            checkpoint(outcomes)
         if progress is not None:
             marks = " ".join(f"{name}={'Y' if ok else '.'}" for name, ok in outcome.correct.items())
             progress(
@@ -153,6 +162,33 @@ def run(
                 f"rank raw {outcome.raw_rank} cal {outcome.calibrated_rank}: {marks}"
             )
     return outcomes
+
+
+def save(folder: Path, arguments: dict[str, object], outcomes: Sequence[Outcome]) -> None:
+    """Write ``outcomes.json`` and, beside it, ``run.json`` (the arguments that made them), each
+    replaced whole so that an interrupted run leaves the last complete prompt's state."""
+    for name, value in (("run.json", arguments), ("outcomes.json", [asdict(o) for o in outcomes])):
+        partial = folder / f".{name}.partial"
+        partial.write_text(json.dumps(value, indent=1) + "\n")
+        partial.replace(folder / name)
+
+
+def resume(folder: Path, arguments: dict[str, object]) -> list[Outcome]:
+    """The outcomes saved in ``folder`` by a run with the same ``arguments``; none if it holds no run."""
+    outcomes, arguments_file = folder / "outcomes.json", folder / "run.json"
+    if not outcomes.exists():
+        return []
+    if not arguments_file.exists():
+        raise ValueError(f"{outcomes} has no run.json beside it, so it cannot be resumed: pass another --out")
+    saved = json.loads(arguments_file.read_text())
+    if saved != arguments:
+        differ = ", ".join(
+            f"{key} {saved.get(key)!r} there, {value!r} here"
+            for key, value in arguments.items()
+            if saved.get(key) != value
+        )
+        raise ValueError(f"{folder} holds a run with other arguments ({differ}): pass those or another --out")
+    return [Outcome(**item) for item in json.loads(outcomes.read_text())]
 
 
 def sign_test(gained: int, lost: int) -> float:
@@ -373,6 +409,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for outcomes.json and report.md")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the prompts already answered in --out by a run with the same arguments (saved after each prompt)",
+    )
+    parser.add_argument(
         "--chroma", action="store_true", help="the end-to-end check through a Chroma store instead (chroma.md)"
     )
     args = parser.parse_args(argv)
@@ -391,12 +432,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         (args.out / "chroma.md").write_text(text)
         print(text)
         return
+    arguments = {
+        "model": engine.name,
+        "length": args.length,
+        "count": args.count,
+        "seed": args.seed,
+        "settings": list(args.settings),
+    }
+    try:
+        done = resume(args.out, arguments) if args.resume else []
+    except ValueError as error:
+        parser.error(str(error))
     outcomes = run(
-        engine, profile, seed=args.seed, length=args.length, count=args.count, settings=args.settings, progress=print
+        engine,
+        profile,
+        seed=args.seed,
+        length=args.length,
+        count=args.count,
+        settings=args.settings,
+        done=done,
+        progress=print,
+        checkpoint=lambda outcomes: save(args.out, arguments, outcomes),
     )
     title = f"{engine.name}, ~{args.length} tokens, seed {args.seed}, profile layers {list(profile.layers)}"
     text = report(outcomes, title)
-    (args.out / "outcomes.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=1) + "\n")
     (args.out / "report.md").write_text(text)
     print(text)
     print(f"{time.perf_counter() - started:.0f} s")
