@@ -35,7 +35,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.layout import PromptLayout
-from sra_rag.readout import ReadoutRecorder
+from sra_rag.readout import ReadoutRecorder, stop_if_read
 from sra_rag.schedule import Edit, layer_edits
 
 logger = logging.getLogger(__name__)
@@ -478,6 +478,7 @@ def sra_attention_forward(
                 scaling,
                 config,
             )
+    stop_if_read(readouts, layer_idx)
     return output, None
 
 
@@ -536,6 +537,7 @@ def sra_reference_attention_forward(
                 edited = probs[b][:, question, columns]  # (heads, question rows, real keys): a copy
                 boost_documents(edited, spans, rows[b][0].document_boost)
                 probs[b][:, question, columns] = edited
+        stop_if_read(readouts, _layer_position(module)[0])
 
     if any(config.enabled for config, _ in rows) and _is_prefill(query, key):
         layer_idx, num_layers = _layer_position(module)

@@ -18,6 +18,7 @@ prompts, SRA on and off), as ratios to the same requests run one after another i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -35,14 +36,16 @@ from transformers.generation.logits_process import MinNewTokensLengthLogitsProce
 from sra_rag.config import SRAConfig
 from sra_rag.engine import SRAEngine
 from sra_rag.layout import PromptLayout, TextLayout
-from sra_rag.readout import ReadoutRecorder
+from sra_rag.readout import ReadoutComplete, ReadoutRecorder
 from sra_rag.request import Request, sampling_settings
 
-IMPLEMENTATIONS = ("sdpa", "sra", "sra_reference", "sra+readout", "sra+documents")
+IMPLEMENTATIONS = ("sdpa", "sra", "sra_reference", "sra+readout", "sra+documents", "sra+read")
 # Rows of the prefill table that run the fast path with a prompt layout (10 equal documents, then a
 # 10-token question and 30 more tokens): the readout alone under stock attention, and document
 # reattention (the readout plus the boost). Their SRA settings are these presets, not the spec's.
-LAYOUT_VARIANTS = {"sra+readout": "off", "sra+documents": "documents"}
+LAYOUT_VARIANTS = {"sra+readout": "off", "sra+documents": "documents", "sra+read": "off"}
+# The read-only pass of attention-ordered stuffing (SRAEngine.read): it stops at the readout band's end.
+READ_ONLY = "sra+read"
 LAYOUT_DOCUMENTS = 10
 LAYOUT_TAIL = 40
 WORDS = [
@@ -99,13 +102,15 @@ def _prefill(engine: SRAEngine, implementation: str, input_ids: torch.Tensor, co
     if implementation in LAYOUT_VARIANTS:
         layout = benchmark_layout(input_ids.shape[1])
         config = SRAConfig.preset(LAYOUT_VARIANTS[implementation])
-        extra = {"sra_layout": layout, "sra_readout": ReadoutRecorder(layout, profile=engine.readout_profile)}
+        until = engine.readout_profile.layers[1] if implementation == READ_ONLY else None
+        recorder = ReadoutRecorder(layout, profile=engine.readout_profile, until=until)
+        extra = {"sra_layout": layout, "sra_readout": recorder}
         implementation = "sra"
     engine.model.set_attn_implementation(implementation)
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), contextlib.suppress(ReadoutComplete):
         engine.model(input_ids, logits_to_keep=1, sra_config=config, **extra)
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
@@ -227,7 +232,10 @@ def format_table(rows: list[Row], decode: dict[str, float], engine: SRAEngine, a
         f"{torch.get_num_threads()} threads; SRA settings: spec defaults (sra, sra_reference); median of "
         f"{args.repeats} interleaved runs. sra+readout: stock attention plus the readout (the question's "
         f"last {LAYOUT_TAIL} rows over {LAYOUT_DOCUMENTS} documents, every layer); sra+documents: the "
-        "'documents' preset (the readout plus document reattention after the profile's band).",
+        "'documents' preset (the readout plus document reattention after the profile's band); sra+read: "
+        "the read-only pass of attention-ordered stuffing (up to the band's end, layers "
+        f"{engine.readout_profile.layers[1]} of {engine.readout_profile.num_layers}), which costs it that on top "
+        "of one prefill.",
         "",
         "| tokens | implementation | prefill (s) | time / SDPA | peak extra memory (MiB) | memory / SDPA |",
         "|---:|---|---:|---:|---:|---:|",

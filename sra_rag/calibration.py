@@ -91,9 +91,14 @@ class ReadoutProfile(BaseModel):
         return [float(value) for value in self._minus_bias(band, range(low, high)).mean(axis=0)]
 
     def score(self, readout: Readout) -> DocumentAttention:
-        """One score per document (higher = read more): the band's mean of :meth:`layer_scores`."""
+        """One score per document (higher = read more): the band's mean of :meth:`layer_scores`.
+        ``readout`` holds every layer, or the layers up to the band's end (a read-only prefill,
+        :meth:`~sra_rag.engine.SRAEngine.read`)."""
         low, high = self.layers
-        scores = self.layer_scores(readout)[low:high].mean(axis=0)
+        if readout.num_layers == high < self.num_layers:
+            scores = np.asarray(self.band_scores(readout.layout, dict(enumerate(readout.mass))))
+        else:
+            scores = self.layer_scores(readout)[low:high].mean(axis=0)
         return DocumentAttention(
             tuple(float(value) for value in scores), self.calibrated, self.layers, readout, self.model
         )

@@ -14,7 +14,7 @@ import copy
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -406,6 +406,30 @@ class SRAEngine:
         async for _ in stream:
             pass
         return _completion(stream)
+
+    def read(
+        self,
+        prompt: Prompt,
+        *,
+        layout: TextLayout | None = None,
+        sra: SRAConfig | None = None,
+        tail_from: str | None = None,
+        chat_template: bool = True,
+    ) -> Completion:
+        """How much the question reads each document, without answering: the prompt runs only up to
+        the end of the readout profile's layer band (the later layers and the first token are not
+        computed) and the completion has no text, only ``document_attention`` and
+        ``prefill_seconds``. What attention-ordered stuffing (:mod:`sra_rag.rag.ordering`) reads
+        before it re-orders; the scores equal those of a full prefill's readout."""
+        request = self.request(
+            prompt, max_new_tokens=1, sra=sra, tail_from=tail_from, layout=layout, chat_template=chat_template
+        )
+        if request.readout is None:
+            raise ValueError(
+                "read needs a prompt whose layout marks a question and at least one document: "
+                "pass layout=TextLayout(question=..., documents=[...])"
+            )
+        return _completion(self.submit(replace(request, read_only=True)))
 
     def log_likelihood(
         self,

@@ -15,6 +15,7 @@ document answers (``sra-rag calibrate``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,16 +32,23 @@ CLASS_EDGES = (0.01, 0.05)
 CLASS_NAMES = ("Small Potatoes (< 0.01)", "Hidden Gems / Context Fillers (0.01-0.05)", "Linchpins (> 0.05)")
 
 
+class ReadoutComplete(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by the attention function once every row of a read-only prefill has recorded the
+    layers it needs (:attr:`ReadoutRecorder.until`): the layers after them are not run."""
+
+
 @dataclass
 class ReadoutRecorder:
     """Filled by the attention function during one row's prefill: ``mass[layer]`` holds the question
     rows' attention mass on each of the layout's documents (in prompt order). With
     ``token_classes=True``, ``classes[layer]`` also holds the shares of the question rows' attention
-    mass carried by weights of each of the paper's classes (:data:`CLASS_NAMES`)."""
+    mass carried by weights of each of the paper's classes (:data:`CLASS_NAMES`). ``until``: a
+    read-only prefill, which needs layers ``[0, until)`` and nothing after them (:func:`stop_if_read`)."""
 
     layout: PromptLayout
     token_classes: bool = False
     profile: ReadoutProfile | None = None
+    until: int | None = None
     mass: dict[int, list[float]] = field(default_factory=dict)
     classes: dict[int, list[float]] = field(default_factory=dict)
     _ranking: list[int] | None = field(default=None, init=False, repr=False)
@@ -87,6 +95,13 @@ class ReadoutRecorder:
         if layers != list(range(len(layers))):
             raise ValueError(f"the readout misses layers: recorded {layers}")
         return Readout(self.layout, tuple(tuple(self.mass[layer]) for layer in layers))
+
+
+def stop_if_read(recorders: Sequence[ReadoutRecorder | None], layer: int) -> None:
+    """Raise :class:`ReadoutComplete` after ``layer`` when every row of the batch is a read-only
+    prefill that has now recorded all the layers it needs."""
+    if recorders and all(item is not None and item.until is not None and layer + 1 >= item.until for item in recorders):
+        raise ReadoutComplete
 
 
 @dataclass(frozen=True)

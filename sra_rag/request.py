@@ -85,7 +85,9 @@ class Request:
     ids; ``forced_tokens``: score these tokens instead of choosing (teacher forcing, for
     log-likelihoods); ``logprobs``: record each chosen token's log-probability under the model;
     ``readout``: record the question's attention on each document of the layout in the prefill and
-    score it with this profile (None: no readout).
+    score it with this profile (None: no readout); ``read_only``: run the prompt only as far as
+    the readout needs (the profile's layer band) and generate nothing: the stream ends with the
+    document attention and no text.
     """
 
     prompt_ids: tuple[int, ...]
@@ -96,6 +98,7 @@ class Request:
     forced_tokens: tuple[int, ...] = ()
     logprobs: bool = False
     readout: ReadoutProfile | None = None
+    read_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
@@ -109,6 +112,10 @@ class Request:
             )
         if self.readout is not None and not isinstance(self.readout, ReadoutProfile):
             raise TypeError(f"readout must be a ReadoutProfile or None, got {type(self.readout).__name__}")
+        if self.read_only and (
+            self.readout is None or self.layout is None or self.layout.question is None or not self.layout.documents
+        ):
+            raise ValueError("A read-only request needs a readout profile and a layout with documents and a question.")
         if self.forced_tokens and len(self.forced_tokens) != self.sampling.max_new_tokens:
             raise ValueError("A scoring request generates exactly its forced tokens (max_new_tokens = their count).")
 

@@ -21,18 +21,20 @@ the requests of that batch. The worker thread itself survives every error.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
-from sra_rag.readout import ReadoutRecorder
+from sra_rag.readout import ReadoutComplete, ReadoutRecorder
 from sra_rag.request import Request
 from sra_rag.sampling import Sampler
 from sra_rag.streaming import Channel, IncrementalText, TextStream, Update
@@ -215,6 +217,8 @@ class Scheduler:
                 longest = max(longest, self._waiting[0][0].num_prompt_tokens)
                 if group and (not self.batchable or longest * (len(group) + 1) > self.prefill_tokens):
                     break
+                if group and self._waiting[0][0].read_only != group[0][0].read_only:
+                    break  # a read-only prefill stops early, so it is never batched with generating rows
                 group.append(self._waiting.popleft())
         return group
 
@@ -222,6 +226,9 @@ class Scheduler:
 
     def _prefill(self, group: list[tuple[Request, Channel]]) -> None:
         try:
+            if group[0][0].read_only:
+                self._read(group)
+                return
             batch, logits = self._prefill_batch(group)
         except Exception as error:
             if len(group) > 1:  # find the request that fails; the others go on
@@ -243,6 +250,47 @@ class Scheduler:
         """One forward pass over the group's prompts, left-padded, with each row's SRA settings and
         layout. Returns the batch (its cache filled) and the next-token logits ``(rows, vocab)``."""
         requests = [request for request, _ in group]
+        recorders = [
+            ReadoutRecorder(request.layout, profile=request.readout)
+            if request.readout is not None and request.layout is not None
+            else None
+            for request in requests
+        ]
+        cache = DynamicCache(config=self.model.config)
+        outputs, pads, seconds = self._forward(requests, recorders, cache)
+        assert outputs is not None  # only a read-only pass stops early
+        logits = outputs.logits[:, -1, :].float()
+        rows = [self._start(request, channel) for request, channel in group]
+        for sequence, recorder in zip(rows, recorders, strict=True):
+            sequence.update.prefill_seconds = seconds
+            readout = None if recorder is None else recorder.readout()
+            if readout is not None and sequence.request.readout is not None:
+                sequence.update.document_attention = sequence.request.readout.score(readout)
+        return _Batch(cache, rows, pads), logits
+
+    def _read(self, group: list[tuple[Request, Channel]]) -> None:
+        """A group of read-only requests: the prompts run as far as their readout needs (the
+        profile's layer band), then each stream ends with its document attention and no text."""
+        requests = [request for request, _ in group]
+        recorders: list[ReadoutRecorder | None] = []
+        for request in requests:
+            assert request.readout is not None and request.layout is not None  # checked by Request
+            recorders.append(ReadoutRecorder(request.layout, profile=request.readout, until=request.readout.layers[1]))
+        _, _, seconds = self._forward(requests, recorders, DynamicCache(config=self.model.config))
+        for (request, channel), recorder in zip(group, recorders, strict=True):
+            assert request.readout is not None and recorder is not None
+            readout = recorder.readout()
+            if readout is None:
+                raise RuntimeError("the read-only prefill recorded no readout")
+            attention = request.readout.score(readout)
+            channel.put(Update(prefill_seconds=seconds, document_attention=attention, finish_reason="stop"))
+
+    def _forward(
+        self, requests: list[Request], recorders: list[ReadoutRecorder | None], cache: DynamicCache
+    ) -> tuple[Any, list[int], float]:
+        """The prefill forward pass of ``requests``, left-padded into ``cache``, recording each row's
+        readout: the model's outputs (None when a read-only pass stopped early), the pads and the
+        seconds it took."""
         longest = max(request.num_prompt_tokens for request in requests)
         pads = [longest - request.num_prompt_tokens for request in requests]
         input_ids = torch.full((len(requests), longest), self.pad_token_id, dtype=torch.long)
@@ -254,15 +302,9 @@ class Scheduler:
             positions = torch.arange(longest)[None] - offsets
             padding["attention_mask"] = (positions >= 0).long().to(self.device)
             padding["position_ids"] = positions.clamp(min=0).to(self.device)
-        recorders = [
-            ReadoutRecorder(request.layout, profile=request.readout)
-            if request.readout is not None and request.layout is not None
-            else None
-            for request in requests
-        ]
-        cache = DynamicCache(config=self.model.config)
         start = time.perf_counter()
-        with torch.inference_mode():
+        outputs = None
+        with torch.inference_mode(), contextlib.suppress(ReadoutComplete):
             outputs = self.model(
                 input_ids=input_ids.to(self.device),
                 cache=cache,
@@ -273,17 +315,10 @@ class Scheduler:
                 sra_readout=recorders,
                 **padding,
             )
-            logits = outputs.logits[:, -1, :].float()
         seconds = time.perf_counter() - start
         self.stats.prefills += 1
         self.stats.prefilled_rows += len(requests)
-        rows = [self._start(request, channel) for request, channel in group]
-        for sequence, recorder in zip(rows, recorders, strict=True):
-            sequence.update.prefill_seconds = seconds
-            readout = None if recorder is None else recorder.readout()
-            if readout is not None and sequence.request.readout is not None:
-                sequence.update.document_attention = sequence.request.readout.score(readout)
-        return _Batch(cache, rows, pads), logits
+        return outputs, pads, seconds
 
     def _join(self, joining: _Batch) -> None:
         """Add a prefilled batch to a running one it can share decoding steps with, else run it

@@ -256,3 +256,71 @@ def test_recall_table_counts_ranks():
     assert rows["name"]["raw_recall@1"] == 0.5 and rows["name"]["calibrated_recall@1"] == 1.0
     assert rows["paraphrase"]["raw_recall@3"] == 1.0 and rows["paraphrase"]["calibrated_recall@3"] == 0.0
     assert rows["all"]["prompts"] == 3 and rows["all"]["calibrated_recall@1"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("fn", [sra_attention_forward, sra_reference_attention_forward])
+def test_a_read_only_batch_stops_once_every_row_has_its_layers(fn):
+    from sra_rag.readout import ReadoutComplete
+
+    n, layer = 96, 2
+    qkv = random_qkv(batch=3, n=n, seed=3)
+    kwargs = {"scaling": 0.25, "sra_layout": LAYOUTS}
+    # Every row read-only and done after this layer: the pass stops, with this layer recorded.
+    recorders = [ReadoutRecorder(layout, until=layer + 1) for layout in LAYOUTS]
+    with pytest.raises(ReadoutComplete):
+        fn(module(layer), *qkv, padded_mask(n, PADS), sra_readout=recorders, **kwargs)
+    assert all(list(recorder.mass) == [layer] for recorder in recorders)
+    # One row still needs a later layer, or one row has no readout: the pass goes on.
+    for rows in (
+        [ReadoutRecorder(LAYOUTS[0], until=layer + 1), ReadoutRecorder(LAYOUTS[1], until=layer + 2), None],
+        [*(ReadoutRecorder(layout, until=layer + 1) for layout in LAYOUTS[:2]), None],
+    ):
+        output, _ = fn(module(layer), *qkv, padded_mask(n, PADS), sra_readout=rows, **kwargs)
+        plain, _ = fn(module(layer), *qkv, padded_mask(n, PADS), **kwargs)
+        torch.testing.assert_close(output, plain)
+
+
+def test_engine_read_runs_the_prompt_only_to_the_band_s_end(tiny_tokenizer, make_tiny_model):
+    from sra_rag import SRAEngine
+    from sra_rag.request import Request
+
+    bias = tuple((0.0, 0.0, 5.0) for _ in range(4))
+    profile = ReadoutProfile(model="tiny", num_layers=4, layers=(0, 2), positions=(0.0, 0.5, 1.0), bias=bias)
+    engine = SRAEngine(make_tiny_model("llama", len(tiny_tokenizer)), tiny_tokenizer, readout_profile=profile)
+    layout = TextLayout(question=QUESTION, documents=DOCUMENTS)
+    calls = []
+    layers = engine.model.model.layers
+    hooks = [
+        layer.register_forward_pre_hook(lambda *_, index=index: calls.append(index))
+        for index, layer in enumerate(layers)
+    ]
+    try:
+        full = engine.complete(PROMPT, max_new_tokens=1, layout=layout)
+        assert calls == [0, 1, 2, 3]
+        calls.clear()
+        read = engine.read(PROMPT, layout=layout)
+        assert calls == [0, 1]  # layer 1 stops in its attention; 2, 3 and the output layer never run
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert read.text == "" and read.completion_tokens == 0 and read.finish_reason == "stop"
+    assert read.prompt_tokens == full.prompt_tokens and read.prefill_seconds > 0
+    assert read.document_attention is not None and full.document_attention is not None
+    assert read.document_attention.readout.num_layers == 2 and read.document_attention.calibrated
+    assert read.document_attention.scores == pytest.approx(full.document_attention.scores, abs=1e-5)
+    # Concurrent reads and generations: reads are prefilled apart from generating rows, results as alone.
+    alone = engine.complete("Hello there", max_new_tokens=4)
+    streams = [engine.submit(engine.request("Hello there", max_new_tokens=4))]
+    request = engine.request(PROMPT, max_new_tokens=1, layout=layout)
+    streams += [engine.submit(Request(**{**request.__dict__, "read_only": True})) for _ in range(3)]
+    for stream in streams:
+        for _ in stream:
+            pass
+    assert streams[0].text == alone.text
+    for stream in streams[1:]:
+        assert stream.text == "" and stream.document_attention is not None
+        assert stream.document_attention.scores == pytest.approx(read.document_attention.scores, abs=1e-4)
+    with pytest.raises(ValueError, match="layout marks a question"):
+        engine.read(PROMPT)
+    with pytest.raises(ValueError, match="read-only request needs"):
+        Request(**{**engine.request("Hello", max_new_tokens=1).__dict__, "read_only": True})

@@ -4,9 +4,11 @@ the model reads best, and answer from the re-ordered prompt.
 Small readers lose a document in the middle of a long prompt even when their attention found it: the
 calibrated readout (:class:`~sra_rag.readout.DocumentAttention`) ranks the gold document first far more
 often than the reply uses it (``docs/eval/documents``). Re-ordering turns that ranking into position:
-one prefill with the readout (a single decoding step), then the prompt is stuffed again with the same
-chunks, every one of them kept, in the order :func:`arrange` gives, and answered. The cost is a second
-prefill (about 2x prefill time); the numbers in ``Answer.sources`` follow the new order.
+a read of the prompt up to the end of the readout's layer band (:meth:`~sra_rag.engine.SRAEngine.read`),
+then the prompt is stuffed again with the same chunks, every one of them kept, in the order
+:func:`arrange` gives, and answered. The cost is that partial prefill on top of the answer's (the
+band ends at 18 of 24 layers on Qwen2.5-Coder-0.5B, 19 of 30 on SmolLM2-135M); the numbers in
+``Answer.sources`` follow the new order.
 
 Placements (:data:`PLACEMENTS`): ``"first"`` puts the most-read source first (``Document [1]``),
 ``"last"`` puts it last (just before the question), ``"ends"`` alternates the most-read sources between
@@ -53,9 +55,9 @@ def arrange(ranking: Sequence[int], placement: Placement) -> list[int]:
 
 
 def probe(engine: SRAEngine, stuffed: StuffedPrompt, sra: SRAConfig | None = None) -> tuple[DocumentAttention, float]:
-    """Read ``stuffed`` once (one prefill and one decoding step): how much the question read each
-    source, and the prefill seconds."""
-    completion = engine.complete(stuffed.messages, layout=stuffed.layout, max_new_tokens=1, sra=sra, readout=True)
+    """Read ``stuffed`` once, only as far as the readout needs (:meth:`SRAEngine.read`: the layers up
+    to the readout band's end): how much the question read each source, and the seconds it took."""
+    completion = engine.read(stuffed.messages, layout=stuffed.layout, sra=sra)
     if completion.document_attention is None:
         raise RuntimeError("the engine returned no document readout for a prompt with sources and a question")
     return completion.document_attention, completion.prefill_seconds
