@@ -202,7 +202,12 @@ async def _respond(
         message = AssistantMessage(content=text)
         choice = ChatChoice(message=message, finish_reason=stream.finish_reason)
         reply = ChatCompletion(
-            id=reply_id, created=now(), model=state.model_name, choices=[choice], usage=usage, sources=job.sources(text)
+            id=reply_id,
+            created=now(),
+            model=state.model_name,
+            choices=[choice],
+            usage=usage,
+            sources=job.sources(text, stream.document_attention),
         )
     else:
         completion = CompletionChoice(text=text, finish_reason=stream.finish_reason)
@@ -212,7 +217,7 @@ async def _respond(
             model=state.model_name,
             choices=[completion],
             usage=usage,
-            sources=job.sources(text),
+            sources=job.sources(text, stream.document_attention),
         )
     return JSONResponse(dump(reply))
 
@@ -252,7 +257,7 @@ async def _events(
     finally:
         generation.close()
     stream = generation.stream
-    yield chunk(None, stream.finish_reason, sources=job.sources(stream.text))
+    yield chunk(None, stream.finish_reason, sources=job.sources(stream.text, stream.document_attention))
     if body.include_usage:
         usage = Usage.of(stream.prompt_tokens, stream.completion_tokens)
         reply = ChatCompletionChunk if chat else TextCompletion

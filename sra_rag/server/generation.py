@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from sra_rag.config import SRAConfig
 from sra_rag.engine import ContextWindowExceededError, Prompt, TextStream
+from sra_rag.rag.ordering import order_by_attention
 from sra_rag.rag.stuffing import Chunk, ContextOverflowError, StuffedPrompt, stuff_prompt
 from sra_rag.request import Request
 from sra_rag.server.admission import Admission
@@ -40,6 +41,7 @@ from sra_rag.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
+    from sra_rag.readout import DocumentAttention
 
 # OpenAI's defaults where a request leaves a sampling setting out.
 DEFAULT_TEMPERATURE = 1.0
@@ -61,14 +63,18 @@ class Job:
     request: Request
     stuffed: StuffedPrompt | None = None
 
-    def sources(self, text: str) -> list[Source] | None:
-        """The stuffed documents as the prompt numbers them, and whether ``text`` cites each."""
+    def sources(self, text: str, attention: DocumentAttention | None = None) -> list[Source] | None:
+        """The stuffed documents as the prompt numbers them, whether ``text`` cites each, and how
+        much the question read each (``attention``: the reply's readout, one score per document)."""
         if self.stuffed is None:
             return None
         cited = cited_numbers(text)
+        scores: list[float | None] = [None] * len(self.stuffed.sources)
+        if attention is not None and len(attention.scores) == len(scores):
+            scores = [round(score, 4) for score in attention.scores]
         return [
-            Source(number=number, source=name, cited=number in cited)
-            for number, name in enumerate(self.stuffed.sources, start=1)
+            Source(number=number, source=name, cited=number in cited, attention=score)
+            for number, (name, score) in enumerate(zip(self.stuffed.sources, scores, strict=True), start=1)
         ]
 
 
@@ -193,6 +199,8 @@ def _stuffed_job(
     ]
     with engine_errors("documents"):
         stuffed = stuff_prompt(engine, question, chunks, max_new_tokens=max_new_tokens, system_prompt=system)
+        if request.order is not None:
+            stuffed = order_by_attention(engine, stuffed, request.order, options.get("sra"))[0]
     options.update(max_new_tokens=max_new_tokens, layout=stuffed.layout)
     return _job(engine, stuffed.messages, options, "documents", stuffed)
 

@@ -3,9 +3,12 @@
 The surface follows OpenAI's API reference and vLLM's ``entrypoints/openai/protocol.py``. Requests
 reject unknown fields (a typo such as ``max_token`` is a 400, not a silently ignored setting) and
 fields the server cannot honour (``n`` other than 1, penalties, tools, log-probabilities) with a
-message that says what to do instead. Two fields go beyond OpenAI, sent by clients as
-``extra_body``: ``sra`` (per-request Scaled ReAttention settings) and ``documents`` (retrieved text
-that the server stuffs into the prompt the way the reader does).
+message that says what to do instead. Three fields go beyond OpenAI, sent by clients as
+``extra_body``: ``sra`` (per-request Scaled ReAttention settings), ``documents`` (retrieved text
+that the server stuffs into the prompt the way the reader does) and ``order`` (attention-ordered
+stuffing of those documents, as ``Reader(order=...)``). A reply to a request with documents carries
+``sources``: each document's number in the prompt, whether the answer cites it, and how much the
+question read it (``attention``).
 """
 
 from __future__ import annotations
@@ -138,6 +141,17 @@ class _GenerationRequest(_Request):
         description="Per-request SRA: a preset name ('off', 'paper', ...), or SRAConfig fields and a 'preset'.",
     )
     documents: list[Document] | None = Field(None, description="Retrieved documents to stuff into the prompt.")
+    order: Literal["first", "last", "ends"] | None = Field(
+        None,
+        description="Attention-ordered stuffing of the documents: a read-only pass ranks them by how much the "
+        "question reads each, and the most-read goes first, last or (with the next ones) at both ends.",
+    )
+
+    @model_validator(mode="after")
+    def _order_needs_documents(self) -> _GenerationRequest:
+        if self.order is not None and self.documents is None:
+            raise ValueError("order re-orders the documents field; send documents, or leave order out")
+        return self
 
     @field_validator("n")
     @classmethod
@@ -331,11 +345,14 @@ class Usage(BaseModel):
 
 
 class Source(BaseModel):
-    """A stuffed document as the prompt numbers it (``[number]``), and whether the answer cites it."""
+    """A stuffed document as the prompt numbers it (``[number]``), whether the answer cites it, and
+    how much the question read it: ``attention``, the calibrated readout score (higher = read more;
+    ``Answer.source_attention`` of the reader), None when the model gave no readout."""
 
     number: int
     source: str
     cited: bool
+    attention: float | None = None
 
 
 class AssistantMessage(BaseModel):

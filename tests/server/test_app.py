@@ -473,3 +473,32 @@ def test_the_lifespan_marks_the_app_not_ready_when_it_stops(server_engine) -> No
     with serving(app) as url:
         assert httpx.get(url + "/health").json()["ready"] is True
     assert app.state.server.ready is False
+
+
+def test_documents_in_attention_order_with_how_much_each_was_read(recording_engine, live_server) -> None:
+    from sra_rag.rag.ordering import order_by_attention
+
+    url = live_server(create_app(recording_engine))
+    engine = recording_engine._engine
+    chunks = [Chunk(d["text"], d["source"], d.get("chunk_index")) for d in DOCUMENTS]
+    question = [{"role": "user", "content": QUESTION}]
+    plain = chat(url, messages=question, documents=DOCUMENTS, max_tokens=6, **GREEDY).json()
+    assert all(isinstance(source["attention"], float) for source in plain["sources"])
+    for placement in ("first", "last"):
+        stuffed = stuff_prompt(engine, QUESTION, chunks, max_new_tokens=6)
+        reordered, attention, _ = order_by_attention(engine, stuffed, placement)
+        body = chat(url, messages=question, documents=DOCUMENTS, max_tokens=6, order=placement, **GREEDY).json()
+        assert recording_engine.calls[-1]["prompt"] == reordered.messages
+        assert [s["source"] for s in body["sources"]] == reordered.sources
+        most_read = stuffed.sources[attention.ranking[0]]
+        assert body["sources"][0 if placement == "first" else -1]["source"] == most_read
+        expected = engine.complete(reordered.messages, max_new_tokens=6, temperature=0, layout=reordered.layout)
+        assert body["choices"][0]["message"]["content"] == expected.text
+        assert expected.document_attention is not None
+        scores = [source["attention"] for source in body["sources"]]
+        assert scores == pytest.approx(list(expected.document_attention.scores), abs=1e-3)
+    streamed = events(chat(url, messages=question, documents=DOCUMENTS, max_tokens=4, order="ends", stream=True))
+    assert len(streamed[-2]["sources"]) == 2
+    for bad in ({"order": "middle", "documents": DOCUMENTS}, {"order": "first"}):
+        response = chat(url, messages=question, max_tokens=4, **bad)
+        assert response.status_code == 400 and "order" in response.json()["error"]["message"]
