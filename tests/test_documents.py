@@ -141,7 +141,11 @@ def test_sign_test_and_report():
     ]
     text = report(outcomes, "t")
     assert "| `documents` | all | +50.0 points | 5 | 0 | 0.062 | 1.05x |" in text
-    assert "| `off` |" in text and "depth 0.50" in text
+    assert "| `off` |" in text and "depth 0.50" in text and "upper bound" not in text
+    for outcome in outcomes:
+        outcome.correct["order-last"] = outcome.correct.pop("documents")
+        outcome.prefill_seconds["order-last"] = 2.0
+    assert "`order-last`: re-ordered under the baseline's attention" in report(outcomes, "t")
 
 
 def test_the_chroma_check_runs_end_to_end(tiny_engine, tmp_path):

@@ -266,7 +266,22 @@ def report(outcomes: Sequence[Outcome], title: str) -> str:
                 f"| `{name}` | {scope} | {change:+.1f} points | {gained} | {lost} | {sign_test(gained, lost):.3f} | "
                 f"{ratio:.2f}x |"
             )
+    reused = [name for name in settings[1:] if _reuses_readout(settings[0], name)]
+    if reused:
+        lines += [
+            "",
+            f"{', '.join(f'`{name}`' for name in reused)}: re-ordered under the baseline's attention, so the "
+            "baseline's run is its readout and its time counts a full prefill for it. A user's run reads "
+            "only up to the readout band's end (`SRAEngine.read`; `make bench`, row `sra+read`), so the "
+            "ratio shown is an upper bound.",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _reuses_readout(baseline: str, name: str) -> bool:
+    """Whether setting ``name`` re-orders under ``baseline``'s attention (and so takes its readout)."""
+    (stock, stock_placement), (config, placement) = setting(baseline), setting(name)
+    return placement is not None and stock_placement is None and config == stock
 
 
 @dataclass
