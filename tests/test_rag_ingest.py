@@ -358,3 +358,22 @@ def test_symlinked_folders_are_followed_once(tmp_path: Path) -> None:
     (folder / "linked").symlink_to(outside, target_is_directory=True)
     names = sorted(file.name for file in discover_files(folder))
     assert names == ["alpha.md", "beta.txt", "gamma.md", "linked.md"]
+
+
+def test_the_same_file_ingested_from_two_places_does_not_crowd_out_other_chunks(tmp_path: Path) -> None:
+    # A re-installed package moves the demo's sample folder: its chunks were stored twice, and the
+    # reader's top 6 held 3 texts, each twice.
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    first = make_docs(tmp_path / "one" / "docs")
+    second = make_docs(tmp_path / "two" / "docs")
+    store = open_store(tmp_path / "store")
+    run(store, first)
+    run(store, second)
+    distinct = {text for text, _ in all_records(store).values()}
+    assert store.count() == 2 * len(distinct) > 3
+    chunks = store.retrieve("Alpha", top_k=3)
+    assert len(chunks) == 3 and len({chunk.text for chunk in chunks}) == 3
+    assert [chunk.score for chunk in chunks] == sorted((chunk.score for chunk in chunks), reverse=True)
+    every = store.retrieve("Alpha", top_k=100)
+    assert sorted(chunk.text for chunk in every) == sorted(distinct)

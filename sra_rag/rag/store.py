@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from sra_rag.embeddings import EMBEDDING_PACKAGE, INSTALL_HINT, embed, embedding_model_path
 from sra_rag.models import CACHE_ENV
-from sra_rag.rag.stuffing import Chunk
+from sra_rag.rag.stuffing import Chunk, deduplicate
 
 try:
     import chromadb
@@ -235,17 +235,27 @@ class ChromaStore:
 
     def retrieve(self, question: str, top_k: int = 8) -> list[Chunk]:
         """The ``top_k`` chunks nearest to ``question``, best first; ``score`` is the cosine
-        similarity (1 - cosine distance)."""
+        similarity (1 - cosine distance). Chunks of the same text count once (the nearest is kept;
+        :func:`~sra_rag.rag.stuffing.deduplicate`), so the same file ingested from two places does not crowd out others: the
+        store is asked for more until ``top_k`` distinct chunks are found or it has no more."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("The question is empty; pass the text of the question.")
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         total = self.count()
-        if total == 0:
+        wanted = min(top_k, total)
+        while True:
+            chunks = deduplicate(self._nearest(question, wanted))
+            if len(chunks) >= top_k or wanted >= total:
+                return chunks[:top_k]
+            wanted = min(total, 2 * wanted)
+
+    def _nearest(self, question: str, count: int) -> list[Chunk]:
+        if count == 0:
             return []
         with self._guard():
             result = self.collection.query(
-                query_texts=[question], n_results=min(top_k, total), include=["documents", "metadatas", "distances"]
+                query_texts=[question], n_results=count, include=["documents", "metadatas", "distances"]
             )
         texts, metadatas, distances = result["documents"], result["metadatas"], result["distances"]
         if texts is None or metadatas is None or distances is None:
