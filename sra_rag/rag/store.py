@@ -236,8 +236,9 @@ class ChromaStore:
     def retrieve(self, question: str, top_k: int = 8) -> list[Chunk]:
         """The ``top_k`` chunks nearest to ``question``, best first; ``score`` is the cosine
         similarity (1 - cosine distance). Chunks of the same text count once (the nearest is kept;
-        :func:`~sra_rag.rag.stuffing.deduplicate`), so the same file ingested from two places does not crowd out others: the
-        store is asked for more until ``top_k`` distinct chunks are found or it has no more."""
+        :func:`~sra_rag.rag.stuffing.deduplicate`), so the same file ingested from two places does
+        not crowd out others: the store is asked for more until ``top_k`` distinct chunks are found
+        or it has no more."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("The question is empty; pass the text of the question.")
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
