@@ -2,6 +2,8 @@
 top-ranked document more, after the profile's layer band; fast path == reference, per row in a
 padded batch; and its evaluation's statistics."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -146,6 +148,16 @@ def test_sign_test_and_report():
         outcome.correct["order-last"] = outcome.correct.pop("documents")
         outcome.prefill_seconds["order-last"] = 2.0
     assert "`order-last`: re-ordered under the baseline's attention" in report(outcomes, "t")
+    many = [
+        replace(
+            outcomes[i % 10],
+            index=i,
+            correct={"off": False, "order-last": True},
+            prefill_seconds={"off": 1.0, "order-last": 2.0},
+        )
+        for i in range(20)
+    ]
+    assert "| `order-last` | all | +100.0 points | 20 | 0 | < 0.001 |" in report(many, "t")
 
 
 def test_the_chroma_check_runs_end_to_end(tiny_engine, tmp_path):

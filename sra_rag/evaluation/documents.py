@@ -200,6 +200,10 @@ def sign_test(gained: int, lost: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def _p_value(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def _percent(hits: int, total: int) -> str:
     low, high = wilson_interval(hits, total)
     return f"{100 * hits / total:.0f}% ({hits}/{total}; {100 * low:.0f}-{100 * high:.0f})"
@@ -263,8 +267,8 @@ def report(outcomes: Sequence[Outcome], title: str) -> str:
             lost = sum(o.correct[baseline] and not o.correct[name] for o in items)
             change = 100 * (gained - lost) / len(items)
             lines.append(
-                f"| `{name}` | {scope} | {change:+.1f} points | {gained} | {lost} | {sign_test(gained, lost):.3f} | "
-                f"{ratio:.2f}x |"
+                f"| `{name}` | {scope} | {change:+.1f} points | {gained} | {lost} | "
+                f"{_p_value(sign_test(gained, lost))} | {ratio:.2f}x |"
             )
     reused = [name for name in settings[1:] if _reuses_readout(settings[0], name)]
     if reused:
