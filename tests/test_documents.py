@@ -232,3 +232,11 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_engine, tmp_path):
     (tmp_path / "run.json").unlink()
     with pytest.raises(ValueError, match="no run.json"):
         resume(tmp_path, arguments)
+
+
+def test_the_command_refuses_a_chroma_check_without_questions(tmp_path, capsys):
+    from sra_rag.evaluation.documents import main
+
+    with pytest.raises(SystemExit):
+        main(["--chroma", "--questions", "0", "--out", str(tmp_path)])
+    assert "--questions must be a positive number, got 0" in capsys.readouterr().err

@@ -435,7 +435,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--chroma", action="store_true", help="the end-to-end check through a Chroma store instead (chroma.md)"
     )
+    parser.add_argument("--questions", type=int, default=20, help="questions of the --chroma check")
     args = parser.parse_args(argv)
+    if args.questions < 1:
+        parser.error(f"--questions must be a positive number, got {args.questions}")
     from sra_rag.engine import SRAEngine
 
     engine = SRAEngine.from_pretrained(args.model)
@@ -446,7 +449,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         import tempfile
 
         with tempfile.TemporaryDirectory() as folder:
-            checked = chroma_check(engine, Path(folder), seed=args.seed, settings=args.settings, progress=print)
+            checked = chroma_check(
+                engine, Path(folder), seed=args.seed, questions=args.questions, settings=args.settings, progress=print
+            )
         text = chroma_report(checked, f"{engine.name} through a Chroma store, seed {args.seed}")
         (args.out / "chroma.md").write_text(text)
         print(text)
