@@ -196,29 +196,20 @@ async def _respond(
         raise APIError(504, str(error), code="timeout") from None
     stream = generation.stream
     assert stream.finish_reason is not None
-    usage = Usage.of(stream.prompt_tokens, stream.completion_tokens)
+    fields: dict[str, Any] = {
+        "id": reply_id,
+        "created": now(),
+        "model": state.model_name,
+        "usage": Usage.of(stream.prompt_tokens, stream.completion_tokens),
+        "sources": job.sources(text, stream.document_attention),
+    }
     reply: ChatCompletion | TextCompletion
     if chat:
-        message = AssistantMessage(content=text)
-        choice = ChatChoice(message=message, finish_reason=stream.finish_reason)
-        reply = ChatCompletion(
-            id=reply_id,
-            created=now(),
-            model=state.model_name,
-            choices=[choice],
-            usage=usage,
-            sources=job.sources(text, stream.document_attention),
-        )
+        choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=stream.finish_reason)
+        reply = ChatCompletion(choices=[choice], **fields)
     else:
         completion = CompletionChoice(text=text, finish_reason=stream.finish_reason)
-        reply = TextCompletion(
-            id=reply_id,
-            created=now(),
-            model=state.model_name,
-            choices=[completion],
-            usage=usage,
-            sources=job.sources(text, stream.document_attention),
-        )
+        reply = TextCompletion(choices=[completion], **fields)
     return JSONResponse(dump(reply))
 
 
