@@ -178,6 +178,28 @@ def test_the_chroma_check_runs_end_to_end(tiny_engine, tmp_path):
         chroma_check(tiny_engine, tmp_path, seed=1, records=8)
 
 
+def test_the_chroma_check_asks_for_people_other_records_mention_too(tiny_engine, tmp_path):
+    from sra_rag.evaluation.documents import chroma_check
+
+    outcomes = chroma_check(
+        tiny_engine, tmp_path, seed=1, records=10, questions=2, top_k=5, settings=("off",), kinds=("mentioned",)
+    )
+    assert [o.kind for o in outcomes] == ["mentioned", "mentioned"]
+    files = sorted((tmp_path / "registry").iterdir())
+    extra = [path.read_text() for path in files[10:]]
+    assert 2 <= len(extra) <= 2 * 3  # 1 to top_k - 2 mentions per question
+    biographies = [path.read_text() for path in files[:10]]
+    towns = {text.split(" was born in ")[0]: text.split("in the town of ")[1].split(".")[0] for text in biographies}
+    # every extra record names one of the people, and not that person's town
+    for text in extra:
+        (person,) = [person for person in towns if person in text]
+        assert towns[person] not in text
+    assert all(o.retrieved_rank is None or 1 <= o.retrieved_rank <= 5 for o in outcomes)
+    for bad, message in ((dict(kinds=("names",)), "kinds must be some of"), (dict(top_k=2), "at least 3")):
+        with pytest.raises(ValueError, match=message):
+            chroma_check(tiny_engine, tmp_path / "x", seed=1, records=10, **bad)
+
+
 def test_settings_name_a_preset_and_an_optional_order():
     assert setting("documents") == (SRAConfig.preset("documents"), None)
     assert setting("order-ends") == (SRAConfig.preset("off"), "ends")

@@ -288,6 +288,16 @@ def _reuses_readout(baseline: str, name: str) -> bool:
     return placement is not None and stock_placement is None and config == stock
 
 
+CHROMA_KINDS: tuple[str, ...] = ("name", "paraphrase", "mentioned")
+# Short records that name the asked person beside another person born in another town: they match a
+# name question better than the gold biography does, and hold a wrong town.
+MENTIONS: tuple[str, ...] = (
+    "{person}'s cousin {other} was born in the town of {town} and visited {person} every summer.",
+    "{other}, born in {town}, wrote many letters to {person} about the weather and the harvest.",
+    "{other} and {person} once worked together for a season in {town}, where {other} was born.",
+)
+
+
 @dataclass
 class ChromaOutcome:
     """One question through a Chroma store: the retriever's rank of the gold record (1-based; None:
@@ -309,6 +319,7 @@ def chroma_check(
     questions: int = 20,
     top_k: int = 10,
     settings: Sequence[str] = DEFAULT_SETTINGS,
+    kinds: Sequence[str] = ("name", "paraphrase"),
     progress: Callable[[str], None] | None = None,
 ) -> list[ChromaOutcome]:
     """End to end as users run it: ``records`` biographies written as files, ingested into a fresh
@@ -317,7 +328,15 @@ def chroma_check(
     naming one record's person and paraphrasing what one person did: each paraphrased profession
     belongs to exactly one record (the others get the remaining professions), so a paraphrase has one
     right answer, and the retriever, matching meaning rather than a name, ranks its record anywhere
-    in 1..k (or misses it)."""
+    in 1..k (or misses it). ``kinds`` sets the cycle of question kinds; ``"mentioned"`` asks for a
+    person whom 1 to ``top_k - 2`` short extra records mention beside another person born in another
+    town (a cousin, a letter), so the retriever ranks those above the gold record and the reader must
+    find the birth town in the gold one among records that name the person."""
+    unknown = [kind for kind in kinds if kind not in CHROMA_KINDS]
+    if not kinds or unknown:
+        raise ValueError(f"kinds must be some of {CHROMA_KINDS}, got {list(kinds)}")
+    if top_k < 3:
+        raise ValueError(f"top_k must be at least 3, got {top_k}")
     from sra_rag.evaluation.readout import _PROFESSIONS, PARAPHRASES, _person
     from sra_rag.rag.ingest import ingest
     from sra_rag.rag.reader import Reader
@@ -335,13 +354,15 @@ def chroma_check(
     corpus.mkdir(parents=True, exist_ok=True)
     for index, (_, _, text) in enumerate(people):
         (corpus / f"record-{index + 1:03d}.txt").write_text(text + "\n")
+    plan = [kinds[number % len(kinds)] for number in range(questions)]
+    mentioned = _write_mentions(corpus, people, plan, records, top_k, random.Random(f"chroma-mentions-{seed}"))
     store = ChromaStore.open(folder / "store")
     ingest(store, corpus, progress=False)
     outcomes = []
     for number in range(questions):
-        kind = ("name", "paraphrase")[number % 2]
-        if kind == "name":
-            index = rng.randrange(records)
+        kind = plan[number]
+        if kind in ("name", "mentioned"):
+            index = mentioned[number] if kind == "mentioned" else rng.randrange(records)
             question = f"In which town was {people[index][0]} born?"
         else:
             index = professions.index(rng.choice(unique))
@@ -381,6 +402,33 @@ def chroma_check(
                 f"attention rank {outcome.attention_rank}, correct {outcome.correct}"
             )
     return outcomes
+
+
+def _write_mentions(
+    corpus: Path,
+    people: Sequence[tuple[str, str, str]],
+    plan: Sequence[str],
+    records: int,
+    top_k: int,
+    rng: random.Random,
+) -> dict[int, int]:
+    """For each ``"mentioned"`` question of ``plan``: pick its person and write 1 to ``top_k - 2``
+    short records that name them beside someone else born elsewhere. Returns question number ->
+    the asked record's index."""
+    from sra_rag.evaluation.readout import _name
+
+    asked: dict[int, int] = {}
+    written = records
+    for number, kind in enumerate(plan):
+        if kind != "mentioned":
+            continue
+        asked[number] = index = rng.randrange(records)
+        for _ in range(rng.randint(1, top_k - 2)):
+            written += 1
+            other, town = f"{_name(rng, 2)} {_name(rng, 3)}", _name(rng, 3)
+            text = rng.choice(MENTIONS).format(person=people[index][0], other=other, town=town)
+            (corpus / f"record-{written:03d}.txt").write_text(text + "\n")
+    return asked
 
 
 def chroma_report(outcomes: Sequence[ChromaOutcome], title: str) -> str:
@@ -436,6 +484,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--chroma", action="store_true", help="the end-to-end check through a Chroma store instead (chroma.md)"
     )
     parser.add_argument("--questions", type=int, default=20, help="questions of the --chroma check")
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=CHROMA_KINDS,
+        default=["name", "paraphrase"],
+        help="question kinds of the --chroma check, in turn (mentioned: other records name the person too)",
+    )
     args = parser.parse_args(argv)
     if args.questions < 1:
         parser.error(f"--questions must be a positive number, got {args.questions}")
@@ -450,7 +505,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         with tempfile.TemporaryDirectory() as folder:
             checked = chroma_check(
-                engine, Path(folder), seed=args.seed, questions=args.questions, settings=args.settings, progress=print
+                engine,
+                Path(folder),
+                seed=args.seed,
+                questions=args.questions,
+                kinds=args.kinds,
+                settings=args.settings,
+                progress=print,
             )
         text = chroma_report(checked, f"{engine.name} through a Chroma store, seed {args.seed}")
         (args.out / "chroma.md").write_text(text)
