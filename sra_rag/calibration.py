@@ -32,6 +32,11 @@ class ReadoutProfile(BaseModel):
     positions (0: the first document's start, 1: the last one's end) at which ``bias`` is given;
     ``bias[layer][i]``: the expected ``log(mass per token)`` of a document at ``positions[i]`` that
     the question does not concern. An uncalibrated profile has no bias (``calibrated=False``).
+    ``length_exponent``: how a document's mass is normalised by its length ``n`` tokens, as
+    ``mass / n ** e`` relative to a document of the prompt's mean (log) length: 1 is mass per token,
+    which lets a short chunk that repeats the question's words outrank the long one that answers it;
+    0 (the default, chosen on dev prompts with chunks of mixed lengths) compares total mass. With
+    documents of equal length the two rank alike.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -42,6 +47,7 @@ class ReadoutProfile(BaseModel):
     positions: tuple[float, ...] = ()
     bias: tuple[tuple[float, ...], ...] = ()
     calibrated: bool = True
+    length_exponent: float = Field(default=0.0, ge=0.0, le=1.0)
     details: dict[str, object] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -62,7 +68,7 @@ class ReadoutProfile(BaseModel):
         return cls(model=model, num_layers=num_layers, layers=(num_layers // 2, num_layers), calibrated=False)
 
     def layer_scores(self, readout: Readout) -> np.ndarray:
-        """``(layers, documents)``: each layer's ``log(mass per token)``, minus the bias if calibrated."""
+        """``(layers, documents)``: each layer's log length-normalised mass, minus the bias if calibrated."""
         if readout.num_layers != self.num_layers:
             raise ValueError(
                 f"the readout has {readout.num_layers} layers but the profile for {self.model} expects "
@@ -72,8 +78,12 @@ class ReadoutProfile(BaseModel):
 
     def _minus_bias(self, readout: Readout, layers: range) -> np.ndarray:
         """``(len(layers), documents)``: ``log(mass per token)`` of ``readout`` (whose rows are
-        ``layers``), minus those layers' bias at each document's position if calibrated."""
+        ``layers``) with ``1 - length_exponent`` of each document's log length relative to the mean
+        added back, minus those layers' bias at each document's position if calibrated."""
         density = readout.log_density().numpy()
+        if self.length_exponent != 1.0:
+            lengths = np.log(np.asarray(readout.lengths, dtype=np.float64))
+            density = density + (1.0 - self.length_exponent) * (lengths - lengths.mean())
         if not self.calibrated:
             return density
         where = np.asarray(readout.positions)

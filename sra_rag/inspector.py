@@ -47,7 +47,7 @@ class Inspection:
     labels: list[str]
     passes: list[Pass]
     calibrated_scores: np.ndarray  # (layers, documents): log mass per token minus the position bias
-    raw_scores: np.ndarray  # (layers, documents): log mass per token
+    raw_scores: np.ndarray  # (layers, documents): log mass, length-normalised as the profile says
 
 
 def _prefill(engine: SRAEngine, messages: list[dict[str, str]], layout, sra: SRAConfig) -> ReadoutRecorder:
@@ -114,7 +114,7 @@ def plot(inspection: Inspection) -> dict[str, bytes]:
         raise ImportError("The inspector draws with matplotlib: pip install matplotlib") from error
 
     images = {}
-    panels = [("raw: log mass per token", inspection.raw_scores)]
+    panels = [("raw: log mass (no position bias)", inspection.raw_scores)]
     calibrated = inspection.passes[0].attention.calibrated
     panels.append(
         (

@@ -9,7 +9,7 @@ Only those rows' probabilities are materialised, so the cost is that of the oute
 
 Raw mass favours some positions whatever the question (the first and last documents, long ones), so
 a :class:`~sra_rag.calibration.ReadoutProfile` turns it into a score per document: the mean over a
-layer band of ``log(mass per token)`` minus the position bias it measured on questions that no
+layer band of the log of its length-normalised mass minus the position bias it measured on questions that no
 document answers (``sra-rag calibrate``).
 """
 
@@ -141,7 +141,8 @@ class DocumentAttention:
     """How much the model read each document of a prompt, as one score per document (prompt order;
     higher = read more), with the raw readout behind it.
 
-    ``scores``: mean over ``layers`` of ``log(mass per token)`` minus the profile's position bias;
+    ``scores``: mean over ``layers`` of the log of each document's length-normalised mass (the
+    profile's ``length_exponent``) minus the profile's position bias;
     ``calibrated``: False when no profile exists for the model (the scores are then raw, and the
     first and last documents look read more than they are); ``profile``: the profile's name.
     """

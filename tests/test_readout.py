@@ -96,6 +96,25 @@ def test_uncalibrated_scores_are_the_upper_half_mean_of_log_mass_per_token():
     assert attention.summary()["scores"] == [round(score, 4) for score in expected]
 
 
+def test_a_short_chunk_that_repeats_the_question_s_words_does_not_outrank_the_long_one_that_answers():
+    # A 4-token mention of the asked person takes 0.1 of the question's attention, the 40-token
+    # record that answers takes 0.3: per token the mention wins, in total the record does.
+    spans = ((0, 40), (40, 44), (44, 84))
+    masses = [[0.3, 0.1, 0.1]] * 4
+    total = ReadoutProfile.uncalibrated("tiny", 4)
+    per_token = total.model_copy(update={"length_exponent": 1.0})
+    assert total.length_exponent == 0.0
+    assert total.score(readout(masses, spans, 90)).ranking[0] == 0
+    assert per_token.score(readout(masses, spans, 90)).ranking[0] == 1
+    logs = [math.log(n) for n in (40, 4, 40)]
+    expected = [
+        math.log(m / n) + (lg - sum(logs) / 3) for m, n, lg in zip((0.3, 0.1, 0.1), (40, 4, 40), logs, strict=True)
+    ]
+    assert total.score(readout(masses, spans, 90)).scores == pytest.approx(expected)
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        total.model_validate({**total.model_dump(), "length_exponent": 2.0})
+
+
 def synthetic(rng, layers, count, gold, bias_of, signal_layers):
     """Readouts whose log mass per token is a position bias plus noise, plus a boost of the gold
     document in ``signal_layers``."""

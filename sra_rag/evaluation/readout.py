@@ -174,7 +174,7 @@ def measure(
     progress: Callable[[str], None] | None = None,
 ) -> list[Measurement]:
     """Rank of the gold document on ``count`` fresh prompts of ``length`` tokens: raw (the band's
-    mean ``log(mass per token)``) and calibrated (minus the profile's position bias)."""
+    mean log length-normalised mass) and calibrated (minus the profile's position bias)."""
     raw_profile = profile.model_copy(update={"calibrated": False})
     results = []
     for index, prompt in enumerate(prompts(engine, seed, [length], count, kinds)):
