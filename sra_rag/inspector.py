@@ -46,7 +46,7 @@ class Inspection:
     question: str
     labels: list[str]
     passes: list[Pass]
-    calibrated_scores: np.ndarray  # (layers, documents): log mass per token minus the position bias
+    calibrated_scores: np.ndarray  # (layers, documents): raw_scores minus the position bias
     raw_scores: np.ndarray  # (layers, documents): log mass, length-normalised as the profile says
 
 

@@ -195,7 +195,10 @@ def test_the_chroma_check_asks_for_people_other_records_mention_too(tiny_engine,
         (person,) = [person for person in towns if person in text]
         assert towns[person] not in text
     assert all(o.retrieved_rank is None or 1 <= o.retrieved_rank <= 5 for o in outcomes)
-    for bad, message in ((dict(kinds=("names",)), "kinds must be some of"), (dict(top_k=2), "at least 3")):
+    for bad, message in (
+        (dict(kinds=("names",)), "kinds must be some of"),
+        (dict(kinds=("mentioned",), top_k=2), "at least 3"),
+    ):
         with pytest.raises(ValueError, match=message):
             chroma_check(tiny_engine, tmp_path / "x", seed=1, records=10, **bad)
 

@@ -335,8 +335,8 @@ def chroma_check(
     unknown = [kind for kind in kinds if kind not in CHROMA_KINDS]
     if not kinds or unknown:
         raise ValueError(f"kinds must be some of {CHROMA_KINDS}, got {list(kinds)}")
-    if top_k < 3:
-        raise ValueError(f"top_k must be at least 3, got {top_k}")
+    if "mentioned" in kinds and top_k < 3:
+        raise ValueError(f"'mentioned' questions need top_k of at least 3, got {top_k}")
     from sra_rag.evaluation.readout import _PROFESSIONS, PARAPHRASES, _person
     from sra_rag.rag.ingest import ingest
     from sra_rag.rag.reader import Reader
