@@ -2,8 +2,8 @@
 
 A profile is measured without labels by :func:`calibrate` (``sra-rag calibrate --model ...``): on
 synthetic prompts whose question asks about someone no document describes, whatever mass a document
-receives is position bias, measured per layer as ``log(mass per token)`` over the document's relative
-position (binned). The layer band is the one in which bias-corrected scores rank a planted gold
+receives is position bias, measured per layer as the length-normalised ``log(mass)`` that the profile
+scores (:func:`normalised_mass`) over the document's relative position (binned). The layer band is the one in which bias-corrected scores rank a planted gold
 document first most often on separate synthetic prompts (seeded; never the prompts of a report).
 Profiles for the PyPI models ship in ``sra_rag/data/readout/<model>.json``.
 """
@@ -25,12 +25,24 @@ from sra_rag.readout import DocumentAttention, Readout
 PROFILE_FOLDER = "data/readout"
 
 
+def normalised_mass(readout: Readout, length_exponent: float) -> np.ndarray:
+    """``(layers, documents)``: each document's ``log(mass / n ** length_exponent)`` relative to a
+    document of the prompt's mean log length: ``log(mass per token)`` with ``1 - length_exponent`` of
+    the document's centred log length added back. The one quantity that both the bias is fitted on
+    (:func:`fit_bias`) and scores are computed from (:meth:`ReadoutProfile.layer_scores`)."""
+    density = readout.log_density().numpy()
+    if length_exponent == 1.0:
+        return density
+    lengths = np.log(np.asarray(readout.lengths, dtype=np.float64))
+    return density + (1.0 - length_exponent) * (lengths - lengths.mean())
+
+
 class ReadoutProfile(BaseModel):
     """How to score one model's readout.
 
     ``layers``: the band ``[lo, hi)`` of layer indices averaged; ``positions``: relative document
     positions (0: the first document's start, 1: the last one's end) at which ``bias`` is given;
-    ``bias[layer][i]``: the expected ``log(mass per token)`` of a document at ``positions[i]`` that
+    ``bias[layer][i]``: the expected :func:`normalised_mass` of a document at ``positions[i]`` that
     the question does not concern. An uncalibrated profile has no bias (``calibrated=False``).
     ``length_exponent``: how a document's mass is normalised by its length ``n`` tokens, as
     ``mass / n ** e`` relative to a document of the prompt's mean (log) length: 1 is mass per token,
@@ -77,13 +89,9 @@ class ReadoutProfile(BaseModel):
         return self._minus_bias(readout, range(self.num_layers))
 
     def _minus_bias(self, readout: Readout, layers: range) -> np.ndarray:
-        """``(len(layers), documents)``: ``log(mass per token)`` of ``readout`` (whose rows are
-        ``layers``) with ``1 - length_exponent`` of each document's log length relative to the mean
-        added back, minus those layers' bias at each document's position if calibrated."""
-        density = readout.log_density().numpy()
-        if self.length_exponent != 1.0:
-            lengths = np.log(np.asarray(readout.lengths, dtype=np.float64))
-            density = density + (1.0 - self.length_exponent) * (lengths - lengths.mean())
+        """``(len(layers), documents)``: :func:`normalised_mass` of ``readout`` (whose rows are
+        ``layers``), minus those layers' bias at each document's position if calibrated."""
+        density = normalised_mass(readout, self.length_exponent)
         if not self.calibrated:
             return density
         where = np.asarray(readout.positions)
@@ -148,13 +156,14 @@ BIAS_BANDWIDTH = 0.04
 MIN_BAND = 2
 
 
-def fit_bias(absent: Sequence[Readout]) -> tuple[tuple[float, ...], ...]:
-    """Per layer, the expected ``log(mass per token)`` at each of :data:`BIAS_POSITIONS`: a
-    Gaussian-kernel mean over the documents of prompts that no document answers."""
+def fit_bias(absent: Sequence[Readout], length_exponent: float = 0.0) -> tuple[tuple[float, ...], ...]:
+    """Per layer, the expected :func:`normalised_mass` (with ``length_exponent``, as the profile
+    will score) at each of :data:`BIAS_POSITIONS`: a Gaussian-kernel mean over the documents of
+    prompts that no document answers."""
     if not absent:
         raise ValueError("the bias needs at least one prompt whose question no document answers")
     where = np.concatenate([np.asarray(readout.positions) for readout in absent])
-    density = np.concatenate([readout.log_density().numpy() for readout in absent], axis=1)  # (layers, docs)
+    density = np.concatenate([normalised_mass(readout, length_exponent) for readout in absent], axis=1)
     weights = np.exp(-0.5 * ((np.asarray(BIAS_POSITIONS)[:, None] - where[None]) / BIAS_BANDWIDTH) ** 2)
     bias = density @ weights.T / weights.sum(axis=1)  # (layers, positions)
     return tuple(tuple(float(value) for value in row) for row in bias)
@@ -196,14 +205,25 @@ def choose_band(profile: ReadoutProfile, gold: Sequence[tuple[Readout, int]]) ->
 
 
 def fit_profile(
-    model: str, absent: Sequence[Readout], gold: Sequence[tuple[Readout, int]], details: dict[str, object]
+    model: str,
+    absent: Sequence[Readout],
+    gold: Sequence[tuple[Readout, int]],
+    details: dict[str, object],
+    length_exponent: float = 0.0,
 ) -> ReadoutProfile:
     """A profile from readouts of prompts without an answer (the bias) and with a known gold
-    document (the band)."""
+    document (the band), scoring with ``length_exponent`` (see :class:`ReadoutProfile`)."""
+    if not absent:
+        raise ValueError("the bias needs at least one prompt whose question no document answers")
     num_layers = absent[0].num_layers
-    bias = fit_bias(absent)
+    bias = fit_bias(absent, length_exponent)
     draft = ReadoutProfile(
-        model=model, num_layers=num_layers, layers=(0, num_layers), positions=BIAS_POSITIONS, bias=bias
+        model=model,
+        num_layers=num_layers,
+        layers=(0, num_layers),
+        positions=BIAS_POSITIONS,
+        bias=bias,
+        length_exponent=length_exponent,
     )
     band = choose_band(draft, gold)
     return draft.model_copy(update={"layers": band, "details": details})

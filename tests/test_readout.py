@@ -153,6 +153,54 @@ def test_calibration_recovers_the_bias_and_finds_the_band_with_signal():
     assert choose_band(profile, gold) == (2, 4)
 
 
+def unequal(rng, layers, bias_of):
+    """A readout of an unanswered question whose documents have random lengths (5-60 tokens) and
+    whose total mass (not mass per token) is a position bias plus noise."""
+    lengths = [rng.randint(5, 60) for _ in range(rng.randint(6, 12))]
+    starts = np.cumsum([0, *lengths])
+    spans = tuple((int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True))
+    where = [((a + b) / 2) / starts[-1] for a, b in spans]
+    mass = [[math.exp(bias_of(x) + rng.gauss(0, 0.05)) for x in where] for _ in range(layers)]
+    return readout(mass, spans, int(starts[-1]) + 10)
+
+
+@pytest.mark.parametrize("exponent", [0.0, 1.0])
+def test_the_bias_is_fitted_on_the_quantity_the_profile_scores(exponent):
+    # Documents of mixed lengths whose total mass depends on position only. With total mass (the
+    # default) an unanswered question's documents rank by nothing but noise, whatever their length;
+    # per token, length decides.
+    rng = random.Random(1)
+
+    def bias_of(x):
+        return -4.0 + 2.0 * x**4
+
+    absent = [unequal(rng, 4, bias_of) for _ in range(40)]
+    profile = fit_profile("tiny", absent, [(absent[0], 0)], {"seed": 0}, length_exponent=exponent)
+    assert profile.length_exponent == exponent
+    # The bias is the expected normalised mass: at exponent 0, the total mass less the prompt's mean
+    # log length; at 1, the log mass per token.
+    offset = np.mean([np.log(r.lengths).mean() for r in absent]) if exponent == 0.0 else None
+    for x, row in zip(BIAS_POSITIONS, np.array(profile.bias).T, strict=True):
+        if 0.1 <= x <= 0.9 and offset is not None:
+            assert row == pytest.approx([bias_of(x) - offset] * 4, abs=0.15)
+    fresh = [unequal(rng, 4, bias_of) for _ in range(20)]
+    # Within each prompt (rankings compare documents of one prompt): scores and log lengths, centred.
+    scores, lengths, inner = [], [], []
+    for item in fresh:
+        score = profile.layer_scores(item).mean(axis=0)
+        scores.append(score - score.mean())
+        lengths.append(np.log(item.lengths) - np.log(item.lengths).mean())
+        inner.append((np.asarray(item.positions) > 0.1) & (np.asarray(item.positions) < 0.9))
+    scores, lengths, inner = np.concatenate(scores), np.concatenate(lengths), np.concatenate(inner)
+    correlation = np.corrcoef(scores[inner], lengths[inner])[0, 1]
+    if exponent == 0.0:
+        assert abs(correlation) < 0.2
+    else:  # per token, a longer document has less mass per token than a bias over mixed lengths
+        assert correlation < -0.8
+    with pytest.raises(ValueError, match="no document answers"):
+        fit_profile("tiny", [], [], {})
+
+
 def test_profile_validation_and_round_trip(tmp_path):
     with pytest.raises(ValueError, match="band inside"):
         ReadoutProfile(model="x", num_layers=4, layers=(3, 6), calibrated=False)
@@ -261,6 +309,17 @@ def test_calibrate_command_writes_a_profile_for_any_model(tiny_engine, tmp_path,
     assert profile.calibrated and profile.num_layers == 4 and profile.model == "tiny-llama"
     assert profile.details["absent_prompts"] == 2 and profile.details["gold_prompts"] == 2
     assert np.isfinite(np.array(profile.bias)).all() and 0 <= profile.layers[0] < profile.layers[1] <= 4
+    assert profile.length_exponent == 0.0
+    per_token = tmp_path / "per-token.json"
+    result = CliRunner().invoke(
+        build_app(),
+        ["calibrate", "--out", str(per_token), "--length", "700", "--examples", "4", "--seed", "3",
+         "--length-exponent", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert ReadoutProfile.load(per_token).length_exponent == 1.0
+    bad = CliRunner().invoke(build_app(), ["calibrate", "--out", str(per_token), "--length-exponent", "2"])
+    assert bad.exit_code != 0 and "--length-exponent" in bad.output
 
 
 def test_recall_table_counts_ranks():

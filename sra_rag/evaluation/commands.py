@@ -218,6 +218,15 @@ def calibrate_command(
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of the calibration prompts (keep reports on others).")
     ] = 1000,
+    length_exponent: Annotated[
+        float,
+        typer.Option(
+            "--length-exponent",
+            min=0.0,
+            max=1.0,
+            help="Length normalisation of a document's mass: 0 compares total mass (default), 1 mass per token.",
+        ),
+    ] = 0.0,
     model: ModelOption = None,
 ) -> None:
     """Measure a model's readout profile (which layers tell which document the question reads, and the
@@ -227,7 +236,12 @@ def calibrate_command(
 
     engine = SRAEngine.shared(model)
     profile = calibrate(
-        engine, seed=seed, lengths=length or [1024, 2048], count=examples, progress=lambda line: typer.echo(line)
+        engine,
+        seed=seed,
+        lengths=length or [1024, 2048],
+        count=examples,
+        length_exponent=length_exponent,
+        progress=lambda line: typer.echo(line),
     )
     target = out or Path(f"readout-{(model or 'smollm2-135m').replace('/', '--')}.json")
     profile.save(target)

@@ -127,10 +127,12 @@ def calibrate(
     seed: int = 1000,
     lengths: Sequence[int] = (1024, 2048),
     count: int = 12,
+    length_exponent: float = 0.0,
     progress: Callable[[str], None] | None = None,
 ) -> ReadoutProfile:
     """Measure ``engine``'s readout profile: per length, ``count`` prompts, alternately asking about
-    an absent person (the position bias, no labels) and about a planted gold person (the layer band)."""
+    an absent person (the position bias, no labels) and about a planted gold person (the layer band),
+    scoring documents with ``length_exponent`` (see :class:`~sra_rag.calibration.ReadoutProfile`)."""
     absent: list[Readout] = []
     gold: list[tuple[Readout, int]] = []
     for index, prompt in enumerate(prompts(engine, seed, lengths, count, ("absent", "name"))):
@@ -148,7 +150,7 @@ def calibrate(
         "gold_prompts": len(gold),
         "documents": sorted({len(readout.layout.documents) for readout in absent}),
     }
-    return fit_profile(engine.name, absent, gold, details)
+    return fit_profile(engine.name, absent, gold, details, length_exponent)
 
 
 @dataclass(frozen=True)
