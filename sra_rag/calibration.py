@@ -3,8 +3,9 @@
 A profile is measured without labels by :func:`calibrate` (``sra-rag calibrate --model ...``): on
 synthetic prompts whose question asks about someone no document describes, whatever mass a document
 receives is position bias, measured per layer as the length-normalised ``log(mass)`` that the profile
-scores (:func:`normalised_mass`) over the document's relative position (binned). The layer band is the one in which bias-corrected scores rank a planted gold
-document first most often on separate synthetic prompts (seeded; never the prompts of a report).
+scores (:func:`normalised_mass`) over the document's relative position (binned). The layer band is
+the one in which bias-corrected scores rank a planted gold document first most often on separate
+synthetic prompts (seeded; never the prompts of a report).
 Profiles for the PyPI models ship in ``sra_rag/data/readout/<model>.json``.
 """
 

@@ -431,6 +431,40 @@ class SRAEngine:
             )
         return _completion(self.submit(replace(request, read_only=True)))
 
+    def attribute(
+        self,
+        prompt: Prompt,
+        reply: str,
+        *,
+        layout: TextLayout | None = None,
+        sra: SRAConfig | None = None,
+        chat_template: bool = True,
+    ) -> DocumentAttention:
+        """How much a reply read each document: the prompt, followed by the ``reply`` the model gave
+        to it (its tokens exactly as generation appends them), runs up to the end of the readout
+        profile's layer band, and the readout's rows are the reply's tokens instead of the question's.
+        Scored by the same profile as the question's readout (one score per document of ``layout``,
+        higher = read more). One read-only pass, the cost of :meth:`read` over a slightly longer
+        prompt. Where the reply's reading differs from the question's, the reply may have been copied
+        from another document than the one the question found."""
+        if not isinstance(reply, str) or not reply.strip():
+            raise ValueError("reply must be a non-empty string: the text the model answered to the prompt")
+        request = self.request(prompt, max_new_tokens=1, sra=sra, layout=layout, chat_template=chat_template)
+        if request.layout is None or not request.layout.documents:
+            raise ValueError(
+                "attribute needs a prompt whose layout marks at least one document: "
+                "pass layout=TextLayout(documents=[...])"
+            )
+        reply_ids = tuple(self.tokenizer(reply, add_special_tokens=False)["input_ids"])
+        prompt_ids = request.prompt_ids + reply_ids
+        self._check_fits(len(prompt_ids), 1)
+        spans = PromptLayout(len(prompt_ids), (len(request.prompt_ids), len(prompt_ids)), request.layout.documents)
+        read = replace(request, prompt_ids=prompt_ids, layout=spans, readout=self.readout_profile, read_only=True)
+        attention = _completion(self.submit(read)).document_attention
+        if attention is None:
+            raise RuntimeError("the read-only prefill returned no readout")
+        return attention
+
     def log_likelihood(
         self,
         prompt: Prompt,

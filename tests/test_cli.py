@@ -72,6 +72,17 @@ def test_ingest_ask_and_reingest(runner: CliRunner, docs: Path, tmp_path: Path, 
     scores = [float(line.split()[0]) for line in ordered.stdout.split("\nSources:")[1].splitlines()[1:]]
     assert len(scores) == 2 and "2 chunks in one prompt" in ordered.stderr  # both sources kept, re-numbered
 
+    attributed = invoke(
+        runner, "ask", "When does the ferry leave?", "--store", store, "--max-new-tokens", "6", "--attribute"
+    )
+    assert attributed.exit_code == 0, attributed.output
+    heading, *lines = attributed.stdout.split("\nSources:")[1].splitlines()
+    assert "the question, then the answer" in heading
+    rows = [re.fullmatch(r"([+-]\d+\.\d\d) +([+-]\d+\.\d\d)  \[(\d)\] .*", line.strip()) for line in lines[:2]]
+    assert all(rows), lines
+    question_top, answer_top = (max(rows, key=lambda row: float(row.group(col))).group(3) for col in (1, 2))
+    assert ("Check the answer" in attributed.stdout) is (question_top != answer_top)
+
     no_sra = invoke(runner, "ask", "Who approves leave?", "--store", store, "--max-new-tokens", "2", "--no-sra")
     assert no_sra.exit_code == 0 and "[1] docs/leave.md" in no_sra.stdout
 

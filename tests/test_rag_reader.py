@@ -97,3 +97,25 @@ def test_answer_says_which_sources_the_question_read(embedded_engine) -> None:
     assert expected.document_attention is not None and answer.source_attention is not None
     assert answer.source_attention == pytest.approx(list(expected.document_attention.scores), abs=1e-4)
     assert answer.source_attention_calibrated is expected.document_attention.calibrated
+
+
+def test_attribute_scores_what_the_answer_read(embedded_engine) -> None:
+    reader = Reader(embedded_engine, ListRetriever(CHUNKS), max_new_tokens=12, attribute=True)
+    answer = reader.ask(QUESTION)
+    assert answer.text.strip() and answer.answer_attention is not None
+    assert len(answer.answer_attention) == len(answer.sources) == 2
+    stuffed = reader.stuff(QUESTION, CHUNKS)
+    expected = embedded_engine.attribute(stuffed.messages, answer.text, layout=stuffed.layout)
+    assert answer.answer_attention == pytest.approx(list(expected.scores), abs=1e-4)
+    assert answer.answer_attention != pytest.approx(answer.source_attention, abs=1e-3)  # other rows read
+    # Off by default; a stream is attributed once it is finished.
+    plain = Reader(embedded_engine, ListRetriever(CHUNKS), max_new_tokens=12)
+    assert plain.ask(QUESTION).answer_attention is None
+    stream = plain.stream(QUESTION)
+    with pytest.raises(RuntimeError, match="still being generated"):
+        plain.attribute(stream)
+    for _ in stream:
+        pass
+    assert plain.attribute(stream) == pytest.approx(answer.answer_attention, abs=1e-4)
+    with pytest.raises(TypeError, match="attribute must be True or False"):
+        Reader(embedded_engine, ListRetriever(CHUNKS), attribute="yes")  # type: ignore[arg-type]

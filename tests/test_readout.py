@@ -402,3 +402,34 @@ def test_engine_read_runs_the_prompt_only_to_the_band_s_end(tiny_tokenizer, make
         engine.read(PROMPT)
     with pytest.raises(ValueError, match="read-only request needs"):
         Request(**{**engine.request("Hello", max_new_tokens=1).__dict__, "read_only": True})
+
+
+def test_engine_attribute_reads_the_reply_s_rows(tiny_engine):
+    from sra_rag import ContextWindowExceededError
+
+    reply = "The lighthouse keeper's door is green."
+    layout = TextLayout(documents=DOCUMENTS)
+    attention = tiny_engine.attribute(PROMPT, reply, layout=layout, sra=SRAConfig.preset("off"))
+    # The same as a plain forward pass over the prompt's tokens and the reply's, recording the
+    # reply's rows (from its first token to the end) on the prompt's document spans.
+    request = tiny_engine.request(PROMPT, max_new_tokens=1, layout=layout)
+    reply_ids = tiny_engine.tokenizer(reply, add_special_tokens=False)["input_ids"]
+    ids = [*request.prompt_ids, *reply_ids]
+    spans = PromptLayout(len(ids), (len(request.prompt_ids), len(ids)), request.layout.documents)
+    recorder = ReadoutRecorder(spans)
+    with torch.no_grad():
+        tiny_engine.model(
+            torch.tensor([ids]), sra_config=SRAConfig.preset("off"), sra_layout=spans, sra_readout=recorder
+        )
+    expected = tiny_engine.readout_profile.score(recorder.readout())
+    assert attention.scores == pytest.approx(expected.scores, abs=1e-5)
+    assert attention.readout.layout == spans and len(attention.scores) == len(DOCUMENTS)
+    question = tiny_engine.read(PROMPT, layout=TextLayout(question=QUESTION, documents=DOCUMENTS))
+    assert question.document_attention is not None
+    assert attention.scores != pytest.approx(question.document_attention.scores, abs=1e-3)
+    with pytest.raises(ValueError, match="reply must be a non-empty string"):
+        tiny_engine.attribute(PROMPT, "  ", layout=layout)
+    with pytest.raises(ValueError, match="marks at least one document"):
+        tiny_engine.attribute(PROMPT, reply)
+    with pytest.raises(ContextWindowExceededError):
+        tiny_engine.attribute(PROMPT, "green " * tiny_engine.context_window, layout=layout)

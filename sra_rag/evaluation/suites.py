@@ -78,13 +78,23 @@ class Example:
     def score(self, output: str) -> list[bool]:
         """One verdict per answer: does its text appear in ``output`` (with ``choices``: is it the
         first choice ``output`` names, as a whole word)?"""
-        normalised = _normalise(output)
-        for text in self.ignore:
-            normalised = normalised.replace(_normalise(text), " ")
+        normalised = self._without_ignored(output)
         if not self.choices:
             return [_normalise(answer.text) in normalised for answer in self.answers]
         named = _first_named(normalised, self.choices)
         return [named == _normalise(answer.text) for answer in self.answers]
+
+    def named_choice(self, output: str) -> int | None:
+        """The index in ``choices`` of the first choice ``output`` names as a whole word (the texts
+        of ``ignore`` left out, as :meth:`score` does), or None."""
+        named = _first_named(self._without_ignored(output), self.choices) if self.choices else None
+        return None if named is None else [_normalise(choice) for choice in self.choices].index(named)
+
+    def _without_ignored(self, output: str) -> str:
+        normalised = _normalise(output)
+        for text in self.ignore:
+            normalised = normalised.replace(_normalise(text), " ")
+        return normalised
 
 
 def _normalise(text: str) -> str:

@@ -132,6 +132,14 @@ def ask(
             "'first', 'last' or at both 'ends' and answer (about 2x prefill; no chunk is dropped).",
         ),
     ] = None,
+    attribute: Annotated[
+        bool,
+        typer.Option(
+            "--attribute",
+            help="Also score how much the answer's own tokens read each source (one more read-only pass), "
+            "and say so when the answer and the question read different sources most.",
+        ),
+    ] = False,
     preset: PresetOption = "recommended",
     sra: SraSwitch = None,
     begin_length: BeginOption = None,
@@ -161,7 +169,7 @@ def ask(
     if opened.count() == 0:
         fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
     engine = _engine(model)
-    _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling, order)
+    _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling, order, attribute)
 
 
 @app.command()
@@ -329,6 +337,7 @@ def _answer(
     overflow: str,
     sampling: dict[str, Any],
     order: str | None = None,
+    attribute: bool = False,
 ) -> None:
     from sra_rag.rag.reader import Reader
 
@@ -345,21 +354,31 @@ def _answer(
     with _warnings_to_stderr():
         answer = reader.stream(question)
     _echo_stream(answer)
-    typer.echo("\nSources:" + _attention_heading(answer))
-    attention = answer.source_attention
+    by_answer = reader.attribute(answer) if attribute else None
+    typer.echo("\nSources:" + _attention_heading(answer, by_answer is not None))
+    columns = [scores for scores in (answer.source_attention, by_answer) if scores is not None]
     for number, source in enumerate(answer.sources, start=1):
-        read = "" if attention is None else f"{attention[number - 1]:+7.2f}  "
+        read = "".join(f"{scores[number - 1]:+7.2f}  " for scores in columns)
         typer.echo(f"{read}[{number}] {source}")
+    if answer.source_attention is not None and by_answer is not None:
+        question_top, answer_top = (1 + max(range(len(s)), key=s.__getitem__) for s in columns)
+        if question_top != answer_top:
+            typer.echo(
+                f"Check the answer: it read [{answer_top}] most, but the question read [{question_top}] most "
+                "(the answer may come from another source than the one the question found)."
+            )
     _info(
         f"[{len(answer.stuffed.chunks)} chunks in one prompt of {answer.prompt_tokens} tokens; "
         f"{len(answer.stuffed.dropped)} dropped; {answer.completion_tokens} tokens generated]"
     )
 
 
-def _attention_heading(answer: Any) -> str:
+def _attention_heading(answer: Any, attributed: bool = False) -> str:
     if answer.source_attention is None:
         return ""
     kind = "calibrated" if answer.source_attention_calibrated else "raw, uncalibrated: no profile for this model"
+    if attributed:
+        return f" (columns: how much the question, then the answer, read each source, higher = more; {kind})"
     return f" (first column: how much the question read each source, higher = more; {kind})"
 
 

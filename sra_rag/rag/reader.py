@@ -85,7 +85,11 @@ class Answer:
     ``source_attention``: one score per source, in the order of ``sources`` (higher = the question
     read that source more; a source's chunks form one block, scored together), calibrated for
     position when ``source_attention_calibrated`` (the model has a readout profile); None when the
-    readout was off.
+    readout was off. ``answer_attention``: the same scores read from the answer's own tokens
+    (``Reader(attribute=True)``, one more read-only pass; None otherwise or when the answer is
+    empty): which source the answer was written from. Where its top source differs from
+    ``source_attention``'s, the answer may have been copied from another source than the one the
+    question found.
     """
 
     question: str
@@ -98,6 +102,7 @@ class Answer:
     finish_reason: str | None
     source_attention: list[float] | None = None
     source_attention_calibrated: bool = False
+    answer_attention: list[float] | None = None
 
 
 class Reader:
@@ -111,9 +116,11 @@ class Reader:
     default greedy); ``order``: attention-ordered stuffing (``"first"``, ``"last"`` or ``"ends"``,
     see :mod:`sra_rag.rag.ordering`): one readout prefill ranks the sources by how much the question
     read them, and the prompt is stuffed again with the most-read sources at that place before
-    answering (about 2x prefill; no chunk is dropped; ``sources`` follow the new numbering). The SRA
-    tail follows the config's ``tail`` (``"question"``: exactly the question and instruction); the
-    prompt's layout is always passed.
+    answering (about 2x prefill; no chunk is dropped; ``sources`` follow the new numbering);
+    ``attribute``: after answering, read the prompt again with the answer appended and score how much
+    the answer's tokens read each source (:attr:`Answer.answer_attention`; :meth:`attribute` does it
+    for a stream). The SRA tail follows the config's ``tail`` (``"question"``: exactly the question
+    and instruction); the prompt's layout is always passed.
     """
 
     def __init__(
@@ -129,6 +136,7 @@ class Reader:
         stop: tuple[str, ...] = DEFAULT_STOP,
         sampling: Mapping[str, Any] | None = None,
         order: Placement | None = None,
+        attribute: bool = False,
     ) -> None:
         if not callable(getattr(retriever, "retrieve", None)):
             raise TypeError(f"retriever must have a retrieve(question, top_k) method, got {type(retriever).__name__}")
@@ -139,6 +147,9 @@ class Reader:
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
         self.order = None if order is None else check_placement(order)
+        if not isinstance(attribute, bool):
+            raise TypeError(f"attribute must be True or False, got {attribute!r}")
+        self.attribute_answers = attribute
         self.engine = engine
         self.retriever = retriever
         self.top_k = top_k
@@ -185,8 +196,20 @@ class Reader:
         )
         return AnswerStream(question, stuffed, stream)
 
+    def attribute(self, answer: AnswerStream) -> list[float] | None:
+        """How much the finished ``answer``'s own tokens read each numbered source (order of
+        ``answer.sources``; higher = read more), from one read-only pass over the prompt with the
+        answer appended (:meth:`~sra_rag.SRAEngine.attribute`); None when the answer is empty."""
+        if answer.finish_reason is None:
+            raise RuntimeError("the answer is still being generated: exhaust the stream before attributing it")
+        if not answer.text.strip():
+            return None
+        stuffed = answer.stuffed
+        scores = self.engine.attribute(stuffed.messages, answer.text, layout=stuffed.layout, sra=self.sra).scores
+        return list(scores)
+
     def ask(self, question: str, chunks: list[Chunk] | None = None) -> Answer:
-        """Retrieve, stuff and generate the whole answer."""
+        """Retrieve, stuff and generate the whole answer (and attribute it, with ``attribute``)."""
         answer = self.stream(question, chunks)
         for _ in answer:
             pass
@@ -201,4 +224,5 @@ class Reader:
             finish_reason=answer.finish_reason,
             source_attention=answer.source_attention,
             source_attention_calibrated=answer.source_attention_calibrated,
+            answer_attention=self.attribute(answer) if self.attribute_answers else None,
         )
