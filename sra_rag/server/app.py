@@ -28,7 +28,15 @@ from starlette.background import BackgroundTask
 from sra_rag import __version__
 from sra_rag.server.admission import Admission, AdmissionTimeoutError, QueueFullError
 from sra_rag.server.errors import APIError, install_error_handlers
-from sra_rag.server.generation import Generation, Job, RequestTimeoutError, chat_job, completion_job, start
+from sra_rag.server.generation import (
+    Generation,
+    Job,
+    RequestTimeoutError,
+    attribute,
+    chat_job,
+    completion_job,
+    start,
+)
 from sra_rag.server.metrics import Metrics, MetricsMiddleware
 from sra_rag.server.middleware import BearerAuth, ReplicaHeader
 from sra_rag.server.protocol import (
@@ -201,7 +209,7 @@ async def _respond(
         "created": now(),
         "model": state.model_name,
         "usage": Usage.of(stream.prompt_tokens, stream.completion_tokens),
-        "sources": job.sources(text, stream.document_attention),
+        "sources": job.sources(text, stream.document_attention, await attribute(state.engine, job, text)),
     }
     reply: ChatCompletion | TextCompletion
     if chat:
@@ -248,7 +256,8 @@ async def _events(
     finally:
         generation.close()
     stream = generation.stream
-    yield chunk(None, stream.finish_reason, sources=job.sources(stream.text, stream.document_attention))
+    answer = await attribute(state.engine, job, stream.text)
+    yield chunk(None, stream.finish_reason, sources=job.sources(stream.text, stream.document_attention, answer))
     if body.include_usage:
         usage = Usage.of(stream.prompt_tokens, stream.completion_tokens)
         reply = ChatCompletionChunk if chat else TextCompletion

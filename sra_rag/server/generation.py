@@ -62,20 +62,41 @@ class Job:
     options: dict[str, Any]
     request: Request
     stuffed: StuffedPrompt | None = None
+    attribute: bool = False
 
-    def sources(self, text: str, attention: DocumentAttention | None = None) -> list[Source] | None:
+    def sources(
+        self, text: str, attention: DocumentAttention | None = None, answer: DocumentAttention | None = None
+    ) -> list[Source] | None:
         """The stuffed documents as the prompt numbers them, whether ``text`` cites each, and how
-        much the question read each (``attention``: the reply's readout, one score per document)."""
+        much the question read each (``attention``: the reply's readout, one score per document)
+        and the answer did (``answer``: :func:`attribute`'s readout)."""
         if self.stuffed is None:
             return None
         cited = cited_numbers(text)
-        scores: list[float | None] = [None] * len(self.stuffed.sources)
-        if attention is not None and len(attention.scores) == len(scores):
-            scores = [round(score, 4) for score in attention.scores]
+        scores, by_answer = (_rounded(item, len(self.stuffed.sources)) for item in (attention, answer))
         return [
-            Source(number=number, source=name, cited=number in cited, attention=score)
-            for number, (name, score) in enumerate(zip(self.stuffed.sources, scores, strict=True), start=1)
+            Source(number=number, source=name, cited=number in cited, attention=score, answer_attention=read)
+            for number, (name, score, read) in enumerate(
+                zip(self.stuffed.sources, scores, by_answer, strict=True), start=1
+            )
         ]
+
+
+def _rounded(attention: DocumentAttention | None, count: int) -> list[float | None]:
+    if attention is None or len(attention.scores) != count:
+        return [None] * count
+    return [round(score, 4) for score in attention.scores]
+
+
+async def attribute(engine: SRAEngine, job: Job, text: str) -> DocumentAttention | None:
+    """How much the finished answer ``text`` read each stuffed document, when the request asked
+    (``attribute``) and the answer is not empty: one read-only pass, off the event loop."""
+    if not job.attribute or job.stuffed is None or not text.strip():
+        return None
+    stuffed = job.stuffed
+    return await asyncio.to_thread(
+        engine.attribute, stuffed.messages, text, layout=stuffed.layout, sra=job.options.get("sra")
+    )
 
 
 def cited_numbers(text: str) -> set[int]:
@@ -202,7 +223,9 @@ def _stuffed_job(
         if request.order is not None:
             stuffed = order_by_attention(engine, stuffed, request.order, options.get("sra"))[0]
     options.update(max_new_tokens=max_new_tokens, layout=stuffed.layout)
-    return _job(engine, stuffed.messages, options, "documents", stuffed)
+    job = _job(engine, stuffed.messages, options, "documents", stuffed)
+    job.attribute = request.attribute
+    return job
 
 
 def _max_new_tokens(

@@ -147,10 +147,18 @@ class _GenerationRequest(_Request):
         "question reads each, and the most-read goes first, last or (with the next ones) at both ends.",
     )
 
+    attribute: bool = Field(
+        False,
+        description="After answering, score how much the answer's own tokens read each document "
+        "(sources[].answer_attention; one more read-only pass over the prompt and the answer).",
+    )
+
     @model_validator(mode="after")
     def _order_needs_documents(self) -> _GenerationRequest:
         if self.order is not None and self.documents is None:
             raise ValueError("order re-orders the documents field; send documents, or leave order out")
+        if self.attribute and self.documents is None:
+            raise ValueError("attribute scores the documents field; send documents, or leave attribute out")
         return self
 
     @field_validator("n")
@@ -347,12 +355,15 @@ class Usage(BaseModel):
 class Source(BaseModel):
     """A stuffed document as the prompt numbers it (``[number]``), whether the answer cites it, and
     how much the question read it: ``attention``, the calibrated readout score (higher = read more;
-    ``Answer.source_attention`` of the reader), None when the model gave no readout."""
+    ``Answer.source_attention`` of the reader), None when the model gave no readout;
+    ``answer_attention``: the same from the answer's own tokens (``Answer.answer_attention``), only
+    when the request asked for ``attribute``."""
 
     number: int
     source: str
     cited: bool
     attention: float | None = None
+    answer_attention: float | None = None
 
 
 class AssistantMessage(BaseModel):

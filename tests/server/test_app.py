@@ -502,3 +502,26 @@ def test_documents_in_attention_order_with_how_much_each_was_read(recording_engi
     for bad in ({"order": "middle", "documents": DOCUMENTS}, {"order": "first"}):
         response = chat(url, messages=question, max_tokens=4, **bad)
         assert response.status_code == 400 and "order" in response.json()["error"]["message"]
+
+
+def test_attribute_scores_what_the_answer_read(recording_engine, live_server) -> None:
+    url = live_server(create_app(recording_engine))
+    engine = recording_engine._engine
+    chunks = [Chunk(d["text"], d["source"], d.get("chunk_index")) for d in DOCUMENTS]
+    question = [{"role": "user", "content": QUESTION}]
+    body = chat(url, messages=question, documents=DOCUMENTS, max_tokens=6, attribute=True, **GREEDY).json()
+    text = body["choices"][0]["message"]["content"]
+    assert text.strip()
+    stuffed = stuff_prompt(engine, QUESTION, chunks, max_new_tokens=6)
+    expected = engine.attribute(stuffed.messages, text, layout=stuffed.layout)
+    read = [source["answer_attention"] for source in body["sources"]]
+    assert read == pytest.approx(list(expected.scores), abs=1e-3)
+    assert read != pytest.approx([source["attention"] for source in body["sources"]], abs=1e-3)
+    plain = chat(url, messages=question, documents=DOCUMENTS, max_tokens=6, **GREEDY).json()
+    assert all(source["answer_attention"] is None for source in plain["sources"])
+    streamed = events(
+        chat(url, messages=question, documents=DOCUMENTS, max_tokens=6, attribute=True, stream=True, **GREEDY)
+    )
+    assert [s["answer_attention"] for s in streamed[-2]["sources"]] == pytest.approx(read, abs=1e-3)
+    bad = chat(url, messages=question, max_tokens=4, attribute=True)
+    assert bad.status_code == 400 and "attribute" in bad.json()["error"]["message"]
