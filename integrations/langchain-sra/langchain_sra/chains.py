@@ -26,6 +26,7 @@ from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
+from langchain_core.runnables.utils import AddableDict
 
 from langchain_sra.chat_models import ChatSRA
 from sra_rag import SRAConfig
@@ -63,6 +64,7 @@ def create_stuffed_rag_chain(
     system_prompt: str | None = None,
     stop: Sequence[str] = DEFAULT_STOP,
     order: Placement | None = None,
+    attribute: bool = False,
 ) -> Runnable[dict[str, Any] | str, dict[str, Any]]:
     """A runnable: ``{"input": question}`` (or the question as a string) in; out a dict with
     ``input``, ``context`` (the documents in prompt order), ``answer``, ``sources`` (``sources[0]``
@@ -78,7 +80,9 @@ def create_stuffed_rag_chain(
     stop sequences added to the model's (by default a new "Question:" line). ``order``:
     attention-ordered stuffing (``"first"``, ``"last"`` or ``"ends"``; see :mod:`sra_rag.rag.ordering`):
     one readout prefill ranks the sources by how much the question read them and the prompt is
-    stuffed again with the most-read there (about 2x prefill; nothing dropped).
+    stuffed again with the most-read there (about 2x prefill; nothing dropped). ``attribute``: after the
+    answer, one read-only pass scores how much the answer's own tokens read each source, output last
+    as ``answer_attention`` (see ``sra_rag.rag.reader.Reader``).
     """
     engine = getattr(chat_model, "engine", None)
     if engine is None or not callable(getattr(engine, "count_tokens", None)):
@@ -87,6 +91,8 @@ def create_stuffed_rag_chain(
         raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
     if order is not None:
         check_placement(order)
+    if not isinstance(attribute, bool):
+        raise TypeError(f"attribute must be True or False, got {attribute!r}")
     new_tokens = int(max_new_tokens or chat_model.max_new_tokens)
     stops = [*(getattr(chat_model, "stop", None) or []), *stop]
 
@@ -115,6 +121,7 @@ def create_stuffed_rag_chain(
             "prompt_tokens": stuffed.prompt_tokens,
             "messages": _to_messages(stuffed.messages),
             "call": call,
+            "stuffed": stuffed,
         }
 
     def answer(state: dict[str, Any]) -> Runnable[dict[str, Any], BaseMessage]:
@@ -124,18 +131,27 @@ def create_stuffed_rag_chain(
     def public(chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         # A generator, so that the answer's pieces stream through instead of being collected; the
         # model's messages become the answer's text and, from the last one, the source attention.
+        stuffed, pieces = None, []
         for chunk in chunks:
-            visible = {key: value for key, value in chunk.items() if key not in {"messages", "call", "message"}}
+            stuffed = chunk.get("stuffed", stuffed)
+            hidden = {"messages", "call", "message", "stuffed"}
+            visible = {key: value for key, value in chunk.items() if key not in hidden}
             message = chunk.get("message")
             if isinstance(message, BaseMessage):
                 if message.text:
                     visible["answer"] = message.text
+                    pieces.append(message.text)
                 attention = message.response_metadata.get("document_attention")
                 if attention is not None:
                     visible["source_attention"] = attention["scores"]
                     visible["source_attention_calibrated"] = attention["calibrated"]
             if visible:
                 yield visible
+        text = "".join(pieces)
+        if attribute and stuffed is not None and text.strip():
+            config = sra if sra is not None else chat_model.sra_config()
+            read = engine.attribute(stuffed.messages, text, layout=stuffed.layout, sra=config)
+            yield AddableDict(answer_attention=list(read.scores))
 
     chain = RunnableLambda(prepare).assign(message=RunnableLambda(answer)) | RunnableGenerator(public)
     return chain.with_config(run_name="stuffed_rag_chain")

@@ -99,3 +99,21 @@ def test_order_puts_the_most_read_source_where_asked(chat: ChatSRA) -> None:
     assert result["answer"] == direct
     with pytest.raises(ValueError, match="placement"):
         create_stuffed_rag_chain(ChunkRetriever(store=ListStore(CHUNKS)), chat, order="middle")  # type: ignore[arg-type]
+
+
+def test_attribute_adds_what_the_answer_read(chat: ChatSRA) -> None:
+    sra = SRAConfig.preset("off")
+    chain = create_stuffed_rag_chain(ChunkRetriever(store=ListStore(CHUNKS), top_k=3), chat, sra=sra, attribute=True)
+    result = chain.invoke(QUESTION)
+    stuffed = stuff_prompt(chat.engine, QUESTION, CHUNKS, max_new_tokens=5)
+    assert result["answer"].strip()
+    expected = chat.engine.attribute(stuffed.messages, result["answer"], layout=stuffed.layout, sra=sra)
+    assert result["answer_attention"] == pytest.approx(list(expected.scores), abs=1e-4)
+    streamed = list(chain.stream(QUESTION))
+    assert streamed[-1] == {"answer_attention": pytest.approx(result["answer_attention"], abs=1e-4)}
+    assert "".join(part.get("answer", "") for part in streamed) == result["answer"]
+    assert "answer_attention" not in create_stuffed_rag_chain(ChunkRetriever(store=ListStore(CHUNKS)), chat).invoke(
+        QUESTION
+    )
+    with pytest.raises(TypeError, match="attribute"):
+        create_stuffed_rag_chain(ChunkRetriever(store=ListStore(CHUNKS)), chat, attribute="yes")  # type: ignore[arg-type]

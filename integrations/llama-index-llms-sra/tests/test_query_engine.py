@@ -93,3 +93,15 @@ def test_order_puts_the_most_read_source_where_asked(llm: SRALLM) -> None:
         ordered.messages, max_new_tokens=5, sra=sra, layout=ordered.layout, stop=["\nQuestion:"]
     )
     assert response.response == direct
+
+
+def test_attribute_adds_what_the_answer_read(llm: SRALLM) -> None:
+    sra = SRAConfig.preset("off")
+    retriever = ChunkRetriever(ListStore(CHUNKS), top_k=3)
+    response = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra, attribute=True).query(QUESTION)
+    stuffed = stuff_prompt(llm.engine, QUESTION, CHUNKS, max_new_tokens=5)
+    assert response.response and response.response.strip()
+    expected = llm.engine.attribute(stuffed.messages, response.response, layout=stuffed.layout, sra=sra)
+    assert response.metadata["answer_attention"] == pytest.approx(list(expected.scores), abs=1e-4)
+    plain = SRAQueryEngine(retriever=ChunkRetriever(ListStore(CHUNKS), top_k=3), llm=llm, sra=sra).query(QUESTION)
+    assert "answer_attention" not in plain.metadata

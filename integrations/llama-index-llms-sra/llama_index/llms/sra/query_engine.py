@@ -64,7 +64,9 @@ class SRAQueryEngine(CustomQueryEngine):
     ``source_nodes`` of the response are the nodes in the prompt, in prompt order; its
     ``metadata`` holds ``sources`` (``[1]`` first), ``dropped`` (node ids) and ``prompt_tokens``,
     and (not streaming) ``source_attention``: one score per source, higher = the question read it
-    more, with ``source_attention_calibrated``.
+    more, with ``source_attention_calibrated``. ``attribute`` (not streaming): after the answer, one
+    read-only pass scores how much the answer's own tokens read each source, as ``answer_attention``
+    in the metadata (see ``sra_rag.rag.reader.Reader``).
     """
 
     retriever: BaseRetriever
@@ -76,6 +78,7 @@ class SRAQueryEngine(CustomQueryEngine):
     stop: list[str] = Field(default_factory=lambda: list(DEFAULT_STOP), description="Added to the LLM's stops.")
     streaming: bool = False
     order: Placement | None = None
+    attribute: bool = False
 
     def custom_query(self, query_str: str) -> RESPONSE_TYPE:
         nodes = self.retriever.retrieve(QueryBundle(query_str))
@@ -97,6 +100,11 @@ class SRAQueryEngine(CustomQueryEngine):
         if attention is not None:
             metadata["source_attention"] = attention["scores"]
             metadata["source_attention_calibrated"] = attention["calibrated"]
+        text = response.message.content or ""
+        if self.attribute and text.strip():
+            sra = self.sra if self.sra is not None else self.llm.sra_config()
+            read = self.llm.engine.attribute(stuffed.messages, text, layout=stuffed.layout, sra=sra)
+            metadata["answer_attention"] = list(read.scores)
         return Response(response.message.content, source_nodes=source_nodes, metadata=metadata)
 
     async def acustom_query(self, query_str: str) -> RESPONSE_TYPE:
