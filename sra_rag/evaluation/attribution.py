@@ -36,7 +36,8 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 @dataclass(frozen=True)
 class Outcome:
     """One prompt. Source numbers are 1-based, as the reader numbers them; ``named``: the source
-    whose town the answer names first (None: it names no town of the prompt)."""
+    whose town the answer names first (None: it names no town of the prompt); the scores of both
+    readouts per source, for other rules than the top source."""
 
     id: str
     documents: int
@@ -46,6 +47,8 @@ class Outcome:
     question_top: int
     answer_top: int | None
     reply: str
+    question_scores: tuple[float, ...] = ()
+    answer_scores: tuple[float, ...] | None = None
 
     @property
     def flagged(self) -> bool:
@@ -93,6 +96,8 @@ def run(
             _top(answer.source_attention) or 0,
             _top(answer.answer_attention),
             answer.text,
+            tuple(round(score, 4) for score in answer.source_attention),
+            None if answer.answer_attention is None else tuple(round(score, 4) for score in answer.answer_attention),
         )
         outcomes.append(outcome)
         if progress is not None:
