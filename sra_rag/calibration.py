@@ -214,10 +214,8 @@ def fit_profile(
 ) -> ReadoutProfile:
     """A profile from readouts of prompts without an answer (the bias) and with a known gold
     document (the band), scoring with ``length_exponent`` (see :class:`ReadoutProfile`)."""
-    if not absent:
-        raise ValueError("the bias needs at least one prompt whose question no document answers")
-    num_layers = absent[0].num_layers
     bias = fit_bias(absent, length_exponent)
+    num_layers = len(bias)
     draft = ReadoutProfile(
         model=model,
         num_layers=num_layers,

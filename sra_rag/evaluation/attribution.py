@@ -24,7 +24,7 @@ from sra_rag.config import SRAConfig
 from sra_rag.evaluation import suites
 from sra_rag.evaluation.report import wilson_interval
 from sra_rag.evaluation.runner import RankedRetriever
-from sra_rag.rag.reader import Reader
+from sra_rag.rag.reader import Reader, most_read
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
@@ -54,10 +54,6 @@ class Outcome:
     def flagged(self) -> bool:
         """The answer read another source most than the question did."""
         return self.answer_top is not None and self.answer_top != self.question_top
-
-
-def _top(scores: Sequence[float] | None) -> int | None:
-    return None if not scores else 1 + max(range(len(scores)), key=scores.__getitem__)
 
 
 def run(
@@ -93,8 +89,8 @@ def run(
             answer.sources.index(str(example.cite)) + 1,
             named,
             example.score(answer.text)[0],
-            _top(answer.source_attention) or 0,
-            _top(answer.answer_attention),
+            most_read(answer.source_attention) or 0,
+            most_read(answer.answer_attention),
             answer.text,
             tuple(round(score, 4) for score in answer.source_attention),
             None if answer.answer_attention is None else tuple(round(score, 4) for score in answer.answer_attention),

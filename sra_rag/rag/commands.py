@@ -339,7 +339,7 @@ def _answer(
     order: str | None = None,
     attribute: bool = False,
 ) -> None:
-    from sra_rag.rag.reader import Reader
+    from sra_rag.rag.reader import Reader, most_read
 
     reader = Reader(
         engine,
@@ -361,7 +361,7 @@ def _answer(
         read = "".join(f"{scores[number - 1]:+7.2f}  " for scores in columns)
         typer.echo(f"{read}[{number}] {source}")
     if answer.source_attention is not None and by_answer is not None:
-        question_top, answer_top = (1 + max(range(len(s)), key=s.__getitem__) for s in columns)
+        question_top, answer_top = most_read(answer.source_attention), most_read(by_answer)
         if question_top != answer_top:
             typer.echo(
                 f"Check the answer: it read [{answer_top}] most, but the question read [{question_top}] most "

@@ -8,7 +8,7 @@ the instruction after it and the generation prompt, and the question re-attends 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -103,6 +103,24 @@ class Answer:
     source_attention: list[float] | None = None
     source_attention_calibrated: bool = False
     answer_attention: list[float] | None = None
+
+
+def attribute_answer(
+    engine: SRAEngine, stuffed: StuffedPrompt, text: str, sra: SRAConfig | None = None
+) -> list[float] | None:
+    """How much the answer ``text`` to the prompt ``stuffed`` read each numbered source (order of
+    ``stuffed.sources``; higher = read more): one read-only pass over the prompt with the answer
+    appended (:meth:`~sra_rag.SRAEngine.attribute`). None when the answer is empty. What
+    ``Reader(attribute=True)``, both adapters and the server's ``attribute`` return."""
+    if not text.strip():
+        return None
+    return list(engine.attribute(stuffed.messages, text, layout=stuffed.layout, sra=sra).scores)
+
+
+def most_read(scores: Sequence[float] | None) -> int | None:
+    """The number (1-based, as the prompt cites it) of the source with the highest score; None
+    without scores."""
+    return None if not scores else 1 + max(range(len(scores)), key=scores.__getitem__)
 
 
 class Reader:
@@ -202,11 +220,7 @@ class Reader:
         answer appended (:meth:`~sra_rag.SRAEngine.attribute`); None when the answer is empty."""
         if answer.finish_reason is None:
             raise RuntimeError("the answer is still being generated: exhaust the stream before attributing it")
-        if not answer.text.strip():
-            return None
-        stuffed = answer.stuffed
-        scores = self.engine.attribute(stuffed.messages, answer.text, layout=stuffed.layout, sra=self.sra).scores
-        return list(scores)
+        return attribute_answer(self.engine, answer.stuffed, answer.text, self.sra)
 
     def ask(self, question: str, chunks: list[Chunk] | None = None) -> Answer:
         """Retrieve, stuff and generate the whole answer (and attribute it, with ``attribute``)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from sra_rag.config import SRAConfig
 from sra_rag.engine import ContextWindowExceededError, Prompt, TextStream
 from sra_rag.rag.ordering import order_by_attention
+from sra_rag.rag.reader import attribute_answer
 from sra_rag.rag.stuffing import Chunk, ContextOverflowError, StuffedPrompt, stuff_prompt
 from sra_rag.request import Request
 from sra_rag.server.admission import Admission
@@ -65,15 +66,17 @@ class Job:
     attribute: bool = False
 
     def sources(
-        self, text: str, attention: DocumentAttention | None = None, answer: DocumentAttention | None = None
+        self, text: str, attention: DocumentAttention | None = None, answer: Sequence[float] | None = None
     ) -> list[Source] | None:
         """The stuffed documents as the prompt numbers them, whether ``text`` cites each, and how
         much the question read each (``attention``: the reply's readout, one score per document)
-        and the answer did (``answer``: :func:`attribute`'s readout)."""
+        and the answer did (``answer``: :func:`attribute`'s scores)."""
         if self.stuffed is None:
             return None
         cited = cited_numbers(text)
-        scores, by_answer = (_rounded(item, len(self.stuffed.sources)) for item in (attention, answer))
+        count = len(self.stuffed.sources)
+        scores = _rounded(None if attention is None else attention.scores, count)
+        by_answer = _rounded(answer, count)
         return [
             Source(number=number, source=name, cited=number in cited, attention=score, answer_attention=read)
             for number, (name, score, read) in enumerate(
@@ -82,21 +85,18 @@ class Job:
         ]
 
 
-def _rounded(attention: DocumentAttention | None, count: int) -> list[float | None]:
-    if attention is None or len(attention.scores) != count:
+def _rounded(scores: Sequence[float] | None, count: int) -> list[float | None]:
+    if scores is None or len(scores) != count:
         return [None] * count
-    return [round(score, 4) for score in attention.scores]
+    return [round(score, 4) for score in scores]
 
 
-async def attribute(engine: SRAEngine, job: Job, text: str) -> DocumentAttention | None:
+async def attribute(engine: SRAEngine, job: Job, text: str) -> list[float] | None:
     """How much the finished answer ``text`` read each stuffed document, when the request asked
     (``attribute``) and the answer is not empty: one read-only pass, off the event loop."""
-    if not job.attribute or job.stuffed is None or not text.strip():
+    if not job.attribute or job.stuffed is None:
         return None
-    stuffed = job.stuffed
-    return await asyncio.to_thread(
-        engine.attribute, stuffed.messages, text, layout=stuffed.layout, sra=job.options.get("sra")
-    )
+    return await asyncio.to_thread(attribute_answer, engine, job.stuffed, text, job.options.get("sra"))
 
 
 def cited_numbers(text: str) -> set[int]:
@@ -128,11 +128,16 @@ def completion_job(engine: SRAEngine, request: CompletionRequest, settings: Serv
 
 
 def _job(
-    engine: SRAEngine, prompt: Prompt, options: dict[str, Any], prompt_field: str, stuffed: StuffedPrompt | None = None
+    engine: SRAEngine,
+    prompt: Prompt,
+    options: dict[str, Any],
+    prompt_field: str,
+    stuffed: StuffedPrompt | None = None,
+    attribute: bool = False,
 ) -> Job:
     """Check every setting and tokenise now, so that a bad request fails before it queues."""
     with engine_errors(prompt_field):
-        return Job(prompt, options, engine.request(prompt, **options), stuffed)
+        return Job(prompt, options, engine.request(prompt, **options), stuffed, attribute)
 
 
 def resolve_sra(value: str | dict[str, Any] | None, base: SRAConfig) -> SRAConfig | None:
@@ -223,9 +228,7 @@ def _stuffed_job(
         if request.order is not None:
             stuffed = order_by_attention(engine, stuffed, request.order, options.get("sra"))[0]
     options.update(max_new_tokens=max_new_tokens, layout=stuffed.layout)
-    job = _job(engine, stuffed.messages, options, "documents", stuffed)
-    job.attribute = request.attribute
-    return job
+    return _job(engine, stuffed.messages, options, "documents", stuffed, request.attribute)
 
 
 def _max_new_tokens(

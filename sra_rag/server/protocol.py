@@ -155,7 +155,7 @@ class _GenerationRequest(_Request):
     )
 
     @model_validator(mode="after")
-    def _order_needs_documents(self) -> _GenerationRequest:
+    def _document_fields_need_documents(self) -> _GenerationRequest:
         if self.order is not None and self.documents is None:
             raise ValueError("order re-orders the documents field; send documents, or leave order out")
         if self.attribute and self.documents is None:

@@ -31,7 +31,7 @@ from langchain_core.runnables.utils import AddableDict
 from langchain_sra.chat_models import ChatSRA
 from sra_rag import SRAConfig
 from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
-from sra_rag.rag.reader import DEFAULT_STOP
+from sra_rag.rag.reader import DEFAULT_STOP, attribute_answer
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, stuff_prompt
 
 SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
@@ -147,11 +147,11 @@ def create_stuffed_rag_chain(
                     visible["source_attention_calibrated"] = attention["calibrated"]
             if visible:
                 yield visible
-        text = "".join(pieces)
-        if attribute and stuffed is not None and text.strip():
+        if attribute and stuffed is not None:
             config = sra if sra is not None else chat_model.sra_config()
-            read = engine.attribute(stuffed.messages, text, layout=stuffed.layout, sra=config)
-            yield AddableDict(answer_attention=list(read.scores))
+            scores = attribute_answer(engine, stuffed, "".join(pieces), config)
+            if scores is not None:
+                yield AddableDict(answer_attention=scores)
 
     chain = RunnableLambda(prepare).assign(message=RunnableLambda(answer)) | RunnableGenerator(public)
     return chain.with_config(run_name="stuffed_rag_chain")

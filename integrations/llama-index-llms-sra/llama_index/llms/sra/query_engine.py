@@ -27,7 +27,7 @@ from pydantic import Field
 
 from sra_rag import SRAConfig
 from sra_rag.rag.ordering import Placement, order_by_attention
-from sra_rag.rag.reader import DEFAULT_STOP
+from sra_rag.rag.reader import DEFAULT_STOP, attribute_answer
 from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
 
 SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
@@ -100,11 +100,11 @@ class SRAQueryEngine(CustomQueryEngine):
         if attention is not None:
             metadata["source_attention"] = attention["scores"]
             metadata["source_attention_calibrated"] = attention["calibrated"]
-        text = response.message.content or ""
-        if self.attribute and text.strip():
+        if self.attribute:
             sra = self.sra if self.sra is not None else self.llm.sra_config()
-            read = self.llm.engine.attribute(stuffed.messages, text, layout=stuffed.layout, sra=sra)
-            metadata["answer_attention"] = list(read.scores)
+            scores = attribute_answer(self.llm.engine, stuffed, response.message.content or "", sra)
+            if scores is not None:
+                metadata["answer_attention"] = scores
         return Response(response.message.content, source_nodes=source_nodes, metadata=metadata)
 
     async def acustom_query(self, query_str: str) -> RESPONSE_TYPE:
