@@ -465,6 +465,43 @@ class SRAEngine:
             raise RuntimeError("the read-only prefill returned no readout")
         return attention
 
+    def choose(
+        self,
+        prompt: Prompt,
+        options: Sequence[str],
+        *,
+        reply: str = "",
+        layout: TextLayout | None = None,
+        sra: SRAConfig | None = None,
+        chat_template: bool = True,
+    ) -> int:
+        """Which of ``options`` the model writes next, after the start of a ``reply`` to ``prompt``
+        (its tokens appended exactly as generation appends them): greedy decoding constrained to
+        the options (one prefill, then a few tokens). Returns the chosen option's index. How the
+        reader has a model that does not cite name its source (:mod:`sra_rag.rag.citing`)."""
+        if isinstance(options, str) or not options or len(set(options)) != len(options):
+            raise ValueError(f"options must be a list of distinct strings, got {options!r}")
+        if not isinstance(reply, str):
+            raise TypeError(f"reply must be a string, got {type(reply).__name__}")
+        processor = self.json_schemas.choice_processor(options)
+        longest = max(len(self.tokenizer(option, add_special_tokens=False)["input_ids"]) for option in options)
+        request = self.request(
+            prompt,
+            max_new_tokens=longest + 1,
+            sra=sra,
+            layout=layout,
+            chat_template=chat_template,
+            logits_processors=[processor],
+            readout=False,
+        )
+        prompt_ids = request.prompt_ids + tuple(self.tokenizer(reply, add_special_tokens=False)["input_ids"])
+        self._check_fits(len(prompt_ids), longest + 1)
+        spans = None if request.layout is None else replace(request.layout, length=len(prompt_ids))
+        text = _completion(self.submit(replace(request, prompt_ids=prompt_ids, layout=spans))).text
+        if text not in options:
+            raise RuntimeError(f"constrained decoding ended outside the options: {text!r}")
+        return list(options).index(text)
+
     def log_likelihood(
         self,
         prompt: Prompt,

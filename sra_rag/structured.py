@@ -21,7 +21,7 @@ import contextlib
 import json
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -126,6 +126,19 @@ class JsonSchemaCompiler:
         except RuntimeError as error:
             reason = _XGRAMMAR_LOCATION.sub("", str(error)).strip()
             raise ValueError(f"json_schema cannot be used for constrained decoding: {reason}") from None
+
+    def choice_processor(self, options: Sequence[str]) -> JsonSchemaLogitsProcessor:
+        """A fresh processor that holds the reply to exactly one of ``options`` (non-empty strings),
+        then a stop token: the model picks among them by its own next-token scores."""
+        if isinstance(options, str) or not options or not all(isinstance(o, str) and o for o in options):
+            raise ValueError(f"options must be a non-empty list of non-empty strings, got {options!r}")
+        ebnf = "root ::= " + " | ".join(json.dumps(option, ensure_ascii=False) for option in options)
+        vocabulary = self.vocabulary
+        return JsonSchemaLogitsProcessor(
+            vocabulary.compiler.compile_grammar(ebnf),
+            self.stop_token_ids,
+            special_token_ids=vocabulary.special_token_ids,
+        )
 
     def processor(self, schema: JsonSchema, *, allow_text: bool = False) -> JsonSchemaLogitsProcessor:
         """A fresh processor constraining one request (every row of its batch) to ``schema``; with

@@ -5,9 +5,11 @@ answers the ``reader`` suite's prompts (retrieved biographies of invented people
 retrieval rank, the reader's own prompt) through :class:`~sra_rag.rag.reader.Reader` with
 ``attribute=True``, and writes per prompt: the gold source, the source whose town the answer names
 (the source the answer's fact comes from, whether right or not), and the top source of the question's
-readout (``Answer.source_attention``) and of the answer's (``Answer.answer_attention``). The report
-gives, with 95% Wilson intervals: how often each readout's top source is the one the answer's town
-comes from, and how well "the two readouts disagree" flags a wrong answer (precision and recall).
+readout (``Answer.source_attention``) and of the answer's (``Answer.answer_attention``), and the
+source the answer cites (the model's own citation, or the one the reader appends when it cites none,
+``Reader(cite=True)``). The report gives, with 95% Wilson intervals: how often each readout's top
+source and the citation are the one the answer's town comes from, and how well "the two readouts
+disagree" flags a wrong answer (precision and recall).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 class Outcome:
     """One prompt. Source numbers are 1-based, as the reader numbers them; ``named``: the source
     whose town the answer names first (None: it names no town of the prompt); the scores of both
-    readouts per source, for other rules than the top source."""
+    readouts per source, for other rules than the top source; ``cited``: the first source the
+    answer cites (None: none), ``appended``: whether the reader appended that citation."""
 
     id: str
     documents: int
@@ -49,6 +52,8 @@ class Outcome:
     reply: str
     question_scores: tuple[float, ...] = ()
     answer_scores: tuple[float, ...] | None = None
+    cited: int | None = None
+    appended: bool = False
 
     @property
     def flagged(self) -> bool:
@@ -94,13 +99,16 @@ def run(
             answer.text,
             tuple(round(score, 4) for score in answer.source_attention),
             None if answer.answer_attention is None else tuple(round(score, 4) for score in answer.answer_attention),
+            answer.citations[0] if answer.citations else None,
+            answer.appended_citation is not None,
         )
         outcomes.append(outcome)
         if progress is not None:
             verdict = "right" if outcome.right else "wrong"
             progress(
                 f"{len(outcomes)}/{len(examples)} {outcome.id}: gold [{outcome.gold}] named {outcome.named} "
-                f"question [{outcome.question_top}] answer [{outcome.answer_top}] {verdict}"
+                f"question [{outcome.question_top}] answer [{outcome.answer_top}] cited [{outcome.cited}]"
+                f"{' (appended)' if outcome.appended else ''} {verdict}"
             )
     return outcomes
 
@@ -129,15 +137,27 @@ def report(outcomes: Sequence[Outcome], title: str) -> str:
         "",
         "Top source of each readout against the source whose town the answer names (95% Wilson interval):",
         "",
-        "| answers | question's readout (`source_attention`) | answer's readout (`answer_attention`) |",
-        "|---|---|---|",
+        "| answers | question's readout (`source_attention`) | answer's readout (`answer_attention`) "
+        "| citation (model's own / appended) |",
+        "|---|---|---|---|",
     ]
     groups = {"right (gold town)": [o for o in named if o.right], "wrong (another source's town)": copied}
     for label, items in [*groups.items(), ("all naming a town", named)]:
+        own = [o.cited == o.named for o in items if not o.appended]
+        appended = [o.cited == o.named for o in items if o.appended]
         lines.append(
             f"| {label} | {_rate(sum(o.question_top == o.named for o in items), len(items))} "
-            f"| {_rate(sum(o.answer_top == o.named for o in items), len(items))} |"
+            f"| {_rate(sum(o.answer_top == o.named for o in items), len(items))} "
+            f"| {_rate(sum(o.cited == o.named for o in items), len(items))}: "
+            f"{sum(own)}/{len(own)} / {sum(appended)}/{len(appended)} |"
         )
+    uncited = sum(o.cited is None for o in outcomes)
+    lines += [
+        "",
+        f"Citations: {sum(not o.appended and o.cited is not None for o in outcomes)} answers cite a source themselves, "
+        f"{sum(o.appended for o in outcomes)} got the model's pick appended, {uncited} cite none "
+        "(cut by the token limit, or empty).",
+    ]
     lines += [
         "",
         "The two readouts disagree (the answer read another source most than the question did) as a flag of a "

@@ -15,7 +15,6 @@ stop sequences and, with ``tail=question``, its question tail.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sra_rag.config import SRAConfig
 from sra_rag.evaluation.suites import Example
 from sra_rag.layout import TextLayout
+from sra_rag.rag.citing import cited_numbers
 from sra_rag.rag.reader import Reader
 from sra_rag.rag.stuffing import Chunk
 
@@ -130,12 +130,6 @@ class RankedRetriever:
         return self.chunks[:top_k]
 
 
-def cites(output: str, number: int) -> bool:
-    """Whether ``output`` cites source ``number`` in square brackets, alone or in a list
-    (``[3]``, ``[1, 3]``, ``[1][3]``)."""
-    return any(str(number) in re.findall(r"\d+", group) for group in re.findall(r"\[([\d,;\s]+)\]", output))
-
-
 def run_one(engine: SRAEngine, example: Example, setting: Setting, *, likelihood: bool = False) -> Record:
     """Generate the answer of one example under one setting (greedy) and score it; with
     ``likelihood``, also measure the first answer's log-probability (one more prefill). Examples
@@ -150,6 +144,7 @@ def run_one(engine: SRAEngine, example: Example, setting: Setting, *, likelihood
             top_k=len(example.chunks),
             sra=setting.config,
             max_new_tokens=example.max_new_tokens,
+            cite=False,  # the model's own citations
         )
         answer = reader.stream(example.question)
         stream = answer.stream
@@ -187,7 +182,7 @@ def run_one(engine: SRAEngine, example: Example, setting: Setting, *, likelihood
         prefill_s=stream.prefill_seconds or 0.0,
         total_s=end - start,
         answer_logprob=logprob,
-        cited=None if cite_number is None else cites(stream.text, cite_number),
+        cited=None if cite_number is None else cite_number in cited_numbers(stream.text),
     )
 
 

@@ -140,6 +140,14 @@ def ask(
             "and say so when the answer and the question read different sources most.",
         ),
     ] = False,
+    cite: Annotated[
+        bool,
+        typer.Option(
+            "--cite/--no-cite",
+            help="When the answer cites no source by number, append the one the model picks after "
+            "' (Document [' (one more prefill); --no-cite leaves the model's text as it is.",
+        ),
+    ] = True,
     preset: PresetOption = "recommended",
     sra: SraSwitch = None,
     begin_length: BeginOption = None,
@@ -169,7 +177,7 @@ def ask(
     if opened.count() == 0:
         fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
     engine = _engine(model)
-    _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling, order, attribute)
+    _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling, order, attribute, cite)
 
 
 @app.command()
@@ -338,6 +346,7 @@ def _answer(
     sampling: dict[str, Any],
     order: str | None = None,
     attribute: bool = False,
+    cite: bool = True,
 ) -> None:
     from sra_rag.rag.reader import Reader, most_read
 
@@ -350,6 +359,7 @@ def _answer(
         overflow=overflow,  # type: ignore[arg-type]  # validated by Reader
         sampling=sampling,
         order=order,  # type: ignore[arg-type]  # validated above
+        cite=cite,
     )
     with _warnings_to_stderr():
         answer = reader.stream(question)

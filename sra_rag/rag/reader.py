@@ -8,11 +8,12 @@ the instruction after it and the generation prompt, and the question re-attends 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sra_rag.config import SRAConfig, as_sra_config
+from sra_rag.rag.citing import cite_answer, cited_numbers
 from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
 
@@ -36,18 +37,33 @@ class EmptyRetrievalError(LookupError):
 class AnswerStream:
     """Text pieces of an answer as they are generated. ``stuffed`` tells what the prompt held
     (``stuffed.sources``: the numbered sources, ``stuffed.dropped``: chunks left out); after the
-    stream is exhausted, ``text``, ``completion_tokens`` and ``finish_reason`` are set."""
+    stream is exhausted, ``text``, ``completion_tokens`` and ``finish_reason`` are set. ``cite``:
+    called with the finished answer (ended by the model, not cut by the token limit), it returns
+    the citation to stream last (``appended_citation``) or None (see
+    :func:`~sra_rag.rag.citing.cite_answer`)."""
 
     question: str
     stuffed: StuffedPrompt
     stream: TextStream
+    cite: Callable[[str], str | None] | None = None
+    appended_citation: str | None = field(default=None, init=False)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.stream)
+        yield from self.stream
+        if self.cite is not None and self.stream.finish_reason == "stop":
+            self.appended_citation = self.cite(self.stream.text)
+            if self.appended_citation:
+                yield self.appended_citation
 
     @property
     def text(self) -> str:
-        return self.stream.text
+        """The answer as streamed: the model's text and the citation appended to it, if any."""
+        return self.stream.text + (self.appended_citation or "")
+
+    @property
+    def citations(self) -> list[int]:
+        """The source numbers the answer cites (1-based, in order of first citation)."""
+        return cited_numbers(self.text, len(self.sources))
 
     @property
     def sources(self) -> list[str]:
@@ -89,7 +105,9 @@ class Answer:
     (``Reader(attribute=True)``, one more read-only pass; None otherwise or when the answer is
     empty): which source the answer was written from. Where its top source differs from
     ``source_attention``'s, the answer may have been copied from another source than the one the
-    question found.
+    question found. ``citations``: the source numbers ``text`` cites (1-based, in order);
+    ``appended_citation``: the citation the reader appended because the model cited none
+    (``Reader(cite=True)``; None when the model cited a source itself).
     """
 
     question: str
@@ -103,6 +121,8 @@ class Answer:
     source_attention: list[float] | None = None
     source_attention_calibrated: bool = False
     answer_attention: list[float] | None = None
+    citations: list[int] = field(default_factory=list)
+    appended_citation: str | None = None
 
 
 def attribute_answer(
@@ -137,8 +157,11 @@ class Reader:
     answering (about 2x prefill; no chunk is dropped; ``sources`` follow the new numbering);
     ``attribute``: after answering, read the prompt again with the answer appended and score how much
     the answer's tokens read each source (:attr:`Answer.answer_attention`; :meth:`attribute` does it
-    for a stream). The SRA tail follows the config's ``tail`` (``"question"``: exactly the question
-    and instruction); the prompt's layout is always passed.
+    for a stream); ``cite`` (default on): when the finished answer cites no source by number, the
+    model picks the source it used by constrained decoding after ``" (Document ["`` and the reader
+    appends ``" (Document [n])"`` (one more prefill; see :mod:`sra_rag.rag.citing`). The SRA tail
+    follows the config's ``tail`` (``"question"``: exactly the question and instruction); the
+    prompt's layout is always passed.
     """
 
     def __init__(
@@ -155,6 +178,7 @@ class Reader:
         sampling: Mapping[str, Any] | None = None,
         order: Placement | None = None,
         attribute: bool = False,
+        cite: bool = True,
     ) -> None:
         if not callable(getattr(retriever, "retrieve", None)):
             raise TypeError(f"retriever must have a retrieve(question, top_k) method, got {type(retriever).__name__}")
@@ -168,6 +192,9 @@ class Reader:
         if not isinstance(attribute, bool):
             raise TypeError(f"attribute must be True or False, got {attribute!r}")
         self.attribute_answers = attribute
+        if not isinstance(cite, bool):
+            raise TypeError(f"cite must be True or False, got {cite!r}")
+        self.cite = cite
         self.engine = engine
         self.retriever = retriever
         self.top_k = top_k
@@ -212,15 +239,17 @@ class Reader:
             layout=stuffed.layout,
             **self.sampling,
         )
-        return AnswerStream(question, stuffed, stream)
+        cite = (lambda text: cite_answer(self.engine, stuffed, text, self.sra)) if self.cite else None
+        return AnswerStream(question, stuffed, stream, cite)
 
     def attribute(self, answer: AnswerStream) -> list[float] | None:
         """How much the finished ``answer``'s own tokens read each numbered source (order of
         ``answer.sources``; higher = read more), from one read-only pass over the prompt with the
-        answer appended (:meth:`~sra_rag.SRAEngine.attribute`); None when the answer is empty."""
+        answer appended (:meth:`~sra_rag.SRAEngine.attribute`; the model's text, without an appended
+        citation); None when the answer is empty."""
         if answer.finish_reason is None:
             raise RuntimeError("the answer is still being generated: exhaust the stream before attributing it")
-        return attribute_answer(self.engine, answer.stuffed, answer.text, self.sra)
+        return attribute_answer(self.engine, answer.stuffed, answer.stream.text, self.sra)
 
     def ask(self, question: str, chunks: list[Chunk] | None = None) -> Answer:
         """Retrieve, stuff and generate the whole answer (and attribute it, with ``attribute``)."""
@@ -239,4 +268,6 @@ class Reader:
             source_attention=answer.source_attention,
             source_attention_calibrated=answer.source_attention_calibrated,
             answer_attention=self.attribute(answer) if self.attribute_answers else None,
+            citations=answer.citations,
+            appended_citation=answer.appended_citation,
         )

@@ -34,6 +34,7 @@ from sra_rag.server.generation import (
     RequestTimeoutError,
     attribute,
     chat_job,
+    cite,
     completion_job,
     start,
 )
@@ -204,12 +205,13 @@ async def _respond(
         raise APIError(504, str(error), code="timeout") from None
     stream = generation.stream
     assert stream.finish_reason is not None
+    text += await cite(state.engine, job, text, stream.finish_reason)
     fields: dict[str, Any] = {
         "id": reply_id,
         "created": now(),
         "model": state.model_name,
         "usage": Usage.of(stream.prompt_tokens, stream.completion_tokens),
-        "sources": job.sources(text, stream.document_attention, await attribute(state.engine, job, text)),
+        "sources": job.sources(text, stream.document_attention, await attribute(state.engine, job, stream.text)),
     }
     reply: ChatCompletion | TextCompletion
     if chat:
@@ -256,8 +258,12 @@ async def _events(
     finally:
         generation.close()
     stream = generation.stream
+    citation = await cite(state.engine, job, stream.text, stream.finish_reason)
+    if citation:
+        yield chunk(citation)
     answer = await attribute(state.engine, job, stream.text)
-    yield chunk(None, stream.finish_reason, sources=job.sources(stream.text, stream.document_attention, answer))
+    text = stream.text + citation
+    yield chunk(None, stream.finish_reason, sources=job.sources(text, stream.document_attention, answer))
     if body.include_usage:
         usage = Usage.of(stream.prompt_tokens, stream.completion_tokens)
         reply = ChatCompletionChunk if chat else TextCompletion

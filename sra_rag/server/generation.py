@@ -12,7 +12,6 @@ frees the slot at once.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 
 from sra_rag.config import SRAConfig
 from sra_rag.engine import ContextWindowExceededError, Prompt, TextStream
+from sra_rag.rag.citing import cite_answer, cited_numbers
 from sra_rag.rag.ordering import order_by_attention
 from sra_rag.rag.reader import attribute_answer
 from sra_rag.rag.stuffing import Chunk, ContextOverflowError, StuffedPrompt, stuff_prompt
@@ -64,6 +64,7 @@ class Job:
     request: Request
     stuffed: StuffedPrompt | None = None
     attribute: bool = False
+    cite: bool = False
 
     def sources(
         self, text: str, attention: DocumentAttention | None = None, answer: Sequence[float] | None = None
@@ -85,6 +86,16 @@ class Job:
         ]
 
 
+async def cite(engine: SRAEngine, job: Job, text: str, finish_reason: str | None) -> str:
+    """The citation to append to the finished answer ``text`` (``" (Document [n])"``, the model's
+    pick) when the request cites (``cite``), the model ended the answer and it cites no document;
+    else ``""``. One more prefill, off the event loop."""
+    if not job.cite or job.stuffed is None or finish_reason != "stop":
+        return ""
+    citation = await asyncio.to_thread(cite_answer, engine, job.stuffed, text, job.options.get("sra"))
+    return citation or ""
+
+
 def _rounded(scores: Sequence[float] | None, count: int) -> list[float | None]:
     if scores is None or len(scores) != count:
         return [None] * count
@@ -97,11 +108,6 @@ async def attribute(engine: SRAEngine, job: Job, text: str) -> list[float] | Non
     if not job.attribute or job.stuffed is None:
         return None
     return await asyncio.to_thread(attribute_answer, engine, job.stuffed, text, job.options.get("sra"))
-
-
-def cited_numbers(text: str) -> set[int]:
-    """Source numbers cited as ``[1]``, ``[1, 3]`` or ``[1][2]`` in ``text``."""
-    return {int(number) for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", text) for number in group.split(",")}
 
 
 # -- building a job -------------------------------------------------------------------------------
@@ -134,10 +140,11 @@ def _job(
     prompt_field: str,
     stuffed: StuffedPrompt | None = None,
     attribute: bool = False,
+    cite: bool = False,
 ) -> Job:
     """Check every setting and tokenise now, so that a bad request fails before it queues."""
     with engine_errors(prompt_field):
-        return Job(prompt, options, engine.request(prompt, **options), stuffed, attribute)
+        return Job(prompt, options, engine.request(prompt, **options), stuffed, attribute, cite)
 
 
 def resolve_sra(value: str | dict[str, Any] | None, base: SRAConfig) -> SRAConfig | None:
@@ -228,7 +235,7 @@ def _stuffed_job(
         if request.order is not None:
             stuffed = order_by_attention(engine, stuffed, request.order, options.get("sra"))[0]
     options.update(max_new_tokens=max_new_tokens, layout=stuffed.layout)
-    return _job(engine, stuffed.messages, options, "documents", stuffed, request.attribute)
+    return _job(engine, stuffed.messages, options, "documents", stuffed, request.attribute, request.cites)
 
 
 def _max_new_tokens(

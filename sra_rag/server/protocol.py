@@ -153,6 +153,11 @@ class _GenerationRequest(_Request):
         description="After answering, score how much the answer's own tokens read each document "
         "(sources[].answer_attention; one more read-only pass over the prompt and the answer).",
     )
+    cite: bool | None = Field(
+        None,
+        description="When the answer cites no document by number, append ' (Document [n])' with the number the "
+        "model picks (constrained decoding, one more prefill). Default: on when documents are sent.",
+    )
 
     @model_validator(mode="after")
     def _document_fields_need_documents(self) -> _GenerationRequest:
@@ -160,7 +165,14 @@ class _GenerationRequest(_Request):
             raise ValueError("order re-orders the documents field; send documents, or leave order out")
         if self.attribute and self.documents is None:
             raise ValueError("attribute scores the documents field; send documents, or leave attribute out")
+        if self.cite and self.documents is None:
+            raise ValueError("cite names one of the documents field; send documents, or leave cite out")
         return self
+
+    @property
+    def cites(self) -> bool:
+        """Whether a missing citation is appended: ``cite``, by default on when documents were sent."""
+        return self.documents is not None and self.cite is not False
 
     @field_validator("n")
     @classmethod

@@ -4,6 +4,7 @@ OpenAI error shape, per-request SRA and documents, the queue, timeouts, disconne
 from __future__ import annotations
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -525,3 +526,28 @@ def test_attribute_scores_what_the_answer_read(recording_engine, live_server) ->
     assert [s["answer_attention"] for s in streamed[-2]["sources"]] == pytest.approx(read, abs=1e-3)
     bad = chat(url, messages=question, max_tokens=4, attribute=True)
     assert bad.status_code == 400 and "attribute" in bad.json()["error"]["message"]
+
+
+def test_an_answer_that_cites_no_document_gets_the_models_pick(url: str) -> None:
+    question = [{"role": "user", "content": QUESTION}]
+    free = chat(url, messages=question, documents=DOCUMENTS, max_tokens=8, **GREEDY).json()
+    text = free["choices"][0]["message"]["content"]
+    assert free["choices"][0]["finish_reason"] == "length" and "(Document [" not in text  # a cut answer: as it is
+    # A stop sequence ends the same greedy answer early, as the model ending it would.
+    stop = next(text[i : i + 2] for i in range(3, len(text) - 1) if text.index(text[i : i + 2]) == i)
+    head = text[: text.index(stop)]
+    assert head.strip() and not re.search(r"\[\d+\]", head)
+    ended = {"messages": question, "documents": DOCUMENTS, "max_tokens": 8, "stop": [stop], **GREEDY}
+    body = chat(url, **ended).json()
+    content = body["choices"][0]["message"]["content"]
+    assert body["choices"][0]["finish_reason"] == "stop"
+    match = re.fullmatch(re.escape(head) + r" \(Document \[(\d)\]\)", content)
+    assert match, content
+    assert [source["cited"] for source in body["sources"]] == [n == int(match[1]) for n in (1, 2)]
+    assert chat(url, **ended, cite=False).json()["choices"][0]["message"]["content"] == head
+    streamed = events(chat(url, **ended, stream=True))
+    pieces = [chunk["choices"][0]["delta"].get("content") or "" for chunk in streamed[:-1]]
+    assert "".join(pieces) == content and pieces[-1] == ""  # the citation streams before the last chunk
+    assert [source["cited"] for source in streamed[-2]["sources"]] == [source["cited"] for source in body["sources"]]
+    bad = chat(url, messages=question, max_tokens=4, cite=True)
+    assert bad.status_code == 400 and "cite" in bad.json()["error"]["message"]

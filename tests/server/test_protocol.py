@@ -8,9 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from sra_rag import SRAConfig
+from sra_rag.rag.citing import cited_numbers
 from sra_rag.server.admission import Admission, AdmissionTimeoutError, QueueFullError
 from sra_rag.server.errors import APIError, validation_error
-from sra_rag.server.generation import chat_job, cited_numbers, resolve_sra
+from sra_rag.server.generation import chat_job, resolve_sra
 from sra_rag.server.protocol import ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, Delta, dump
 from sra_rag.server.settings import EngineSpec, ServerSettings
 
@@ -145,8 +146,8 @@ def test_stream_deltas_carry_only_what_they_change() -> None:
 
 
 def test_citations_are_read_in_every_common_form() -> None:
-    assert cited_numbers("As [1] and [2, 4] say, see also [3][5]. Not 6 or [x].") == {1, 2, 3, 4, 5}
-    assert cited_numbers("no citation") == set()
+    assert cited_numbers("As [1] and [2, 4] say, see also [3][5]. Not 6 or [x].") == [1, 2, 4, 3, 5]
+    assert cited_numbers("no citation") == []
 
 
 def test_settings_are_validated() -> None:

@@ -30,6 +30,7 @@ from langchain_core.runnables.utils import AddableDict
 
 from langchain_sra.chat_models import ChatSRA
 from sra_rag import SRAConfig
+from sra_rag.rag.citing import cite_answer
 from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
 from sra_rag.rag.reader import DEFAULT_STOP, attribute_answer
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, stuff_prompt
@@ -65,6 +66,7 @@ def create_stuffed_rag_chain(
     stop: Sequence[str] = DEFAULT_STOP,
     order: Placement | None = None,
     attribute: bool = False,
+    cite: bool = True,
 ) -> Runnable[dict[str, Any] | str, dict[str, Any]]:
     """A runnable: ``{"input": question}`` (or the question as a string) in; out a dict with
     ``input``, ``context`` (the documents in prompt order), ``answer``, ``sources`` (``sources[0]``
@@ -82,7 +84,10 @@ def create_stuffed_rag_chain(
     one readout prefill ranks the sources by how much the question read them and the prompt is
     stuffed again with the most-read there (about 2x prefill; nothing dropped). ``attribute``: after the
     answer, one read-only pass scores how much the answer's own tokens read each source, output last
-    as ``answer_attention`` (see ``sra_rag.rag.reader.Reader``).
+    as ``answer_attention`` (see ``sra_rag.rag.reader.Reader``). ``cite`` (default on): when the
+    model ends an answer that cites no source by number, the source it picks after ``" (Document ["``
+    streams last as ``" (Document [n])"`` in ``answer`` (one more prefill; see
+    :mod:`sra_rag.rag.citing`).
     """
     engine = getattr(chat_model, "engine", None)
     if engine is None or not callable(getattr(engine, "count_tokens", None)):
@@ -93,6 +98,8 @@ def create_stuffed_rag_chain(
         check_placement(order)
     if not isinstance(attribute, bool):
         raise TypeError(f"attribute must be True or False, got {attribute!r}")
+    if not isinstance(cite, bool):
+        raise TypeError(f"cite must be True or False, got {cite!r}")
     new_tokens = int(max_new_tokens or chat_model.max_new_tokens)
     stops = [*(getattr(chat_model, "stop", None) or []), *stop]
 
@@ -131,7 +138,7 @@ def create_stuffed_rag_chain(
     def public(chunks: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         # A generator, so that the answer's pieces stream through instead of being collected; the
         # model's messages become the answer's text and, from the last one, the source attention.
-        stuffed, pieces = None, []
+        stuffed, pieces, finish_reason = None, [], None
         for chunk in chunks:
             stuffed = chunk.get("stuffed", stuffed)
             hidden = {"messages", "call", "message", "stuffed"}
@@ -141,12 +148,19 @@ def create_stuffed_rag_chain(
                 if message.text:
                     visible["answer"] = message.text
                     pieces.append(message.text)
+                finish_reason = message.response_metadata.get("finish_reason", finish_reason)
                 attention = message.response_metadata.get("document_attention")
                 if attention is not None:
                     visible["source_attention"] = attention["scores"]
                     visible["source_attention_calibrated"] = attention["calibrated"]
             if visible:
                 yield visible
+        if cite and stuffed is not None and finish_reason == "stop":
+            citation = cite_answer(
+                engine, stuffed, "".join(pieces), sra if sra is not None else chat_model.sra_config()
+            )
+            if citation is not None:
+                yield AddableDict(answer=citation)
         if attribute and stuffed is not None:
             config = sra if sra is not None else chat_model.sra_config()
             scores = attribute_answer(engine, stuffed, "".join(pieces), config)

@@ -9,6 +9,7 @@ from langchain_sra import ChatSRA
 from langchain_sra.chains import ChunkRetriever, create_stuffed_rag_chain, document_to_chunk
 
 from sra_rag import SRAConfig
+from sra_rag.rag.citing import cite_answer, cited_numbers
 from sra_rag.rag.stuffing import Chunk, stuff_prompt
 
 pytestmark = pytest.mark.slow
@@ -117,3 +118,19 @@ def test_attribute_adds_what_the_answer_read(chat: ChatSRA) -> None:
     )
     with pytest.raises(TypeError, match="attribute"):
         create_stuffed_rag_chain(ChunkRetriever(store=ListStore(CHUNKS)), chat, attribute="yes")  # type: ignore[arg-type]
+
+
+def test_an_answer_that_cites_no_source_gets_the_models_pick() -> None:
+    chat = ChatSRA(max_new_tokens=48)  # room for the model to end the answer itself
+    sra = SRAConfig.preset("off")
+    retriever = ChunkRetriever(store=ListStore(CHUNKS), top_k=3)
+    plain = create_stuffed_rag_chain(retriever, chat, sra=sra, cite=False).invoke(QUESTION)
+    cited = create_stuffed_rag_chain(retriever, chat, sra=sra).invoke(QUESTION)
+    stuffed = stuff_prompt(chat.engine, QUESTION, CHUNKS, max_new_tokens=48)
+    citation = cite_answer(chat.engine, stuffed, plain["answer"], sra)
+    assert cited["answer"] == plain["answer"] + (citation or "")
+    assert cited_numbers(cited["answer"], 2), "the answer names a source, the model's own or appended"
+    streamed = list(create_stuffed_rag_chain(retriever, chat, sra=sra).stream(QUESTION))
+    assert "".join(part.get("answer", "") for part in streamed) == cited["answer"]
+    with pytest.raises(TypeError, match="cite"):
+        create_stuffed_rag_chain(retriever, chat, cite="yes")  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from llama_index.llms.sra import SRALLM
 from llama_index.llms.sra.query_engine import ChunkRetriever, SRAQueryEngine, node_to_chunk
 
 from sra_rag import SRAConfig
+from sra_rag.rag.citing import cite_answer, cited_numbers
 from sra_rag.rag.stuffing import Chunk, stuff_prompt
 
 pytestmark = pytest.mark.slow
@@ -105,3 +106,18 @@ def test_attribute_adds_what_the_answer_read(llm: SRALLM) -> None:
     assert response.metadata["answer_attention"] == pytest.approx(list(expected.scores), abs=1e-4)
     plain = SRAQueryEngine(retriever=ChunkRetriever(ListStore(CHUNKS), top_k=3), llm=llm, sra=sra).query(QUESTION)
     assert "answer_attention" not in plain.metadata
+
+
+def test_an_answer_that_cites_no_source_gets_the_models_pick() -> None:
+    llm = SRALLM(max_new_tokens=48)  # room for the model to end the answer itself
+    sra = SRAConfig.preset("off")
+    retriever = ChunkRetriever(ListStore(CHUNKS), top_k=3)
+    plain = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra, cite=False).query(QUESTION)
+    cited = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra).query(QUESTION)
+    stuffed = stuff_prompt(llm.engine, QUESTION, CHUNKS, max_new_tokens=48)
+    citation = cite_answer(llm.engine, stuffed, str(plain.response), sra)
+    assert cited.response == str(plain.response) + (citation or "")
+    assert cited_numbers(str(cited.response), 2), "the answer names a source, the model's own or appended"
+    streamed = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra, streaming=True).query(QUESTION)
+    assert isinstance(streamed, StreamingResponse)
+    assert "".join(streamed.response_gen) == cited.response

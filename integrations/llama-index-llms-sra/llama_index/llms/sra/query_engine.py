@@ -15,6 +15,7 @@ Scaled ReAttention's tail covers exactly the question and instruction. ::
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
@@ -26,6 +27,7 @@ from llama_index.llms.sra.base import SRALLM
 from pydantic import Field
 
 from sra_rag import SRAConfig
+from sra_rag.rag.citing import cite_answer
 from sra_rag.rag.ordering import Placement, order_by_attention
 from sra_rag.rag.reader import DEFAULT_STOP, attribute_answer
 from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
@@ -66,7 +68,10 @@ class SRAQueryEngine(CustomQueryEngine):
     and (not streaming) ``source_attention``: one score per source, higher = the question read it
     more, with ``source_attention_calibrated``. ``attribute`` (not streaming): after the answer, one
     read-only pass scores how much the answer's own tokens read each source, as ``answer_attention``
-    in the metadata (see ``sra_rag.rag.reader.Reader``).
+    in the metadata (see ``sra_rag.rag.reader.Reader``). ``cite`` (default on): when
+    the model ends an answer that cites no source by number, the source it picks after
+    ``" (Document ["`` is appended as ``" (Document [n])"`` (one more prefill; see
+    :mod:`sra_rag.rag.citing`).
     """
 
     retriever: BaseRetriever
@@ -79,6 +84,7 @@ class SRAQueryEngine(CustomQueryEngine):
     streaming: bool = False
     order: Placement | None = None
     attribute: bool = False
+    cite: bool = True
 
     def custom_query(self, query_str: str) -> RESPONSE_TYPE:
         nodes = self.retriever.retrieve(QueryBundle(query_str))
@@ -91,21 +97,40 @@ class SRAQueryEngine(CustomQueryEngine):
             "dropped": [chunk.id for chunk in stuffed.dropped],
             "prompt_tokens": stuffed.prompt_tokens,
         }
+        sra = self.sra if self.sra is not None else self.llm.sra_config()
         if self.streaming:
-            # The LLM's last response only carries the final token counts (an empty delta).
-            tokens = (chunk.delta for chunk in self.llm.stream_chat(messages, **kwargs) if chunk.delta)
-            return StreamingResponse(tokens, source_nodes=source_nodes, metadata=metadata)
+            return StreamingResponse(
+                self._pieces(stuffed, messages, kwargs, sra), source_nodes=source_nodes, metadata=metadata
+            )
         response = self.llm.chat(messages, **kwargs)
         attention = (response.raw or {}).get("document_attention")
         if attention is not None:
             metadata["source_attention"] = attention["scores"]
             metadata["source_attention_calibrated"] = attention["calibrated"]
+        text = response.message.content or ""
         if self.attribute:
-            sra = self.sra if self.sra is not None else self.llm.sra_config()
-            scores = attribute_answer(self.llm.engine, stuffed, response.message.content or "", sra)
+            scores = attribute_answer(self.llm.engine, stuffed, text, sra)
             if scores is not None:
                 metadata["answer_attention"] = scores
-        return Response(response.message.content, source_nodes=source_nodes, metadata=metadata)
+        if self.cite and (response.raw or {}).get("finish_reason") == "stop":
+            text += cite_answer(self.llm.engine, stuffed, text, sra) or ""
+        return Response(text, source_nodes=source_nodes, metadata=metadata)
+
+    def _pieces(
+        self, stuffed: StuffedPrompt, messages: list[ChatMessage], kwargs: dict[str, Any], sra: SRAConfig
+    ) -> Iterator[str]:
+        """The answer's text pieces, then the citation ``cite`` appends."""
+        pieces, finish_reason = [], None
+        for chunk in self.llm.stream_chat(messages, **kwargs):
+            # The LLM's last response only carries the final token counts and why it ended (an empty delta).
+            finish_reason = (chunk.raw or {}).get("finish_reason", finish_reason)
+            if chunk.delta:
+                pieces.append(chunk.delta)
+                yield chunk.delta
+        if self.cite and finish_reason == "stop":
+            citation = cite_answer(self.llm.engine, stuffed, "".join(pieces), sra)
+            if citation:
+                yield citation
 
     async def acustom_query(self, query_str: str) -> RESPONSE_TYPE:
         # Retrieval, tokenising and generation block for seconds; keep them off the event loop.

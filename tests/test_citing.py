@@ -1,0 +1,96 @@
+"""Citations: parsing the numbers an answer cites, the engine's constrained choice, and the reader's
+appended citation when the model cites no source."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from sra_rag import SRAConfig
+from sra_rag.rag.citing import CITE_PREFIX, cite_answer, cited_numbers
+from sra_rag.rag.reader import Reader
+from sra_rag.rag.stuffing import Chunk, stuff_prompt
+
+OFF = SRAConfig(enabled=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "expected"),
+    [
+        ("Imelda approves it [2].", None, [2]),
+        ("See [3], [1, 3] and [4][2].", None, [3, 1, 4, 2]),
+        ("Document [2]; also [2; 5].", 4, [2]),  # 5 is not a source of a 4-source prompt
+        ("No citation (1) or [a].", None, []),
+        ("[0] and [12]", 12, [12]),
+    ],
+)
+def test_cited_numbers_in_order_of_first_citation(text, count, expected) -> None:
+    assert cited_numbers(text, count) == expected
+
+
+def test_choose_takes_the_options_most_likely_first_token(tiny_engine) -> None:
+    prompt = [{"role": "user", "content": "Pick a digit: 1 2 3 4 5."}]
+    options = ["1", "2", "3", "4", "5"]  # one token each: greedy constrained decoding is the argmax
+    likelihoods = [tiny_engine.log_likelihood(prompt, option, sra=OFF) for option in options]
+    chosen = tiny_engine.choose(prompt, options, sra=OFF)
+    assert chosen == max(range(len(options)), key=likelihoods.__getitem__)
+    # A smaller set of options is a different question with its own answer.
+    others = [option for i, option in enumerate(options) if i != chosen]
+    second = tiny_engine.choose(prompt, others, sra=OFF)
+    assert others[second] == options[max((i for i in range(5) if i != chosen), key=likelihoods.__getitem__)]
+
+
+def test_choose_continues_the_reply_and_checks_its_options(tiny_engine) -> None:
+    prompt = [{"role": "user", "content": "Which source?"}]
+    options = ["1])", "2])", "12])"]
+    assert tiny_engine.choose(prompt, options, reply="The lead approves it (Document [") in range(3)
+    for bad in ([], "12", ["1", "1"], ["1", ""]):
+        with pytest.raises(ValueError, match="options"):
+            tiny_engine.choose(prompt, bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="reply"):
+        tiny_engine.choose(prompt, options, reply=None)  # type: ignore[arg-type]
+
+
+def test_cite_answer_appends_a_source_of_the_prompt_only_when_none_is_cited(tiny_engine) -> None:
+    chunks = [Chunk(f"Record {n}: the lead is person {n}.", f"r{n}.txt", 0) for n in range(1, 13)]
+    stuffed = stuff_prompt(tiny_engine, "Who is the lead?", chunks, max_new_tokens=8)
+    citation = cite_answer(tiny_engine, stuffed, "The lead is person 7.", OFF)
+    assert citation is not None and citation.startswith(CITE_PREFIX)
+    assert re.fullmatch(r" \(Document \[(\d+)\]\)", citation)
+    assert 1 <= cited_numbers(citation)[0] <= len(stuffed.sources)
+    assert cite_answer(tiny_engine, stuffed, "Person 7 [3].", OFF) is None
+    assert cite_answer(tiny_engine, stuffed, "  ", OFF) is None
+    # A number that is not a source of the prompt is no citation.
+    assert cite_answer(tiny_engine, stuffed, "Person 7 [40].", OFF) is not None
+
+
+@pytest.mark.slow
+def test_reader_streams_the_models_pick_last_when_it_cites_none(embedded_engine) -> None:
+    chunks = [
+        Chunk("Leave in the Storm Fortnight needs approval from Imelda Farrow.", "leave.md", 0, id="l0"),
+        Chunk("The showroom is on Lantern Street.", "faq.txt", 0, id="f0"),
+    ]
+
+    class Retriever:
+        def retrieve(self, question: str, top_k: int = 8) -> list[Chunk]:
+            return chunks[:top_k]
+
+    question = "Who approves leave during the Storm Fortnight?"
+    plain = Reader(embedded_engine, Retriever(), sra=OFF, max_new_tokens=48, cite=False).ask(question)
+    cited = Reader(embedded_engine, Retriever(), sra=OFF, max_new_tokens=48)
+    stream = cited.stream(question)
+    pieces = list(stream)
+    assert plain.finish_reason == stream.finish_reason == "stop", "the model should end this short answer itself"
+    assert plain.appended_citation is None and plain.citations == cited_numbers(plain.text, 2)
+    if plain.citations:  # the model cited a source itself: nothing is added
+        assert stream.appended_citation is None and stream.text == plain.text
+    else:
+        assert stream.appended_citation is not None and pieces[-1] == stream.appended_citation
+        assert stream.text == plain.text + stream.appended_citation == "".join(pieces)
+        assert stream.citations and 1 <= stream.citations[0] <= 2
+    answer = cited.ask(question)
+    assert answer.text == stream.text and answer.citations == stream.citations
+    assert answer.appended_citation == stream.appended_citation
+    with pytest.raises(TypeError, match="cite"):
+        Reader(embedded_engine, Retriever(), cite="yes")  # type: ignore[arg-type]
