@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sra_rag.cli import build_app
+from sra_rag.rag.citing import cited_numbers
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +83,14 @@ def test_ingest_ask_and_reingest(runner: CliRunner, docs: Path, tmp_path: Path, 
     assert all(rows), lines
     question_top, answer_top = (max(rows, key=lambda row: float(row.group(col))).group(3) for col in (1, 2))
     assert ("Check the answer" in attributed.stdout) is (question_top != answer_top)
+
+    # Room to end the answer: one that cites no source gets the model's pick appended, unless --no-cite.
+    ask = ("ask", "When does the ferry leave?", "--store", store, "--max-new-tokens", "48")
+    cited, plain = invoke(runner, *ask), invoke(runner, *ask, "--no-cite")
+    assert cited.exit_code == plain.exit_code == 0, cited.output + plain.output
+    cited_text, plain_text = (result.stdout.split("\nSources:")[0] for result in (cited, plain))
+    assert cited_text.startswith(plain_text.rstrip("\n")) and cited_numbers(cited_text, 2)
+    assert cited_text == plain_text or re.fullmatch(r" \(Document \[[12]\]\)\n", cited_text[len(plain_text) - 1 :])
 
     no_sra = invoke(runner, "ask", "Who approves leave?", "--store", store, "--max-new-tokens", "2", "--no-sra")
     assert no_sra.exit_code == 0 and "[1] docs/leave.md" in no_sra.stdout
