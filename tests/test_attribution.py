@@ -5,9 +5,9 @@ from sra_rag.evaluation import suites
 from sra_rag.evaluation.attribution import Outcome, report
 
 
-def outcome(gold, named, question_top, answer_top, right=None):
+def outcome(gold, named, question_top, answer_top, right=None, cited=None, appended=False):
     right = named == gold if right is None else right
-    return Outcome("x", 5, gold, named, right, question_top, answer_top, "reply")
+    return Outcome("x", 5, gold, named, right, question_top, answer_top, "reply", cited=cited, appended=appended)
 
 
 def test_report_counts_each_readout_against_the_named_source_and_the_flag():
@@ -28,6 +28,19 @@ def test_report_counts_each_readout_against_the_named_source_and_the_flag():
     flag_row = text.split("| 3/5 |")[1]
     assert flag_row.startswith(" 2/3 (67%") and "| 2/3 (67%" in flag_row and "| 1/2 (50%" in flag_row
     assert not outcome(1, 1, 1, None).flagged  # an empty answer has no readout of its own
+
+
+def test_report_counts_citations_the_models_own_and_appended():
+    outcomes = [
+        outcome(1, 1, 1, 1, cited=1),  # right, cites the gold itself
+        outcome(2, 2, 2, 2, cited=5, appended=True),  # right, an appended citation elsewhere
+        outcome(3, 4, 3, 4, cited=4, appended=True),  # wrong, the citation names the copied source
+        outcome(3, None, 3, 3),  # cut: no citation
+    ]
+    text = report(outcomes, "t")
+    assert "| right (gold town) | 2/2 (100%" in text and "| 1/2 (50%; 9-91): 1/1 / 0/1 |" in text
+    assert "| 1/1 (100%; 21-100): 0/0 / 1/1 |" in text
+    assert "1 answers cite a source themselves, 2 got a citation appended, 1 cite none" in text
 
 
 def test_named_choice_is_the_source_index_of_the_first_town_named():

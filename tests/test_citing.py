@@ -8,7 +8,15 @@ import re
 import pytest
 
 from sra_rag import SRAConfig
-from sra_rag.rag.citing import CITE_PREFIX, cite_answer, cited_numbers
+from sra_rag.rag.citing import (
+    CITE_MODES,
+    CITE_PREFIX,
+    attribute_answer,
+    cite_answer,
+    cited_numbers,
+    finish_answer,
+    most_read,
+)
 from sra_rag.rag.reader import Reader
 from sra_rag.rag.stuffing import Chunk, stuff_prompt
 
@@ -55,14 +63,47 @@ def test_choose_continues_the_reply_and_checks_its_options(tiny_engine) -> None:
 def test_cite_answer_appends_a_source_of_the_prompt_only_when_none_is_cited(tiny_engine) -> None:
     chunks = [Chunk(f"Record {n}: the lead is person {n}.", f"r{n}.txt", 0) for n in range(1, 13)]
     stuffed = stuff_prompt(tiny_engine, "Who is the lead?", chunks, max_new_tokens=8)
-    citation = cite_answer(tiny_engine, stuffed, "The lead is person 7.", OFF)
-    assert citation is not None and citation.startswith(CITE_PREFIX)
-    assert re.fullmatch(r" \(Document \[(\d+)\]\)", citation)
+    answer = "The lead is person 7."
+    # By attention: the source the answer's tokens read most.
+    read = attribute_answer(tiny_engine, stuffed, answer, OFF)
+    assert cite_answer(tiny_engine, stuffed, answer, OFF) == f"{CITE_PREFIX}{most_read(read)}])"
+    assert cite_answer(tiny_engine, stuffed, answer, OFF, answer_attention=[0.0] * 11 + [1.0]) == " (Document [12])"
+    # By the model: the number it writes after the prefix, one of the prompt's.
+    citation = cite_answer(tiny_engine, stuffed, answer, OFF, "model")
+    assert citation is not None and re.fullmatch(r" \(Document \[(\d+)\]\)", citation)
     assert 1 <= cited_numbers(citation)[0] <= len(stuffed.sources)
-    assert cite_answer(tiny_engine, stuffed, "Person 7 [3].", OFF) is None
-    assert cite_answer(tiny_engine, stuffed, "  ", OFF) is None
-    # A number that is not a source of the prompt is no citation.
-    assert cite_answer(tiny_engine, stuffed, "Person 7 [40].", OFF) is not None
+    options = [f"{n}])" for n in range(1, 13)]
+    chosen = tiny_engine.choose(stuffed.messages, options, reply=answer + CITE_PREFIX, layout=stuffed.layout, sra=OFF)
+    assert citation == CITE_PREFIX + options[chosen]
+    for mode in CITE_MODES:
+        assert cite_answer(tiny_engine, stuffed, "Person 7 [3].", OFF, mode) is None
+        assert cite_answer(tiny_engine, stuffed, "  ", OFF, mode) is None
+        # A number that is not a source of the prompt is no citation.
+        assert cite_answer(tiny_engine, stuffed, "Person 7 [40].", OFF, mode) is not None
+    with pytest.raises(ValueError, match="cite must be one of"):
+        cite_answer(tiny_engine, stuffed, answer, OFF, "readout")  # type: ignore[arg-type]
+
+
+def test_finish_answer_shares_one_read_between_citation_and_attribution(tiny_engine) -> None:
+    chunks = [Chunk(f"Record {n}: the lead is person {n}.", f"r{n}.txt", 0) for n in range(1, 4)]
+    stuffed = stuff_prompt(tiny_engine, "Who is the lead?", chunks, max_new_tokens=8)
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tiny_engine, name)
+
+        def attribute(self, *args, **kwargs):
+            calls.append(args)
+            return tiny_engine.attribute(*args, **kwargs)
+
+    engine = Counting()
+    citation, read = finish_answer(engine, stuffed, "Person 2.", "stop", OFF, attribute=True)
+    assert len(calls) == 1 and citation == f"{CITE_PREFIX}{most_read(read)}])"
+    assert finish_answer(engine, stuffed, "Person 2.", "length", OFF) == ("", None)  # cut: left as it is
+    assert finish_answer(engine, stuffed, "Person 2 [1].", "stop", OFF) == ("", None)
+    assert finish_answer(engine, stuffed, "Person 2.", "stop", OFF, cite=None) == ("", None)
+    assert len(calls) == 1
 
 
 @pytest.mark.slow
@@ -77,7 +118,7 @@ def test_reader_streams_the_models_pick_last_when_it_cites_none(embedded_engine)
             return chunks[:top_k]
 
     question = "Who approves leave during the Storm Fortnight?"
-    plain = Reader(embedded_engine, Retriever(), sra=OFF, max_new_tokens=48, cite=False).ask(question)
+    plain = Reader(embedded_engine, Retriever(), sra=OFF, max_new_tokens=48, cite=None).ask(question)
     cited = Reader(embedded_engine, Retriever(), sra=OFF, max_new_tokens=48)
     stream = cited.stream(question)
     pieces = list(stream)
@@ -89,8 +130,12 @@ def test_reader_streams_the_models_pick_last_when_it_cites_none(embedded_engine)
         assert stream.appended_citation is not None and pieces[-1] == stream.appended_citation
         assert stream.text == plain.text + stream.appended_citation == "".join(pieces)
         assert stream.citations and 1 <= stream.citations[0] <= 2
-    answer = cited.ask(question)
+        assert stream.appended_citation == f" (Document [{most_read(cited.attribute(stream))}])"
+    answer = Reader(embedded_engine, Retriever(), sra=OFF, max_new_tokens=48, attribute=True).ask(question)
     assert answer.text == stream.text and answer.citations == stream.citations
-    assert answer.appended_citation == stream.appended_citation
-    with pytest.raises(TypeError, match="cite"):
+    assert answer.appended_citation == stream.appended_citation and answer.answer_attention is not None
+    by_model = Reader(embedded_engine, Retriever(), sra=OFF, max_new_tokens=48, cite="model").ask(question)
+    assert by_model.text == plain.text + (by_model.appended_citation or "")
+    assert by_model.citations and 1 <= by_model.citations[0] <= 2
+    with pytest.raises(ValueError, match="cite"):
         Reader(embedded_engine, Retriever(), cite="yes")  # type: ignore[arg-type]

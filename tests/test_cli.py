@@ -84,9 +84,9 @@ def test_ingest_ask_and_reingest(runner: CliRunner, docs: Path, tmp_path: Path, 
     question_top, answer_top = (max(rows, key=lambda row: float(row.group(col))).group(3) for col in (1, 2))
     assert ("Check the answer" in attributed.stdout) is (question_top != answer_top)
 
-    # Room to end the answer: one that cites no source gets the model's pick appended, unless --no-cite.
+    # Room to end the answer: one that cites no source gets the model's pick appended, unless --cite off.
     ask = ("ask", "When does the ferry leave?", "--store", store, "--max-new-tokens", "48")
-    cited, plain = invoke(runner, *ask), invoke(runner, *ask, "--no-cite")
+    cited, plain = invoke(runner, *ask), invoke(runner, *ask, "--cite", "off")
     assert cited.exit_code == plain.exit_code == 0, cited.output + plain.output
     cited_text, plain_text = (result.stdout.split("\nSources:")[0] for result in (cited, plain))
     assert cited_text.startswith(plain_text.rstrip("\n")) and cited_numbers(cited_text, 2)

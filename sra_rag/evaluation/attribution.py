@@ -26,7 +26,8 @@ from sra_rag.config import SRAConfig
 from sra_rag.evaluation import suites
 from sra_rag.evaluation.report import wilson_interval
 from sra_rag.evaluation.runner import RankedRetriever
-from sra_rag.rag.reader import Reader, most_read
+from sra_rag.rag.citing import CITE_MODES, CiteMode, most_read
+from sra_rag.rag.reader import Reader
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
@@ -68,9 +69,11 @@ def run(
     documents: Sequence[int] = DEFAULT_DOCUMENTS,
     per_cell: int = 3,
     sra: SRAConfig | None = None,
+    cite: CiteMode = "attention",
     progress: Callable[[str], None] | None = None,
 ) -> list[Outcome]:
-    """Answer and attribute ``per_cell`` prompts per number of ``documents`` and gold depth."""
+    """Answer and attribute ``per_cell`` prompts per number of ``documents`` and gold depth; an
+    answer that cites no source gets a citation by ``cite`` (see :mod:`sra_rag.rag.citing`)."""
     outcomes = []
     examples = suites.reader(engine.count_tokens, list(documents), list(DEPTHS), per_cell=per_cell, seed=seed)
     for example in examples:
@@ -82,6 +85,7 @@ def run(
             sra=sra,
             max_new_tokens=example.max_new_tokens,
             attribute=True,
+            cite=cite,
         )
         answer = reader.ask(example.question)
         if answer.source_attention is None:
@@ -155,7 +159,7 @@ def report(outcomes: Sequence[Outcome], title: str) -> str:
     lines += [
         "",
         f"Citations: {sum(not o.appended and o.cited is not None for o in outcomes)} answers cite a source themselves, "
-        f"{sum(o.appended for o in outcomes)} got the model's pick appended, {uncited} cite none "
+        f"{sum(o.appended for o in outcomes)} got a citation appended, {uncited} cite none "
         "(cut by the token limit, or empty).",
     ]
     lines += [
@@ -180,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--per-cell", type=int, default=3, help="prompts per number of sources and gold depth")
     parser.add_argument("--preset", default="recommended", help="the reader's SRA preset (the CLI's default)")
+    parser.add_argument(
+        "--cite", choices=CITE_MODES, default="attention", help="how a citation is chosen for an answer that has none"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for outcomes.json and report.md")
     args = parser.parse_args(argv)
     if args.per_cell < 1:
@@ -194,13 +201,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     try:
         outcomes = run(
-            engine, seed=args.seed, documents=args.documents, per_cell=args.per_cell, sra=sra, progress=print
+            engine,
+            seed=args.seed,
+            documents=args.documents,
+            per_cell=args.per_cell,
+            sra=sra,
+            cite=args.cite,
+            progress=print,
         )
     except ValueError as error:
         parser.error(str(error))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "outcomes.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=1) + "\n")
-    title = f"{engine.name}, `{args.preset}`, seed {args.seed}, profile layers {list(engine.readout_profile.layers)}"
+    layers = list(engine.readout_profile.layers)
+    title = f"{engine.name}, `{args.preset}`, cite `{args.cite}`, seed {args.seed}, profile layers {layers}"
     text = report(outcomes, title)
     (args.out / "report.md").write_text(text)
     print(text)

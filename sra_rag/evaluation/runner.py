@@ -144,7 +144,7 @@ def run_one(engine: SRAEngine, example: Example, setting: Setting, *, likelihood
             top_k=len(example.chunks),
             sra=setting.config,
             max_new_tokens=example.max_new_tokens,
-            cite=False,  # the model's own citations
+            cite=None,  # the model's own citations
         )
         answer = reader.stream(example.question)
         stream = answer.stream

@@ -141,13 +141,14 @@ def ask(
         ),
     ] = False,
     cite: Annotated[
-        bool,
+        str,
         typer.Option(
-            "--cite/--no-cite",
-            help="When the answer cites no source by number, append the one the model picks after "
-            "' (Document [' (one more prefill); --no-cite leaves the model's text as it is.",
+            "--cite",
+            help="When the answer cites no source by number, append ' (Document [n])' with the source the "
+            "answer read most ('attention', one read-only pass) or the number the model writes ('model', one "
+            "prefill); 'off' leaves the answer as the model wrote it.",
         ),
-    ] = True,
+    ] = "attention",
     preset: PresetOption = "recommended",
     sra: SraSwitch = None,
     begin_length: BeginOption = None,
@@ -166,10 +167,13 @@ def ask(
     seed: SeedOption = None,
 ) -> None:
     """Answer a question: retrieve top-k chunks, stuff them all into one prompt, stream the answer."""
+    from sra_rag.rag.citing import CITE_MODES
     from sra_rag.rag.ordering import PLACEMENTS
 
     if order is not None and order not in PLACEMENTS:
         fail(f"--order must be one of {', '.join(PLACEMENTS)}, got {order!r}.")
+    if cite not in (*CITE_MODES, "off"):
+        fail(f"--cite must be one of {', '.join(CITE_MODES)} or off, got {cite!r}.")
     sampling = _sampling(temperature, top_p, top_k_tokens, min_p, repetition_penalty, penalize_prompt, seed)
     overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer, question_tail)
     config = _sra_config(preset, sra, overrides)
@@ -177,7 +181,8 @@ def ask(
     if opened.count() == 0:
         fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
     engine = _engine(model)
-    _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling, order, attribute, cite)
+    mode = None if cite == "off" else cite
+    _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling, order, attribute, mode)
 
 
 @app.command()
@@ -346,9 +351,10 @@ def _answer(
     sampling: dict[str, Any],
     order: str | None = None,
     attribute: bool = False,
-    cite: bool = True,
+    cite: str | None = "attention",
 ) -> None:
-    from sra_rag.rag.reader import Reader, most_read
+    from sra_rag.rag.citing import most_read
+    from sra_rag.rag.reader import Reader
 
     reader = Reader(
         engine,
@@ -359,7 +365,7 @@ def _answer(
         overflow=overflow,  # type: ignore[arg-type]  # validated by Reader
         sampling=sampling,
         order=order,  # type: ignore[arg-type]  # validated above
-        cite=cite,
+        cite=cite,  # type: ignore[arg-type]  # validated above
     )
     with _warnings_to_stderr():
         answer = reader.stream(question)

@@ -8,12 +8,19 @@ the instruction after it and the generation prompt, and the question re-attends 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sra_rag.config import SRAConfig, as_sra_config
-from sra_rag.rag.citing import cite_answer, cited_numbers
+from sra_rag.rag.citing import (
+    CiteMode,
+    attribute_answer,
+    check_cite,
+    cite_answer,
+    cited_numbers,
+    needs_citation,
+)
 from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
 
@@ -38,20 +45,22 @@ class AnswerStream:
     """Text pieces of an answer as they are generated. ``stuffed`` tells what the prompt held
     (``stuffed.sources``: the numbered sources, ``stuffed.dropped``: chunks left out); after the
     stream is exhausted, ``text``, ``completion_tokens`` and ``finish_reason`` are set. ``cite``:
-    called with the finished answer (ended by the model, not cut by the token limit), it returns
-    the citation to stream last (``appended_citation``) or None (see
-    :func:`~sra_rag.rag.citing.cite_answer`)."""
+    called with the stream once the model has ended the answer (not when the token limit cut it),
+    it returns the citation to stream last (``appended_citation``) or None (see
+    :func:`~sra_rag.rag.citing.cite_answer`). ``answer_attention``: how much the answer's tokens
+    read each source, once computed (for a citation by attention, or :meth:`Reader.attribute`)."""
 
     question: str
     stuffed: StuffedPrompt
     stream: TextStream
-    cite: Callable[[str], str | None] | None = None
+    cite: Callable[[AnswerStream], str | None] | None = None
     appended_citation: str | None = field(default=None, init=False)
+    answer_attention: list[float] | None = field(default=None, init=False)
 
     def __iter__(self) -> Iterator[str]:
         yield from self.stream
         if self.cite is not None and self.stream.finish_reason == "stop":
-            self.appended_citation = self.cite(self.stream.text)
+            self.appended_citation = self.cite(self)
             if self.appended_citation:
                 yield self.appended_citation
 
@@ -107,7 +116,7 @@ class Answer:
     ``source_attention``'s, the answer may have been copied from another source than the one the
     question found. ``citations``: the source numbers ``text`` cites (1-based, in order);
     ``appended_citation``: the citation the reader appended because the model cited none
-    (``Reader(cite=True)``; None when the model cited a source itself).
+    (``Reader(cite=...)``; None when the model cited a source itself or ``cite=None``).
     """
 
     question: str
@@ -125,24 +134,6 @@ class Answer:
     appended_citation: str | None = None
 
 
-def attribute_answer(
-    engine: SRAEngine, stuffed: StuffedPrompt, text: str, sra: SRAConfig | None = None
-) -> list[float] | None:
-    """How much the answer ``text`` to the prompt ``stuffed`` read each numbered source (order of
-    ``stuffed.sources``; higher = read more): one read-only pass over the prompt with the answer
-    appended (:meth:`~sra_rag.SRAEngine.attribute`). None when the answer is empty. What
-    ``Reader(attribute=True)``, both adapters and the server's ``attribute`` return."""
-    if not text.strip():
-        return None
-    return list(engine.attribute(stuffed.messages, text, layout=stuffed.layout, sra=sra).scores)
-
-
-def most_read(scores: Sequence[float] | None) -> int | None:
-    """The number (1-based, as the prompt cites it) of the source with the highest score; None
-    without scores."""
-    return None if not scores else 1 + max(range(len(scores)), key=scores.__getitem__)
-
-
 class Reader:
     """Answer questions over a retriever with one stuffed prompt per question.
 
@@ -157,9 +148,11 @@ class Reader:
     answering (about 2x prefill; no chunk is dropped; ``sources`` follow the new numbering);
     ``attribute``: after answering, read the prompt again with the answer appended and score how much
     the answer's tokens read each source (:attr:`Answer.answer_attention`; :meth:`attribute` does it
-    for a stream); ``cite`` (default on): when the finished answer cites no source by number, the
-    model picks the source it used by constrained decoding after ``" (Document ["`` and the reader
-    appends ``" (Document [n])"`` (one more prefill; see :mod:`sra_rag.rag.citing`). The SRA tail
+    for a stream); ``cite``: when the model ends an answer that cites no source by number, append
+    ``" (Document [n])"`` with ``n`` the source the answer's tokens read most (``"attention"``, the
+    default: the ``attribute`` pass, shared with it) or the number the model writes after
+    ``" (Document ["`` (``"model"``: one more prefill; positional on small models), or nothing
+    (None); see :mod:`sra_rag.rag.citing`. The SRA tail
     follows the config's ``tail`` (``"question"``: exactly the question and instruction); the
     prompt's layout is always passed.
     """
@@ -178,7 +171,7 @@ class Reader:
         sampling: Mapping[str, Any] | None = None,
         order: Placement | None = None,
         attribute: bool = False,
-        cite: bool = True,
+        cite: CiteMode | None = "attention",
     ) -> None:
         if not callable(getattr(retriever, "retrieve", None)):
             raise TypeError(f"retriever must have a retrieve(question, top_k) method, got {type(retriever).__name__}")
@@ -192,9 +185,7 @@ class Reader:
         if not isinstance(attribute, bool):
             raise TypeError(f"attribute must be True or False, got {attribute!r}")
         self.attribute_answers = attribute
-        if not isinstance(cite, bool):
-            raise TypeError(f"cite must be True or False, got {cite!r}")
-        self.cite = cite
+        self.cite = check_cite(cite)
         self.engine = engine
         self.retriever = retriever
         self.top_k = top_k
@@ -239,8 +230,15 @@ class Reader:
             layout=stuffed.layout,
             **self.sampling,
         )
-        cite = (lambda text: cite_answer(self.engine, stuffed, text, self.sra)) if self.cite else None
-        return AnswerStream(question, stuffed, stream, cite)
+        return AnswerStream(question, stuffed, stream, None if self.cite is None else self._cite)
+
+    def _cite(self, answer: AnswerStream) -> str | None:
+        text, mode = answer.stream.text, self.cite
+        if mode is None or not needs_citation(answer.stuffed, text):
+            return None
+        if mode == "attention":
+            answer.answer_attention = attribute_answer(self.engine, answer.stuffed, text, self.sra)
+        return cite_answer(self.engine, answer.stuffed, text, self.sra, mode, answer.answer_attention)
 
     def attribute(self, answer: AnswerStream) -> list[float] | None:
         """How much the finished ``answer``'s own tokens read each numbered source (order of
@@ -249,7 +247,9 @@ class Reader:
         citation); None when the answer is empty."""
         if answer.finish_reason is None:
             raise RuntimeError("the answer is still being generated: exhaust the stream before attributing it")
-        return attribute_answer(self.engine, answer.stuffed, answer.stream.text, self.sra)
+        if answer.answer_attention is None:
+            answer.answer_attention = attribute_answer(self.engine, answer.stuffed, answer.stream.text, self.sra)
+        return answer.answer_attention
 
     def ask(self, question: str, chunks: list[Chunk] | None = None) -> Answer:
         """Retrieve, stuff and generate the whole answer (and attribute it, with ``attribute``)."""

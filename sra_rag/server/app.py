@@ -32,9 +32,8 @@ from sra_rag.server.generation import (
     Generation,
     Job,
     RequestTimeoutError,
-    attribute,
+    after_answer,
     chat_job,
-    cite,
     completion_job,
     start,
 )
@@ -205,13 +204,14 @@ async def _respond(
         raise APIError(504, str(error), code="timeout") from None
     stream = generation.stream
     assert stream.finish_reason is not None
-    text += await cite(state.engine, job, text, stream.finish_reason)
+    citation, answer = await after_answer(state.engine, job, text, stream.finish_reason)
+    text += citation
     fields: dict[str, Any] = {
         "id": reply_id,
         "created": now(),
         "model": state.model_name,
         "usage": Usage.of(stream.prompt_tokens, stream.completion_tokens),
-        "sources": job.sources(text, stream.document_attention, await attribute(state.engine, job, stream.text)),
+        "sources": job.sources(text, stream.document_attention, answer),
     }
     reply: ChatCompletion | TextCompletion
     if chat:
@@ -258,10 +258,9 @@ async def _events(
     finally:
         generation.close()
     stream = generation.stream
-    citation = await cite(state.engine, job, stream.text, stream.finish_reason)
+    citation, answer = await after_answer(state.engine, job, stream.text, stream.finish_reason)
     if citation:
         yield chunk(citation)
-    answer = await attribute(state.engine, job, stream.text)
     text = stream.text + citation
     yield chunk(None, stream.finish_reason, sources=job.sources(text, stream.document_attention, answer))
     if body.include_usage:

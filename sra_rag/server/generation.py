@@ -22,9 +22,8 @@ from pydantic import ValidationError
 
 from sra_rag.config import SRAConfig
 from sra_rag.engine import ContextWindowExceededError, Prompt, TextStream
-from sra_rag.rag.citing import cite_answer, cited_numbers
+from sra_rag.rag.citing import CiteMode, cited_numbers, finish_answer
 from sra_rag.rag.ordering import order_by_attention
-from sra_rag.rag.reader import attribute_answer
 from sra_rag.rag.stuffing import Chunk, ContextOverflowError, StuffedPrompt, stuff_prompt
 from sra_rag.request import Request
 from sra_rag.server.admission import Admission
@@ -64,7 +63,7 @@ class Job:
     request: Request
     stuffed: StuffedPrompt | None = None
     attribute: bool = False
-    cite: bool = False
+    cite: CiteMode | None = None
 
     def sources(
         self, text: str, attention: DocumentAttention | None = None, answer: Sequence[float] | None = None
@@ -86,28 +85,30 @@ class Job:
         ]
 
 
-async def cite(engine: SRAEngine, job: Job, text: str, finish_reason: str | None) -> str:
-    """The citation to append to the finished answer ``text`` (``" (Document [n])"``, the model's
-    pick) when the request cites (``cite``), the model ended the answer and it cites no document;
-    else ``""``. One more prefill, off the event loop."""
-    if not job.cite or job.stuffed is None or finish_reason != "stop":
-        return ""
-    citation = await asyncio.to_thread(cite_answer, engine, job.stuffed, text, job.options.get("sra"))
-    return citation or ""
-
-
 def _rounded(scores: Sequence[float] | None, count: int) -> list[float | None]:
     if scores is None or len(scores) != count:
         return [None] * count
     return [round(score, 4) for score in scores]
 
 
-async def attribute(engine: SRAEngine, job: Job, text: str) -> list[float] | None:
-    """How much the finished answer ``text`` read each stuffed document, when the request asked
-    (``attribute``) and the answer is not empty: one read-only pass, off the event loop."""
-    if not job.attribute or job.stuffed is None:
-        return None
-    return await asyncio.to_thread(attribute_answer, engine, job.stuffed, text, job.options.get("sra"))
+async def after_answer(
+    engine: SRAEngine, job: Job, text: str, finish_reason: str | None
+) -> tuple[str, list[float] | None]:
+    """The citation to append to the finished answer ``text`` and how much it read each document
+    (:func:`~sra_rag.rag.citing.finish_answer` with the request's ``cite`` and ``attribute``), off
+    the event loop."""
+    if job.stuffed is None or (job.cite is None and not job.attribute):
+        return "", None
+    return await asyncio.to_thread(
+        finish_answer,
+        engine,
+        job.stuffed,
+        text,
+        finish_reason,
+        job.options.get("sra"),
+        cite=job.cite,
+        attribute=job.attribute,
+    )
 
 
 # -- building a job -------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ def _job(
     prompt_field: str,
     stuffed: StuffedPrompt | None = None,
     attribute: bool = False,
-    cite: bool = False,
+    cite: CiteMode | None = None,
 ) -> Job:
     """Check every setting and tokenise now, so that a bad request fails before it queues."""
     with engine_errors(prompt_field):
@@ -235,7 +236,7 @@ def _stuffed_job(
         if request.order is not None:
             stuffed = order_by_attention(engine, stuffed, request.order, options.get("sra"))[0]
     options.update(max_new_tokens=max_new_tokens, layout=stuffed.layout)
-    return _job(engine, stuffed.messages, options, "documents", stuffed, request.attribute, request.cites)
+    return _job(engine, stuffed.messages, options, "documents", stuffed, request.attribute, request.cite_mode)
 
 
 def _max_new_tokens(

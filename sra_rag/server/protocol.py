@@ -153,10 +153,11 @@ class _GenerationRequest(_Request):
         description="After answering, score how much the answer's own tokens read each document "
         "(sources[].answer_attention; one more read-only pass over the prompt and the answer).",
     )
-    cite: bool | None = Field(
+    cite: Literal["attention", "model"] | bool | None = Field(
         None,
-        description="When the answer cites no document by number, append ' (Document [n])' with the number the "
-        "model picks (constrained decoding, one more prefill). Default: on when documents are sent.",
+        description="When the answer cites no document by number, append ' (Document [n])': the document the "
+        "answer's tokens read most ('attention', the default with documents, or true), or the number the model "
+        "writes ('model'); false leaves the answer as written.",
     )
 
     @model_validator(mode="after")
@@ -165,14 +166,18 @@ class _GenerationRequest(_Request):
             raise ValueError("order re-orders the documents field; send documents, or leave order out")
         if self.attribute and self.documents is None:
             raise ValueError("attribute scores the documents field; send documents, or leave attribute out")
-        if self.cite and self.documents is None:
+        if self.cite not in (None, False) and self.documents is None:
             raise ValueError("cite names one of the documents field; send documents, or leave cite out")
         return self
 
     @property
-    def cites(self) -> bool:
-        """Whether a missing citation is appended: ``cite``, by default on when documents were sent."""
-        return self.documents is not None and self.cite is not False
+    def cite_mode(self) -> Literal["attention", "model"] | None:
+        """How a missing citation is chosen (None: not appended); ``"attention"`` by default with documents."""
+        if self.documents is None or self.cite is False:
+            return None
+        if self.cite is None or self.cite is True:
+            return "attention"
+        return self.cite
 
     @field_validator("n")
     @classmethod

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from sra_rag import SRAConfig
+from sra_rag.rag.citing import finish_answer
 from sra_rag.rag.stuffing import Chunk, stuff_prompt
 from sra_rag.server import ServerSettings, create_app
 
@@ -528,7 +529,7 @@ def test_attribute_scores_what_the_answer_read(recording_engine, live_server) ->
     assert bad.status_code == 400 and "attribute" in bad.json()["error"]["message"]
 
 
-def test_an_answer_that_cites_no_document_gets_the_models_pick(url: str) -> None:
+def test_an_answer_that_cites_no_document_gets_a_citation(server_engine, url: str) -> None:
     question = [{"role": "user", "content": QUESTION}]
     free = chat(url, messages=question, documents=DOCUMENTS, max_tokens=8, **GREEDY).json()
     text = free["choices"][0]["message"]["content"]
@@ -543,6 +544,17 @@ def test_an_answer_that_cites_no_document_gets_the_models_pick(url: str) -> None
     assert body["choices"][0]["finish_reason"] == "stop"
     match = re.fullmatch(re.escape(head) + r" \(Document \[(\d)\]\)", content)
     assert match, content
+    # The document the answer read most (the reader's default), or with "cite": "model" the model's own pick.
+    stuffed = stuff_prompt(
+        server_engine,
+        QUESTION,
+        [Chunk(d["text"], d["source"], d.get("chunk_index")) for d in DOCUMENTS],
+        max_new_tokens=8,
+    )
+    recommended = SRAConfig.preset("recommended")
+    assert content == head + finish_answer(server_engine, stuffed, head, "stop", recommended)[0]
+    by_model = chat(url, **ended, cite="model").json()["choices"][0]["message"]["content"]
+    assert by_model == head + finish_answer(server_engine, stuffed, head, "stop", recommended, cite="model")[0]
     assert [source["cited"] for source in body["sources"]] == [n == int(match[1]) for n in (1, 2)]
     assert chat(url, **ended, cite=False).json()["choices"][0]["message"]["content"] == head
     streamed = events(chat(url, **ended, stream=True))

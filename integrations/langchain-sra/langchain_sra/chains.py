@@ -30,9 +30,9 @@ from langchain_core.runnables.utils import AddableDict
 
 from langchain_sra.chat_models import ChatSRA
 from sra_rag import SRAConfig
-from sra_rag.rag.citing import cite_answer
+from sra_rag.rag.citing import CiteMode, check_cite, finish_answer
 from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
-from sra_rag.rag.reader import DEFAULT_STOP, attribute_answer
+from sra_rag.rag.reader import DEFAULT_STOP
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, stuff_prompt
 
 SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
@@ -66,7 +66,7 @@ def create_stuffed_rag_chain(
     stop: Sequence[str] = DEFAULT_STOP,
     order: Placement | None = None,
     attribute: bool = False,
-    cite: bool = True,
+    cite: CiteMode | None = "attention",
 ) -> Runnable[dict[str, Any] | str, dict[str, Any]]:
     """A runnable: ``{"input": question}`` (or the question as a string) in; out a dict with
     ``input``, ``context`` (the documents in prompt order), ``answer``, ``sources`` (``sources[0]``
@@ -84,9 +84,10 @@ def create_stuffed_rag_chain(
     one readout prefill ranks the sources by how much the question read them and the prompt is
     stuffed again with the most-read there (about 2x prefill; nothing dropped). ``attribute``: after the
     answer, one read-only pass scores how much the answer's own tokens read each source, output last
-    as ``answer_attention`` (see ``sra_rag.rag.reader.Reader``). ``cite`` (default on): when the
-    model ends an answer that cites no source by number, the source it picks after ``" (Document ["``
-    streams last as ``" (Document [n])"`` in ``answer`` (one more prefill; see
+    as ``answer_attention`` (see ``sra_rag.rag.reader.Reader``). ``cite``: when the model ends an
+    answer that cites no source by number, ``" (Document [n])"`` streams last in ``answer``, ``n`` the
+    source the answer read most (``"attention"``, the default; the ``attribute`` pass, shared) or the
+    number the model writes (``"model"``); None leaves the answer as written (see
     :mod:`sra_rag.rag.citing`).
     """
     engine = getattr(chat_model, "engine", None)
@@ -98,8 +99,7 @@ def create_stuffed_rag_chain(
         check_placement(order)
     if not isinstance(attribute, bool):
         raise TypeError(f"attribute must be True or False, got {attribute!r}")
-    if not isinstance(cite, bool):
-        raise TypeError(f"cite must be True or False, got {cite!r}")
+    check_cite(cite)
     new_tokens = int(max_new_tokens or chat_model.max_new_tokens)
     stops = [*(getattr(chat_model, "stop", None) or []), *stop]
 
@@ -116,7 +116,7 @@ def create_stuffed_rag_chain(
             engine, question, chunks, max_new_tokens=new_tokens, overflow=overflow, system_prompt=system_prompt
         )
         if order is not None:
-            stuffed = order_by_attention(engine, stuffed, order, sra if sra is not None else chat_model.sra_config())[0]
+            stuffed = order_by_attention(engine, stuffed, order, sra if sra is not None else chat_model.sra_config)[0]
         call: dict[str, Any] = {"max_new_tokens": new_tokens, "stop": stops, "layout": stuffed.layout}
         if sra is not None:
             call["sra"] = sra
@@ -155,17 +155,15 @@ def create_stuffed_rag_chain(
                     visible["source_attention_calibrated"] = attention["calibrated"]
             if visible:
                 yield visible
-        if cite and stuffed is not None and finish_reason == "stop":
-            citation = cite_answer(
-                engine, stuffed, "".join(pieces), sra if sra is not None else chat_model.sra_config()
-            )
-            if citation is not None:
-                yield AddableDict(answer=citation)
-        if attribute and stuffed is not None:
-            config = sra if sra is not None else chat_model.sra_config()
-            scores = attribute_answer(engine, stuffed, "".join(pieces), config)
-            if scores is not None:
-                yield AddableDict(answer_attention=scores)
+        if stuffed is None or (cite is None and not attribute):
+            return
+        config = sra if sra is not None else chat_model.sra_config
+        text = "".join(pieces)
+        citation, scores = finish_answer(engine, stuffed, text, finish_reason, config, cite=cite, attribute=attribute)
+        if citation:
+            yield AddableDict(answer=citation)
+        if scores is not None:
+            yield AddableDict(answer_attention=scores)
 
     chain = RunnableLambda(prepare).assign(message=RunnableLambda(answer)) | RunnableGenerator(public)
     return chain.with_config(run_name="stuffed_rag_chain")

@@ -124,7 +124,7 @@ def test_an_answer_that_cites_no_source_gets_the_models_pick() -> None:
     chat = ChatSRA(max_new_tokens=48)  # room for the model to end the answer itself
     sra = SRAConfig.preset("off")
     retriever = ChunkRetriever(store=ListStore(CHUNKS), top_k=3)
-    plain = create_stuffed_rag_chain(retriever, chat, sra=sra, cite=False).invoke(QUESTION)
+    plain = create_stuffed_rag_chain(retriever, chat, sra=sra, cite=None).invoke(QUESTION)
     cited = create_stuffed_rag_chain(retriever, chat, sra=sra).invoke(QUESTION)
     stuffed = stuff_prompt(chat.engine, QUESTION, CHUNKS, max_new_tokens=48)
     citation = cite_answer(chat.engine, stuffed, plain["answer"], sra)
@@ -132,5 +132,8 @@ def test_an_answer_that_cites_no_source_gets_the_models_pick() -> None:
     assert cited_numbers(cited["answer"], 2), "the answer names a source, the model's own or appended"
     streamed = list(create_stuffed_rag_chain(retriever, chat, sra=sra).stream(QUESTION))
     assert "".join(part.get("answer", "") for part in streamed) == cited["answer"]
-    with pytest.raises(TypeError, match="cite"):
+    # Without sra, ordering, citing and attributing use the chat model's own settings.
+    own = create_stuffed_rag_chain(retriever, chat, order="first", attribute=True).invoke(QUESTION)
+    assert cited_numbers(own["answer"], 2) and len(own["answer_attention"]) == 2
+    with pytest.raises(ValueError, match="cite"):
         create_stuffed_rag_chain(retriever, chat, cite="yes")  # type: ignore[arg-type]

@@ -112,7 +112,7 @@ def test_an_answer_that_cites_no_source_gets_the_models_pick() -> None:
     llm = SRALLM(max_new_tokens=48)  # room for the model to end the answer itself
     sra = SRAConfig.preset("off")
     retriever = ChunkRetriever(ListStore(CHUNKS), top_k=3)
-    plain = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra, cite=False).query(QUESTION)
+    plain = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra, cite=None).query(QUESTION)
     cited = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra).query(QUESTION)
     stuffed = stuff_prompt(llm.engine, QUESTION, CHUNKS, max_new_tokens=48)
     citation = cite_answer(llm.engine, stuffed, str(plain.response), sra)
@@ -121,3 +121,10 @@ def test_an_answer_that_cites_no_source_gets_the_models_pick() -> None:
     streamed = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra, streaming=True).query(QUESTION)
     assert isinstance(streamed, StreamingResponse)
     assert "".join(streamed.response_gen) == cited.response
+    # Without sra, ordering, citing and attributing use the LLM's own settings.
+    own = SRAQueryEngine(retriever=retriever, llm=llm, order="first", attribute=True).query(QUESTION)
+    assert cited_numbers(str(own.response), 2) and len(own.metadata["answer_attention"]) == 2
+    by_model = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra, cite="model").query(QUESTION)
+    assert by_model.response == str(plain.response) + (
+        cite_answer(llm.engine, stuffed, str(plain.response), sra, "model") or ""
+    )

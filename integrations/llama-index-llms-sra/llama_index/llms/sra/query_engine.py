@@ -27,9 +27,9 @@ from llama_index.llms.sra.base import SRALLM
 from pydantic import Field
 
 from sra_rag import SRAConfig
-from sra_rag.rag.citing import cite_answer
+from sra_rag.rag.citing import CiteMode, finish_answer
 from sra_rag.rag.ordering import Placement, order_by_attention
-from sra_rag.rag.reader import DEFAULT_STOP, attribute_answer
+from sra_rag.rag.reader import DEFAULT_STOP
 from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
 
 SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
@@ -68,10 +68,10 @@ class SRAQueryEngine(CustomQueryEngine):
     and (not streaming) ``source_attention``: one score per source, higher = the question read it
     more, with ``source_attention_calibrated``. ``attribute`` (not streaming): after the answer, one
     read-only pass scores how much the answer's own tokens read each source, as ``answer_attention``
-    in the metadata (see ``sra_rag.rag.reader.Reader``). ``cite`` (default on): when
-    the model ends an answer that cites no source by number, the source it picks after
-    ``" (Document ["`` is appended as ``" (Document [n])"`` (one more prefill; see
-    :mod:`sra_rag.rag.citing`).
+    in the metadata (see ``sra_rag.rag.reader.Reader``). ``cite``: when the model ends an answer that
+    cites no source by number, ``" (Document [n])"`` is appended, ``n`` the source the answer read
+    most (``"attention"``, the default; the ``attribute`` pass, shared) or the number the model
+    writes (``"model"``); None leaves the answer as written (see :mod:`sra_rag.rag.citing`).
     """
 
     retriever: BaseRetriever
@@ -84,7 +84,7 @@ class SRAQueryEngine(CustomQueryEngine):
     streaming: bool = False
     order: Placement | None = None
     attribute: bool = False
-    cite: bool = True
+    cite: CiteMode | None = "attention"
 
     def custom_query(self, query_str: str) -> RESPONSE_TYPE:
         nodes = self.retriever.retrieve(QueryBundle(query_str))
@@ -97,7 +97,7 @@ class SRAQueryEngine(CustomQueryEngine):
             "dropped": [chunk.id for chunk in stuffed.dropped],
             "prompt_tokens": stuffed.prompt_tokens,
         }
-        sra = self.sra if self.sra is not None else self.llm.sra_config()
+        sra = self.sra if self.sra is not None else self.llm.sra_config
         if self.streaming:
             return StreamingResponse(
                 self._pieces(stuffed, messages, kwargs, sra), source_nodes=source_nodes, metadata=metadata
@@ -108,13 +108,17 @@ class SRAQueryEngine(CustomQueryEngine):
             metadata["source_attention"] = attention["scores"]
             metadata["source_attention_calibrated"] = attention["calibrated"]
         text = response.message.content or ""
-        if self.attribute:
-            scores = attribute_answer(self.llm.engine, stuffed, text, sra)
-            if scores is not None:
-                metadata["answer_attention"] = scores
-        if self.cite and (response.raw or {}).get("finish_reason") == "stop":
-            text += cite_answer(self.llm.engine, stuffed, text, sra) or ""
-        return Response(text, source_nodes=source_nodes, metadata=metadata)
+        citation, scores = self._finish(stuffed, text, (response.raw or {}).get("finish_reason"), sra)
+        if scores is not None:
+            metadata["answer_attention"] = scores
+        return Response(text + citation, source_nodes=source_nodes, metadata=metadata)
+
+    def _finish(
+        self, stuffed: StuffedPrompt, text: str, finish_reason: str | None, sra: SRAConfig
+    ) -> tuple[str, list[float] | None]:
+        return finish_answer(
+            self.llm.engine, stuffed, text, finish_reason, sra, cite=self.cite, attribute=self.attribute
+        )
 
     def _pieces(
         self, stuffed: StuffedPrompt, messages: list[ChatMessage], kwargs: dict[str, Any], sra: SRAConfig
@@ -127,10 +131,9 @@ class SRAQueryEngine(CustomQueryEngine):
             if chunk.delta:
                 pieces.append(chunk.delta)
                 yield chunk.delta
-        if self.cite and finish_reason == "stop":
-            citation = cite_answer(self.llm.engine, stuffed, "".join(pieces), sra)
-            if citation:
-                yield citation
+        citation = self._finish(stuffed, "".join(pieces), finish_reason, sra)[0] if self.cite else ""
+        if citation:
+            yield citation
 
     async def acustom_query(self, query_str: str) -> RESPONSE_TYPE:
         # Retrieval, tokenising and generation block for seconds; keep them off the event loop.
@@ -149,7 +152,7 @@ class SRAQueryEngine(CustomQueryEngine):
             system_prompt=self.system_prompt,
         )
         if self.order is not None:
-            sra = self.sra if self.sra is not None else self.llm.sra_config()
+            sra = self.sra if self.sra is not None else self.llm.sra_config
             stuffed = order_by_attention(self.llm.engine, stuffed, self.order, sra)[0]
         return stuffed, by_id
 
