@@ -12,6 +12,7 @@ from sra_rag.rag.citing import (
     CITE_MODES,
     CITE_PREFIX,
     attribute_answer,
+    citation_to_check,
     cite_answer,
     cited_numbers,
     finish_answer,
@@ -35,6 +36,20 @@ OFF = SRAConfig(enabled=False)
 )
 def test_cited_numbers_in_order_of_first_citation(text, count, expected) -> None:
     assert cited_numbers(text, count) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "scores", "expected"),
+    [
+        ("Born in Kalomi (Document [3]).", [0.1, 0.9, 0.2], 2),  # cites [3], read [2] most: check it
+        ("Born in Kalomi [2], see also [3].", [0.1, 0.9, 0.2], None),  # cites the most-read one too
+        ("Born in Kalomi.", [0.1, 0.9, 0.2], None),  # cites nothing: nothing to check
+        ("Born in Kalomi [7].", [0.1, 0.9, 0.2], None),  # [7] is no source of a 3-source prompt
+        ("Born in Kalomi [3].", None, None),  # no scores
+    ],
+)
+def test_citation_to_check_is_the_most_read_source_when_the_answer_cites_others(text, scores, expected) -> None:
+    assert citation_to_check(text, scores) == expected
 
 
 def test_choose_takes_the_options_most_likely_first_token(tiny_engine) -> None:
@@ -134,6 +149,7 @@ def test_reader_streams_the_models_pick_last_when_it_cites_none(embedded_engine)
     answer = Reader(embedded_engine, Retriever(), sra=OFF, max_new_tokens=48, attribute=True).ask(question)
     assert answer.text == stream.text and answer.citations == stream.citations
     assert answer.appended_citation == stream.appended_citation and answer.answer_attention is not None
+    assert answer.citation_to_check == citation_to_check(answer.text, answer.answer_attention)
     by_model = Reader(embedded_engine, Retriever(), sra=OFF, max_new_tokens=48, cite="model").ask(question)
     assert by_model.text == plain.text + (by_model.appended_citation or "")
     assert by_model.citations and 1 <= by_model.citations[0] <= 2

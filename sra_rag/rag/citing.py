@@ -117,3 +117,13 @@ def finish_answer(
     read = attribute_answer(engine, stuffed, text, sra) if attribute or mode == "attention" else None
     citation = None if mode is None else cite_answer(engine, stuffed, text, sra, mode, read)
     return citation or "", read if attribute else None
+
+
+def citation_to_check(text: str, answer_attention: Sequence[float] | None) -> int | None:
+    """The source the answer's tokens read most (1-based) when ``text`` cites sources of the prompt
+    but not that one: the citation may name the wrong source (on Qwen2.5-Coder-0.5B, the answer's
+    readout names the source of the answer's fact far more often than its own citation does; see
+    ``docs/eval/attribution``). None when the answer cites it, cites nothing, or without scores."""
+    cited = cited_numbers(text, len(answer_attention or ()))
+    top = most_read(answer_attention)
+    return top if cited and top is not None and top not in cited else None

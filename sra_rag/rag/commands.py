@@ -353,7 +353,7 @@ def _answer(
     attribute: bool = False,
     cite: str | None = "attention",
 ) -> None:
-    from sra_rag.rag.citing import most_read
+    from sra_rag.rag.citing import citation_to_check, most_read
     from sra_rag.rag.reader import Reader
 
     reader = Reader(
@@ -376,6 +376,10 @@ def _answer(
     for number, source in enumerate(answer.sources, start=1):
         read = "".join(f"{scores[number - 1]:+7.2f}  " for scores in columns)
         typer.echo(f"{read}[{number}] {source}")
+    to_check = citation_to_check(answer.text, by_answer)
+    if to_check is not None:
+        cited = ", ".join(f"[{number}]" for number in answer.citations)
+        typer.echo(f"Check the citation: the answer cites {cited}, but its tokens read [{to_check}] most.")
     if answer.source_attention is not None and by_answer is not None:
         question_top, answer_top = most_read(answer.source_attention), most_read(by_answer)
         if question_top != answer_top:

@@ -17,6 +17,7 @@ from sra_rag.rag.citing import (
     CiteMode,
     attribute_answer,
     check_cite,
+    citation_to_check,
     cite_answer,
     cited_numbers,
     needs_citation,
@@ -117,6 +118,9 @@ class Answer:
     question found. ``citations``: the source numbers ``text`` cites (1-based, in order);
     ``appended_citation``: the citation the reader appended because the model cited none
     (``Reader(cite=...)``; None when the model cited a source itself or ``cite=None``).
+    ``citation_to_check``: with ``answer_attention``, the source the answer read most when the
+    answer cites others but not it (its citation may be wrong; see
+    :func:`~sra_rag.rag.citing.citation_to_check`); None otherwise.
     """
 
     question: str
@@ -132,6 +136,7 @@ class Answer:
     answer_attention: list[float] | None = None
     citations: list[int] = field(default_factory=list)
     appended_citation: str | None = None
+    citation_to_check: int | None = None
 
 
 class Reader:
@@ -256,6 +261,7 @@ class Reader:
         answer = self.stream(question, chunks)
         for _ in answer:
             pass
+        read = self.attribute(answer) if self.attribute_answers else None
         return Answer(
             question=question,
             text=answer.text,
@@ -267,7 +273,8 @@ class Reader:
             finish_reason=answer.finish_reason,
             source_attention=answer.source_attention,
             source_attention_calibrated=answer.source_attention_calibrated,
-            answer_attention=self.attribute(answer) if self.attribute_answers else None,
+            answer_attention=read,
             citations=answer.citations,
             appended_citation=answer.appended_citation,
+            citation_to_check=citation_to_check(answer.text, read),
         )
