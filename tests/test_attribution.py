@@ -41,6 +41,9 @@ def test_report_counts_citations_the_models_own_and_appended():
     assert "| right (gold town) | 2/2 (100%" in text and "| 1/2 (50%; 9-91): 1/1 / 0/1 |" in text
     assert "| 1/1 (100%; 21-100): 0/0 / 1/1 |" in text
     assert "1 answers cite a source themselves, 2 got a citation appended, 1 cite none" in text
+    # The one own citation names the right source, and the answer read it most: nothing to check.
+    assert "(1 answers that cite a source and name a town): 0 cite another source" in text
+    assert "flags 0: wrong citations of flagged -, wrong citations flagged -" in text
 
 
 def test_named_choice_is_the_source_index_of_the_first_town_named():
@@ -59,3 +62,19 @@ def test_run_answers_and_attributes_through_the_reader(tiny_engine):
     for item in outcomes:
         assert 1 <= item.question_top <= 3 and item.named in (None, 1, 2, 3)
         assert (item.answer_top is None) is (not item.reply.strip())
+
+
+def test_report_checks_the_models_own_citations_against_the_answers_readout():
+    def cited(gold, named, number, scores):
+        reply = f"Document [{number}] says so."
+        return Outcome("x", 3, gold, named, named == gold, 1, 1 + scores.index(max(scores)), reply, (), scores, number)
+
+    outcomes = [
+        cited(2, 2, 3, (0.1, 0.8, 0.2)),  # cites [3], the town is [2]'s, read [2] most: flagged, wrong
+        cited(2, 2, 2, (0.1, 0.8, 0.2)),  # cites the right one, read it most: not flagged
+        cited(1, 1, 3, (0.1, 0.2, 0.9)),  # cites [3] wrongly and read [3] most: missed
+        cited(1, 1, 1, (0.1, 0.9, 0.2)),  # cites the right one, read [2] most: flagged, right
+    ]
+    text = report(outcomes, "t")
+    assert "(4 answers that cite a source and name a town): 2 cite another source than the town's" in text
+    assert "flags 2: wrong citations of flagged 1/2 (50%" in text and "wrong citations flagged 1/2 (50%" in text

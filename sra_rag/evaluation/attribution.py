@@ -26,7 +26,7 @@ from sra_rag.config import SRAConfig
 from sra_rag.evaluation import suites
 from sra_rag.evaluation.report import wilson_interval
 from sra_rag.evaluation.runner import RankedRetriever
-from sra_rag.rag.citing import CITE_MODES, CiteMode, most_read
+from sra_rag.rag.citing import CITE_MODES, CiteMode, citation_to_check, most_read
 from sra_rag.rag.reader import Reader
 
 if TYPE_CHECKING:
@@ -162,6 +162,19 @@ def report(outcomes: Sequence[Outcome], title: str) -> str:
         f"{sum(o.appended for o in outcomes)} got a citation appended, {uncited} cite none "
         "(cut by the token limit, or empty).",
     ]
+    citing = [o for o in outcomes if o.cited is not None and not o.appended and o.named is not None]
+    if citing:
+        wrong_citation = [o.cited != o.named for o in citing]
+        checked = [citation_to_check(o.reply, o.answer_scores) is not None for o in citing]
+        flagged_wrong = sum(c and w for c, w in zip(checked, wrong_citation, strict=True))
+        lines += [
+            "",
+            f"The model's own citations ({len(citing)} answers that cite a source and name a town): "
+            f"{sum(wrong_citation)} cite another source than the town's. `citation_to_check` (the answer "
+            "read another source most) flags "
+            f"{sum(checked)}: wrong citations of flagged {_rate(flagged_wrong, sum(checked))}, "
+            f"wrong citations flagged {_rate(flagged_wrong, sum(wrong_citation))}.",
+        ]
     lines += [
         "",
         "The two readouts disagree (the answer read another source most than the question did) as a flag of a "
