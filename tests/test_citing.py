@@ -8,6 +8,7 @@ import re
 import pytest
 
 from sra_rag import SRAConfig
+from sra_rag.engine import ContextWindowExceededError
 from sra_rag.rag.citing import (
     CITE_MODES,
     CITE_PREFIX,
@@ -155,3 +156,17 @@ def test_reader_streams_the_models_pick_last_when_it_cites_none(embedded_engine)
     assert by_model.citations and 1 <= by_model.citations[0] <= 2
     with pytest.raises(ValueError, match="cite"):
         Reader(embedded_engine, Retriever(), cite="yes")  # type: ignore[arg-type]
+
+
+def test_a_model_citation_without_room_in_the_window_is_cited_by_attention(tiny_engine) -> None:
+    chunks = [Chunk(f"Record {n}: the lead is person {n}.", f"r{n}.txt", 0) for n in range(1, 4)]
+    budget = 8
+    full = stuff_prompt(tiny_engine, "Who is the lead?", chunks, max_new_tokens=budget)
+    small = tiny_engine.with_context_window(full.prompt_tokens + budget)  # the answer's budget, no more
+    stuffed = stuff_prompt(small, "Who is the lead?", chunks, max_new_tokens=budget)
+    answer = "Person 2"
+    assert small.count_tokens(answer) < budget
+    options = ["1])", "2])", "3])"]
+    with pytest.raises(ContextWindowExceededError):
+        small.choose(stuffed.messages, options, reply=answer + CITE_PREFIX, layout=stuffed.layout, sra=OFF)
+    assert cite_answer(small, stuffed, answer, OFF, "model") == cite_answer(small, stuffed, answer, OFF)

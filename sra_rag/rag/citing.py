@@ -22,6 +22,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, get_args
 
+from sra_rag.engine import ContextWindowExceededError
+
 if TYPE_CHECKING:
     from sra_rag.config import SRAConfig
     from sra_rag.engine import SRAEngine
@@ -86,15 +88,19 @@ def cite_answer(
     """The citation to append to the answer ``text`` to the prompt ``stuffed``:
     ``" (Document [n])"``, ``n`` chosen by ``mode`` (see the module); None when the answer already
     cites a source of the prompt or is empty. ``answer_attention``: :func:`attribute_answer`'s
-    scores when the caller has them (``"attention"`` then costs nothing more)."""
+    scores when the caller has them (``"attention"`` then costs nothing more). With ``"model"``, an
+    answer that leaves no room in the context window for the prefix and a number is cited by
+    attention."""
     if not needs_citation(stuffed, text):
         return None
     if check_cite(mode) == "model":
         options = [f"{number}])" for number in range(1, len(stuffed.sources) + 1)]
-        chosen = engine.choose(
-            stuffed.messages, options, reply=text.rstrip() + CITE_PREFIX, layout=stuffed.layout, sra=sra
-        )
-        return f"{CITE_PREFIX}{options[chosen]}"
+        reply = text.rstrip() + CITE_PREFIX
+        try:
+            chosen = engine.choose(stuffed.messages, options, reply=reply, layout=stuffed.layout, sra=sra)
+            return f"{CITE_PREFIX}{options[chosen]}"
+        except ContextWindowExceededError:
+            pass  # the answer nearly filled its token budget: no room for the prefix; cite by attention
     scores = answer_attention if answer_attention is not None else attribute_answer(engine, stuffed, text, sra)
     return f"{CITE_PREFIX}{most_read(scores)}])"
 
