@@ -18,9 +18,8 @@ from sra_rag.rag.citing import (
     attribute_answer,
     check_cite,
     citation_to_check,
-    cite_answer,
     cited_numbers,
-    needs_citation,
+    finish_answer,
 )
 from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
@@ -238,12 +237,18 @@ class Reader:
         return AnswerStream(question, stuffed, stream, None if self.cite is None else self._cite)
 
     def _cite(self, answer: AnswerStream) -> str | None:
-        text, mode = answer.stream.text, self.cite
-        if mode is None or not needs_citation(answer.stuffed, text):
-            return None
-        if mode == "attention":
-            answer.answer_attention = attribute_answer(self.engine, answer.stuffed, text, self.sra)
-        return cite_answer(self.engine, answer.stuffed, text, self.sra, mode, answer.answer_attention)
+        # With ``attribute`` too, the read-only pass that cites is the one ``attribute`` returns.
+        citation, read = finish_answer(
+            self.engine,
+            answer.stuffed,
+            answer.stream.text,
+            answer.stream.finish_reason,
+            self.sra,
+            cite=self.cite,
+            attribute=self.attribute_answers,
+        )
+        answer.answer_attention = read
+        return citation or None
 
     def attribute(self, answer: AnswerStream) -> list[float] | None:
         """How much the finished ``answer``'s own tokens read each numbered source (order of
