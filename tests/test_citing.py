@@ -147,7 +147,18 @@ def test_reader_streams_the_models_pick_last_when_it_cites_none(embedded_engine)
         assert stream.text == plain.text + stream.appended_citation == "".join(pieces)
         assert stream.citations and 1 <= stream.citations[0] <= 2
         assert stream.appended_citation == f" (Document [{most_read(cited.attribute(stream))}])"
-    answer = Reader(embedded_engine, Retriever(), sra=OFF, max_new_tokens=48, attribute=True).ask(question)
+    reads = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(embedded_engine, name)
+
+        def attribute(self, *args, **kwargs):
+            reads.append(args)
+            return embedded_engine.attribute(*args, **kwargs)
+
+    answer = Reader(Counting(), Retriever(), sra=OFF, max_new_tokens=48, attribute=True).ask(question)
+    assert len(reads) == 1  # the citation by attention and answer_attention share one read-only pass
     assert answer.text == stream.text and answer.citations == stream.citations
     assert answer.appended_citation == stream.appended_citation and answer.answer_attention is not None
     assert answer.citation_to_check == citation_to_check(answer.text, answer.answer_attention)

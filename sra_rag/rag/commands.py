@@ -365,6 +365,7 @@ def _answer(
         overflow=overflow,  # type: ignore[arg-type]  # validated by Reader
         sampling=sampling,
         order=order,  # type: ignore[arg-type]  # validated above
+        attribute=attribute,  # the citation by attention and the answer's column share one read-only pass
         cite=cite,  # type: ignore[arg-type]  # validated above
     )
     with _warnings_to_stderr():

@@ -108,17 +108,13 @@ class SRAQueryEngine(CustomQueryEngine):
             metadata["source_attention"] = attention["scores"]
             metadata["source_attention_calibrated"] = attention["calibrated"]
         text = response.message.content or ""
-        citation, scores = self._finish(stuffed, text, (response.raw or {}).get("finish_reason"), sra)
+        finish_reason = (response.raw or {}).get("finish_reason")
+        citation, scores = finish_answer(
+            self.llm.engine, stuffed, text, finish_reason, sra, cite=self.cite, attribute=self.attribute
+        )
         if scores is not None:
             metadata["answer_attention"] = scores
         return Response(text + citation, source_nodes=source_nodes, metadata=metadata)
-
-    def _finish(
-        self, stuffed: StuffedPrompt, text: str, finish_reason: str | None, sra: SRAConfig
-    ) -> tuple[str, list[float] | None]:
-        return finish_answer(
-            self.llm.engine, stuffed, text, finish_reason, sra, cite=self.cite, attribute=self.attribute
-        )
 
     def _pieces(
         self, stuffed: StuffedPrompt, messages: list[ChatMessage], kwargs: dict[str, Any], sra: SRAConfig
@@ -131,7 +127,8 @@ class SRAQueryEngine(CustomQueryEngine):
             if chunk.delta:
                 pieces.append(chunk.delta)
                 yield chunk.delta
-        citation = self._finish(stuffed, "".join(pieces), finish_reason, sra)[0] if self.cite else ""
+        # A stream reports no answer_attention, so only the citation is asked for.
+        citation, _ = finish_answer(self.llm.engine, stuffed, "".join(pieces), finish_reason, sra, cite=self.cite)
         if citation:
             yield citation
 
