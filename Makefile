@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install install-qwen demo test test-fast bench bench-throughput bench-ingest lint format
+.PHONY: install install-qwen demo test test-fast test-cuda bench bench-gpu bench-throughput bench-ingest lint format
 
 install: .install.stamp
 
@@ -48,3 +48,11 @@ lint: install
 format:
 	$(PYTHON) -m ruff format sra_rag tests integrations examples
 	$(PYTHON) -m ruff check --fix sra_rag tests integrations examples
+
+# On a GPU machine: the CUDA test subset, then SRA against SDPA on a random-initialised 1B Llama.
+test-cuda: install
+	$(PYTHON) -m pytest -m cuda tests/test_cuda.py
+
+bench-gpu: install
+	$(PYTHON) -m sra_rag.benchmark --random-model llama-1b --lengths 8192 16384 32768 --no-reference \
+		--decode-prompt 8192 --decode-tokens 64

@@ -81,12 +81,18 @@ WORDS = [
 def prompt_ids(engine: SRAEngine, length: int, seed: int = 0) -> torch.Tensor:
     """``(1, length)`` token ids of seeded pseudo-prose (real words, so attention looks like text's)."""
     rng = random.Random(seed)
-    sentences = []
+    sentences: list[str] = []
+    words = 0
     while True:
-        sentences.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))).capitalize() + ".")
+        # Every word is at least one token, so text of ``length`` words is long enough: tokenise then.
+        while words < length:
+            count = rng.randint(6, 14)
+            sentences.append(" ".join(rng.choice(WORDS) for _ in range(count)).capitalize() + ".")
+            words += count
         ids = engine.tokenizer(" ".join(sentences), add_special_tokens=False)["input_ids"]
         if len(ids) >= length:
             return torch.tensor([ids[:length]], device=engine.device)
+        words = length + len(ids)  # not reached with real tokenizers; grow and try again
 
 
 def benchmark_layout(length: int) -> PromptLayout:
@@ -169,12 +175,67 @@ class Row:
     peak_mib: float
 
 
-def _load(model: str | None, device: str | None, dtype: str | None) -> SRAEngine:
-    return SRAEngine.from_pretrained(model, device=device, dtype=dtype)
+# Random-initialised models for speed and memory on hardware that has no model files (a GPU machine
+# without network): the shapes of public checkpoints, random weights, and a word-level tokenizer over
+# :data:`WORDS` (the benchmark's prompts are made of those words).
+RANDOM_MODELS = {
+    # Llama 3.2 1B: 1.24B parameters, grouped heads (32 query, 8 key-value), 128k vocabulary.
+    "llama-1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "vocab_size": 128256,
+        "rope_theta": 500000.0,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": True,
+    },
+    # A few-megabyte stand-in with the same structure, for checking the benchmark itself on a CPU.
+    "llama-tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 256,
+        "max_position_embeddings": 65536,
+    },
+}
+
+
+def random_engine(name: str, device: str | None, dtype: str | None, seed: int = 0) -> SRAEngine:
+    """An engine around a random-initialised :data:`RANDOM_MODELS` model (no files needed)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    if name not in RANDOM_MODELS:
+        raise ValueError(f"unknown random model {name!r}; choose one of {', '.join(RANDOM_MODELS)}")
+    vocabulary = {"<unk>": 0, "</s>": 1, ".": 2}
+    for word in WORDS:
+        vocabulary.setdefault(word, len(vocabulary))
+        vocabulary.setdefault(word.capitalize(), len(vocabulary))
+    words = Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if target.type == "cuda" else torch.float32)
+    torch.manual_seed(seed)
+    with target:
+        model = LlamaForCausalLM(LlamaConfig(**RANDOM_MODELS[name], eos_token_id=1)).to(torch_dtype)
+    return SRAEngine(model, tokenizer, name=f"random {name}")
+
+
+def _load(args: argparse.Namespace) -> SRAEngine:
+    if getattr(args, "random_model", None):
+        return random_engine(args.random_model, args.device, args.dtype)
+    return SRAEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
 
 
 def memory_worker(args: argparse.Namespace) -> None:
-    engine = _load(args.model, args.device, args.dtype)
+    engine = _load(args)
     config = SRAConfig()
     warm = prompt_ids(engine, 256)  # long enough for benchmark_layout's ten documents
     input_ids = prompt_ids(engine, args.length)
@@ -182,21 +243,22 @@ def memory_worker(args: argparse.Namespace) -> None:
     print(json.dumps({"peak": _peak_memory(engine, args.implementation, input_ids, config)}))
 
 
-def measure_memory(args: argparse.Namespace, implementation: str, length: int) -> float:
-    if args.device == "cuda" or (args.device is None and torch.cuda.is_available()):
-        engine = _load(args.model, args.device, args.dtype)
+def measure_memory(args: argparse.Namespace, engine: SRAEngine, implementation: str, length: int) -> float:
+    """Peak extra MiB of one prefill: on a GPU from the allocator's own peak (in this process, the
+    engine already loaded); on a CPU from the resident set of a fresh process."""
+    if engine.device.type == "cuda":
         return _peak_memory(engine, implementation, prompt_ids(engine, length), SRAConfig()) / 2**20
     command = [sys.executable, "-m", "sra_rag.benchmark", "--memory-worker", implementation, "--lengths", str(length)]
-    for flag in ("model", "device", "dtype"):
-        if getattr(args, flag):
-            command += [f"--{flag}", getattr(args, flag)]
+    for flag in ("model", "device", "dtype", "random_model"):
+        if getattr(args, flag, None):
+            command += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak"] / 2**20
 
 
 def run(args: argparse.Namespace) -> str:
-    engine = _load(args.model, args.device, args.dtype)
+    engine = _load(args)
     config = SRAConfig()
     implementations = [i for i in IMPLEMENTATIONS if i != "sra_reference" or not args.no_reference]
     rows: list[Row] = []
@@ -210,7 +272,7 @@ def run(args: argparse.Namespace) -> str:
                     continue  # the literal path is slow; one run tells its cost
                 times[implementation].append(_prefill(engine, implementation, input_ids, config))
         for implementation in implementations:
-            peak = measure_memory(args, implementation, length)
+            peak = measure_memory(args, engine, implementation, length)
             rows.append(Row(length, implementation, statistics.median(times[implementation]), peak))
             print(f"  {length:>6} {implementation:<14} {rows[-1].prefill_s:8.2f} s {peak:9.1f} MiB", file=sys.stderr)
 
@@ -227,8 +289,9 @@ def run(args: argparse.Namespace) -> str:
 
 def format_table(rows: list[Row], decode: dict[str, float], engine: SRAEngine, args: argparse.Namespace) -> str:
     stock = {(r.length, r.implementation): r for r in rows if r.implementation == "sdpa"}
+    device = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else engine.device
     lines = [
-        f"Model: {engine.name}, {engine.model.dtype}, {engine.device}, torch {torch.__version__}, "
+        f"Model: {engine.name}, {engine.model.dtype}, {device}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; SRA settings: spec defaults (sra, sra_reference); median of "
         f"{args.repeats} interleaved runs. sra+readout: stock attention plus the readout (the question's "
         f"last {LAYOUT_TAIL} rows over {LAYOUT_DOCUMENTS} documents, every layer); sra+documents: the "
@@ -243,7 +306,7 @@ def format_table(rows: list[Row], decode: dict[str, float], engine: SRAEngine, a
     for row in rows:
         base = stock[(row.length, "sdpa")]
         lines.append(
-            f"| {row.length} | {row.implementation} | {row.prefill_s:.2f} | {row.prefill_s / base.prefill_s:.3f} "
+            f"| {row.length} | {row.implementation} | {row.prefill_s:.3g} | {row.prefill_s / base.prefill_s:.3f} "
             f"| {row.peak_mib:.1f} | {row.peak_mib / base.peak_mib:.3f} |"
         )
     lines += [
@@ -412,8 +475,9 @@ def throughput(args: argparse.Namespace) -> str:
 
 def format_throughput(loads: list[Load], engine: SRAEngine, args: argparse.Namespace) -> str:
     sequential = {(load.workload, load.sra): load for load in loads if load.concurrency == 1}
+    device = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else engine.device
     lines = [
-        f"Model: {engine.name}, {engine.model.dtype}, {engine.device}, torch {torch.__version__}, "
+        f"Model: {engine.name}, {engine.model.dtype}, {device}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {args.requests} requests per row, greedy, {args.new_tokens} "
         f"new tokens each; chat: one short question; rag: ~{args.rag_tokens}-token prompt. Ratios: against the same "
         "requests one after another (x1) in the same run.",
@@ -441,6 +505,12 @@ def main(argv: list[str] | None = None) -> None:
         "--model",
         default=None,
         help="hub id, folder, .gguf or smollm2-135m / qwen2.5-coder-0.5b (default: the embedded model)",
+    )
+    parser.add_argument(
+        "--random-model",
+        choices=sorted(RANDOM_MODELS),
+        default=None,
+        help="a random-initialised model of that shape instead of --model (no model files needed)",
     )
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
