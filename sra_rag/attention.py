@@ -44,8 +44,12 @@ IMPLEMENTATION = "sra"
 REFERENCE_IMPLEMENTATION = "sra_reference"
 
 # Rows of probabilities materialised at once by the fast path, as a number of fp32 elements
-# (heads * rows * keys). 2**22 elements = 16 MiB per buffer.
+# (heads * rows * keys). 2**22 elements = 16 MiB per buffer. On a GPU each chunk costs a fixed ~0.4 ms
+# of kernel launches, so 16 MiB chunks (4 rows of a 32-head model at 32k tokens) made SRA launch-bound
+# (16x SDPA's prefill at 32k on an H200); 2**26 elements = 256 MiB per buffer, still below the MLP's
+# activations at those lengths (docs/bench/gpu.md).
 ROW_CHUNK_ELEMENTS = 2**22
+CUDA_ROW_CHUNK_ELEMENTS = 2**26
 
 _DEFAULT_CONFIG = SRAConfig()
 _context_config: ContextVar[SRAConfig | None] = ContextVar("sra_config", default=None)
@@ -248,15 +252,21 @@ def _chunk_output(probs: torch.Tensor, value: torch.Tensor, offset: int, rows: s
     return torch.bmm(stacked, value[:, offset : rows.stop]).view(heads, count, -1).transpose(0, 1)
 
 
-def _question_chunks(start: int, stop: int, heads: int, n: int) -> list[slice]:
-    """Row chunks ``[start, stop)`` of at most :data:`ROW_CHUNK_ELEMENTS` probabilities over ``n`` keys."""
-    step = max(1, ROW_CHUNK_ELEMENTS // max(1, heads * n))
+def _chunk_rows(device: torch.device, heads: int, n: int) -> int:
+    """Rows per chunk of at most :data:`ROW_CHUNK_ELEMENTS` (on CUDA :data:`CUDA_ROW_CHUNK_ELEMENTS`)
+    probabilities over ``n`` keys."""
+    budget = CUDA_ROW_CHUNK_ELEMENTS if device.type == "cuda" else ROW_CHUNK_ELEMENTS
+    return max(1, budget // max(1, heads * n))
+
+
+def _question_chunks(start: int, stop: int, heads: int, n: int, device: torch.device) -> list[slice]:
+    """Row chunks ``[start, stop)`` of the probabilities over ``n`` keys (:func:`_chunk_rows`)."""
+    step = _chunk_rows(device, heads, n)
     return [slice(first, min(first + step, stop)) for first in range(start, stop, step)]
 
 
-def _row_chunks(edit: Edit, offset: int, heads: int, length: int) -> list[slice]:
-    rows = ROW_CHUNK_ELEMENTS // max(1, heads * length)
-    rows = max(1, rows)
+def _row_chunks(edit: Edit, offset: int, heads: int, length: int, device: torch.device) -> list[slice]:
+    rows = _chunk_rows(device, heads, length)
     first, last = offset + edit.row_start, offset + edit.row_stop
     return [slice(start, min(start + rows, last)) for start in range(first, last, rows)]
 
@@ -278,7 +288,7 @@ def _edit_sequence(
     The sequence's real tokens are ``[offset, offset + n)``. output: ``(q_len, heads, head_dim)``;
     query: ``(heads, q_len, head_dim)``; key, value: ``(kv_heads, kv_len, head_dim)`` in fp32.
     """
-    chunks = _row_chunks(edit, offset, query.shape[0], offset + edit.row_stop)
+    chunks = _row_chunks(edit, offset, query.shape[0], offset + edit.row_stop, query.device)
 
     def probabilities(rows: slice) -> torch.Tensor:
         # A row never sees keys after itself, so the chunk reads only keys up to its last row.
@@ -296,7 +306,9 @@ def _edit_sequence(
         eligible = edit_probabilities(
             probs, slice(targets.start, targets.stop), edit.tau, edit.beta, config.renormalize
         )
-        if not bool(eligible.any()):
+        # Skipping a chunk with no eligible row saves a product on a CPU; on a GPU the check would
+        # wait for the device at every chunk, which costs more than the product.
+        if query.device.type != "cuda" and not bool(eligible.any()):
             continue
         edited = _chunk_output(probs, value, offset, rows).to(output.dtype)
         output[rows] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[rows])
@@ -340,7 +352,7 @@ def _record_readout(
     heads = query.shape[0]
     column_mass = torch.zeros(n, dtype=torch.float64, device=key.device)
     class_mass = torch.zeros(3, dtype=torch.float64, device=key.device)
-    for rows in _question_chunks(start, offset + n, heads, n):
+    for rows in _question_chunks(start, offset + n, heads, n, key.device):
         probs = _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
         column_mass[: rows.stop - offset] += probs.sum(dim=(0, 1)).double()
         if recorder.token_classes:
@@ -388,7 +400,7 @@ def _boost_sequence(
     output: ``(q_len, heads, head_dim)``; query: ``(heads, q_len, head_dim)``; key, value:
     ``(kv_heads, kv_len, head_dim)`` in fp32.
     """
-    for rows in _question_chunks(offset + question_start, offset + n, query.shape[0], n):
+    for rows in _question_chunks(offset + question_start, offset + n, query.shape[0], n, query.device):
         probs = _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
         boost_documents(probs, spans, config.document_boost)
         output[rows] = _chunk_output(probs, value, offset, rows).to(output.dtype)

@@ -100,6 +100,20 @@ def test_long_prompt_with_the_spec_defaults_on_cuda(dtype):
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_row_chunks_do_not_change_the_result_on_cuda(dtype, monkeypatch):
+    """The GPU's chunks hold whole edits at these sizes; chunks of 3 rows give the same output."""
+    n, layer = 1024, 1
+    qkv = random_qkv(1, n, dtype, seed=7)
+    layout = PromptLayout(n, question=(n - 48, n - 40))
+    whole = forward(sra_attention_forward, layer, qkv, CONFIGS["attention-target"])
+    question = forward(sra_attention_forward, layer, qkv, CONFIGS["question-tail"], layout=layout)
+    monkeypatch.setattr("sra_rag.attention.CUDA_ROW_CHUNK_ELEMENTS", 8 * n * 3)
+    torch.testing.assert_close(forward(sra_attention_forward, layer, qkv, CONFIGS["attention-target"]), whole)
+    chunked = forward(sra_attention_forward, layer, qkv, CONFIGS["question-tail"], layout=layout)
+    torch.testing.assert_close(chunked, question)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
 def test_gpu_matches_the_cpu_in_float32(dtype):
     """The GPU fast path in half precision against the CPU's fp32 reference on the same numbers."""
     n, layer = 1024, 2
