@@ -44,12 +44,14 @@ IMPLEMENTATION = "sra"
 REFERENCE_IMPLEMENTATION = "sra_reference"
 
 # Rows of probabilities materialised at once by the fast path, as a number of fp32 elements
-# (heads * rows * keys). 2**22 elements = 16 MiB per buffer. On a GPU each chunk costs a fixed ~0.4 ms
-# of kernel launches, so 16 MiB chunks (4 rows of a 32-head model at 32k tokens) made SRA launch-bound
-# (16x SDPA's prefill at 32k on an H200); 2**26 elements = 256 MiB per buffer, still below the MLP's
-# activations at those lengths (docs/bench/gpu.md).
+# (heads * rows * keys). 2**22 elements = 16 MiB per buffer.
 ROW_CHUNK_ELEMENTS = 2**22
-CUDA_ROW_CHUNK_ELEMENTS = 2**26
+# On a GPU each chunk costs a fixed ~0.4 ms of kernel launches, so the CPU's budget (4 rows of a
+# 32-head model at 32k tokens) made SRA launch-bound: 15x SDPA's prefill at 32k on an H200. There a
+# chunk holds this many (head, row) pairs whatever the length (128 rows of 32 heads), so a chunk
+# grows with the prompt like the model's own activations do: 1.9-2.1x SDPA's time and 1.06x its peak
+# memory from 8k to 32k tokens, where fixed budgets traded one for the other (docs/bench/gpu.md).
+CUDA_CHUNK_HEAD_ROWS = 4096
 
 _DEFAULT_CONFIG = SRAConfig()
 _context_config: ContextVar[SRAConfig | None] = ContextVar("sra_config", default=None)
@@ -253,10 +255,11 @@ def _chunk_output(probs: torch.Tensor, value: torch.Tensor, offset: int, rows: s
 
 
 def _chunk_rows(device: torch.device, heads: int, n: int) -> int:
-    """Rows per chunk of at most :data:`ROW_CHUNK_ELEMENTS` (on CUDA :data:`CUDA_ROW_CHUNK_ELEMENTS`)
-    probabilities over ``n`` keys."""
-    budget = CUDA_ROW_CHUNK_ELEMENTS if device.type == "cuda" else ROW_CHUNK_ELEMENTS
-    return max(1, budget // max(1, heads * n))
+    """Rows per chunk of probabilities over ``n`` keys: at most :data:`ROW_CHUNK_ELEMENTS` elements,
+    on CUDA :data:`CUDA_CHUNK_HEAD_ROWS` (head, row) pairs."""
+    if device.type == "cuda":
+        return max(1, CUDA_CHUNK_HEAD_ROWS // heads)
+    return max(1, ROW_CHUNK_ELEMENTS // max(1, heads * n))
 
 
 def _question_chunks(start: int, stop: int, heads: int, n: int, device: torch.device) -> list[slice]:

@@ -101,13 +101,13 @@ def test_long_prompt_with_the_spec_defaults_on_cuda(dtype):
 
 @pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
 def test_row_chunks_do_not_change_the_result_on_cuda(dtype, monkeypatch):
-    """The GPU's chunks hold whole edits at these sizes; chunks of 3 rows give the same output."""
+    """The GPU's chunks hold 512 rows of these 8 heads; chunks of 3 rows give the same output."""
     n, layer = 1024, 1
     qkv = random_qkv(1, n, dtype, seed=7)
     layout = PromptLayout(n, question=(n - 48, n - 40))
     whole = forward(sra_attention_forward, layer, qkv, CONFIGS["attention-target"])
     question = forward(sra_attention_forward, layer, qkv, CONFIGS["question-tail"], layout=layout)
-    monkeypatch.setattr("sra_rag.attention.CUDA_ROW_CHUNK_ELEMENTS", 8 * n * 3)
+    monkeypatch.setattr("sra_rag.attention.CUDA_CHUNK_HEAD_ROWS", 8 * 3)
     torch.testing.assert_close(forward(sra_attention_forward, layer, qkv, CONFIGS["attention-target"]), whole)
     chunked = forward(sra_attention_forward, layer, qkv, CONFIGS["question-tail"], layout=layout)
     torch.testing.assert_close(chunked, question)
