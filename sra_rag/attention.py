@@ -49,8 +49,8 @@ ROW_CHUNK_ELEMENTS = 2**22
 # On a GPU each chunk costs a fixed ~0.4 ms of kernel launches, so the CPU's budget (4 rows of a
 # 32-head model at 32k tokens) made SRA launch-bound: 15x SDPA's prefill at 32k on an H200. There a
 # chunk holds this many (head, row) pairs whatever the length (128 rows of 32 heads), so a chunk
-# grows with the prompt like the model's own activations do: 1.9-2.1x SDPA's time and 1.06x its peak
-# memory from 8k to 32k tokens, where fixed budgets traded one for the other (docs/bench/gpu.md).
+# grows with the prompt like the model's own activations do: 2.0-2.3x SDPA's time at 1.02-1.03x its
+# peak memory from 8k to 32k tokens, where fixed budgets traded one for the other (docs/bench/gpu.md).
 CUDA_CHUNK_HEAD_ROWS = 4096
 
 _DEFAULT_CONFIG = SRAConfig()
