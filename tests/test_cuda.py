@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from sra_rag import SRAConfig, SRAEngine, register
 from sra_rag.attention import sra_attention_forward, sra_reference_attention_forward
@@ -142,29 +141,14 @@ def test_padded_batch_equals_each_row_alone_on_cuda(dtype):
         assert_half_close(fast[row, real], expected[0])
 
 
-def random_llama(dtype: torch.dtype) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=512,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        initializer_range=0.2,  # peaky attention, like a trained model's, so SRA's edits are eligible
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).to("cuda", dtype).eval()
-
-
-def test_random_llama_fast_path_equals_the_reference_on_cuda():
+def test_random_llama_fast_path_equals_the_reference_on_cuda(make_tiny_model):
     """A whole model through transformers on the GPU (its masks, its SDPA kernels), in float32 so the
     comparison resolves SRA's effect: SRA (fast) and sra_reference give the same next-token
     distribution for a padded batch, the padded row equals its prompt alone, and SRA changes it.
     (In half precision this random model's rounding between layers outweighs SRA's effect on the
     output; the half-precision paths are checked per layer above.)"""
     register()
-    model = random_llama(torch.float32)
+    model = make_tiny_model("llama", 512, logit_scale=1.0).to("cuda")
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(0, 512, (2, 600), generator=generator).cuda()
     attention_mask = torch.ones_like(input_ids)
@@ -177,7 +161,7 @@ def test_random_llama_fast_path_equals_the_reference_on_cuda():
             logits = model(input_ids, attention_mask=attention_mask, logits_to_keep=1, sra_config=config).logits
         probs[implementation] = torch.softmax(logits[:, -1].float(), dim=-1)
     torch.testing.assert_close(probs["sra"], probs["sra_reference"], atol=1e-4, rtol=0)
-    assert (probs["sra"] - probs["sdpa"]).abs().max() > 1e-3  # about 2e-3 here: 20 times the tolerance
+    assert (probs["sra"] - probs["sdpa"]).abs().max() > 5e-3  # about 2e-2 on the CPU: 200 times the tolerance
     model.set_attn_implementation("sra")
     with torch.inference_mode():
         alone = model(input_ids[1:, 80:], logits_to_keep=1, sra_config=config).logits
