@@ -479,11 +479,9 @@ class SRAEngine:
         (its tokens appended exactly as generation appends them): greedy decoding constrained to
         the options (one prefill, then a few tokens). Returns the chosen option's index. How the
         reader has a model that does not cite name its source (:mod:`sra_rag.rag.citing`)."""
-        if isinstance(options, str) or not options or len(set(options)) != len(options):
-            raise ValueError(f"options must be a list of distinct strings, got {options!r}")
         if not isinstance(reply, str):
             raise TypeError(f"reply must be a string, got {type(reply).__name__}")
-        processor = self.json_schemas.choice_processor(options)
+        processor = self.json_schemas.choice_processor(options)  # checks the options
         longest = max(len(self.tokenizer(option, add_special_tokens=False)["input_ids"]) for option in options)
         request = self.request(
             prompt,

@@ -128,10 +128,15 @@ class JsonSchemaCompiler:
             raise ValueError(f"json_schema cannot be used for constrained decoding: {reason}") from None
 
     def choice_processor(self, options: Sequence[str]) -> JsonSchemaLogitsProcessor:
-        """A fresh processor that holds the reply to exactly one of ``options`` (non-empty strings),
-        then a stop token: the model picks among them by its own next-token scores."""
-        if isinstance(options, str) or not options or not all(isinstance(o, str) and o for o in options):
-            raise ValueError(f"options must be a non-empty list of non-empty strings, got {options!r}")
+        """A fresh processor that holds the reply to exactly one of ``options`` (distinct non-empty
+        strings), then a stop token: the model picks among them by its own next-token scores."""
+        if (
+            isinstance(options, str)
+            or not options
+            or not all(isinstance(o, str) and o for o in options)
+            or len(set(options)) != len(options)
+        ):
+            raise ValueError(f"options must be a non-empty list of distinct non-empty strings, got {options!r}")
         ebnf = "root ::= " + " | ".join(json.dumps(option, ensure_ascii=False) for option in options)
         vocabulary = self.vocabulary
         return JsonSchemaLogitsProcessor(
