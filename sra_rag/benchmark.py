@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor
@@ -178,7 +179,7 @@ class Row:
 # Random-initialised models for speed and memory on hardware that has no model files (a GPU machine
 # without network): the shapes of public checkpoints, random weights, and a word-level tokenizer over
 # :data:`WORDS` (the benchmark's prompts are made of those words).
-RANDOM_MODELS = {
+RANDOM_MODELS: dict[str, dict[str, Any]] = {
     # Llama 3.2 1B: 1.24B parameters, grouped heads (32 query, 8 key-value), 128k vocabulary.
     "llama-1b": {
         "hidden_size": 2048,
