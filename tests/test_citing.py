@@ -18,7 +18,6 @@ from sra_rag.rag.citing import (
     cited_numbers,
     finish_answer,
     most_read,
-    without_citations,
 )
 from sra_rag.rag.reader import Reader
 from sra_rag.rag.stuffing import Chunk, stuff_prompt
@@ -38,20 +37,6 @@ OFF = SRAConfig(enabled=False)
 )
 def test_cited_numbers_in_order_of_first_citation(text, count, expected) -> None:
     assert cited_numbers(text, count) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("Document [1] states that Bimi was born in Fomimi.", "states that Bimi was born in Fomimi."),
-        ("Born in Kalomi (Document [3]).", "Born in Kalomi."),
-        ("Documents [1][2] and sources [4, 5] agree.", "and agree."),
-        ("In 1850 [sic] she moved.", "In 1850 [sic] she moved."),  # not a number: not a citation
-        ("(Document [2])", ""),
-    ],
-)
-def test_without_citations_keeps_the_words_only(text, expected) -> None:
-    assert without_citations(text) == expected
 
 
 @pytest.mark.parametrize(

@@ -72,15 +72,6 @@ def cited_numbers(text: str, count: int | None = None) -> list[int]:
     return list(dict.fromkeys(valid))
 
 
-_MARKER = re.compile(r"\s*\(?(?:\b(?:Documents?|Sources?)\s*)?\[\d+(?:\s*[,;]\s*\d+)*\]\)?", re.IGNORECASE)
-
-
-def without_citations(text: str) -> str:
-    """``text`` with its citation markers taken out (``"Document [2]"``, ``"[1, 3]"``,
-    ``" (Document [2])"``): the words of an answer, without the numbers it cites."""
-    return _MARKER.sub("", text).strip()
-
-
 def needs_citation(stuffed: StuffedPrompt, text: str) -> bool:
     """Whether the answer ``text`` is not empty and cites no source of the prompt ``stuffed``."""
     return bool(text.strip()) and bool(stuffed.sources) and not cited_numbers(text, len(stuffed.sources))

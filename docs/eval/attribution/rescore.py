@@ -9,6 +9,7 @@ source whose town the answer names: the stored answer readout's top source and t
 citation_to_check's flags under each."""
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,8 +23,16 @@ from sra_rag.engine import SRAEngine  # noqa: E402
 from sra_rag.evaluation import suites  # noqa: E402
 from sra_rag.evaluation.attribution import DEPTHS  # noqa: E402
 from sra_rag.evaluation.runner import RankedRetriever  # noqa: E402
-from sra_rag.rag.citing import citation_to_check, cited_numbers, most_read, without_citations  # noqa: E402
+from sra_rag.rag.citing import citation_to_check, cited_numbers, most_read  # noqa: E402
 from sra_rag.rag.reader import Reader  # noqa: E402
+
+# "Document [2]", "[1, 3]", " (Document [2])": the markers an answer cites sources with.
+MARKER = re.compile(r"\s*\(?(?:\b(?:Documents?|Sources?)\s*)?\[\d+(?:\s*[,;]\s*\d+)*\]\)?", re.IGNORECASE)
+
+
+def without_citations(text: str) -> str:
+    return MARKER.sub("", text).strip()
+
 
 model, seed, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 documents = [int(d) for d in sys.argv[4:]] or [5, 10, 20]
