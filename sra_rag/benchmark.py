@@ -206,7 +206,9 @@ RANDOM_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
-def random_engine(name: str, device: str | None, dtype: str | None, seed: int = 0) -> SRAEngine:
+def random_engine(
+    name: str, device: str | None, dtype: str | None, seed: int = 0, max_batch_size: int = 16
+) -> SRAEngine:
     """An engine around a random-initialised :data:`RANDOM_MODELS` model (no files needed)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -226,7 +228,7 @@ def random_engine(name: str, device: str | None, dtype: str | None, seed: int = 
     torch.manual_seed(seed)
     with target:
         model = LlamaForCausalLM(LlamaConfig(**RANDOM_MODELS[name], eos_token_id=1)).to(torch_dtype)
-    return SRAEngine(model, tokenizer, name=f"random {name}")
+    return SRAEngine(model, tokenizer, name=f"random {name}", max_batch_size=max_batch_size)
 
 
 def _load(args: argparse.Namespace) -> SRAEngine:
@@ -453,9 +455,12 @@ def _percentile(values: list[float], share: float) -> float:
 def throughput(args: argparse.Namespace) -> str:
     """Every (workload, SRA setting, concurrency) with the same ``--requests`` requests; concurrency 1
     (one after another) is the baseline of each ratio and is always run first."""
-    engine = SRAEngine.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_batch_size=max(args.concurrency)
-    )
+    if args.random_model:
+        engine = random_engine(args.random_model, args.device, args.dtype, max_batch_size=max(args.concurrency))
+    else:
+        engine = SRAEngine.from_pretrained(
+            args.model, device=args.device, dtype=args.dtype, max_batch_size=max(args.concurrency)
+        )
     levels = sorted(set(args.concurrency) | {1})
     settings = {"off": SRAConfig.preset("off"), args.sra_preset: SRAConfig.preset(args.sra_preset)}
     engine.generate("Warm up.", max_new_tokens=4)
