@@ -56,3 +56,5 @@ test-cuda: install
 bench-gpu: install
 	$(PYTHON) -m sra_rag.benchmark --random-model llama-1b --lengths 8192 16384 32768 --no-reference \
 		--decode-prompt 8192 --decode-tokens 64
+	$(PYTHON) -m sra_rag.benchmark --throughput --random-model llama-1b --requests 16 --concurrency 1 8 16 \
+		--new-tokens 32 --rag-tokens 4096

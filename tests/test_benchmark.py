@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from sra_rag import SRAConfig
-from sra_rag.benchmark import _percentile, format_throughput, run_load, workload_requests
+from sra_rag.benchmark import (
+    _percentile,
+    format_throughput,
+    prompt_ids,
+    random_engine,
+    run_load,
+    workload_requests,
+)
 
 
 def test_concurrent_loads_are_measured_against_the_sequential_run(tiny_engine) -> None:
@@ -45,3 +54,13 @@ def test_the_layout_rows_prefill_with_a_readout(tiny_engine) -> None:
             assert _prefill(tiny_engine, implementation, input_ids, SRAConfig()) > 0
     finally:
         tiny_engine.model.set_attn_implementation("sra")
+
+
+def test_random_models_need_no_files() -> None:
+    engine = random_engine("llama-tiny", "cpu", None, max_batch_size=4)
+    assert engine.model.config.num_hidden_layers == 4 and engine.scheduler.max_batch_size == 4
+    input_ids = prompt_ids(engine, 300)
+    assert input_ids.shape == (1, 300) and int(input_ids.max()) < engine.model.config.vocab_size
+    assert engine.complete("Quarry signal.", max_new_tokens=3).completion_tokens <= 3
+    with pytest.raises(ValueError, match="llama-1b"):
+        random_engine("gpt-2", "cpu", None)
