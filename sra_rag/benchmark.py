@@ -35,10 +35,11 @@ import torch
 from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor
 
 from sra_rag.config import SRAConfig
-from sra_rag.engine import SRAEngine
+from sra_rag.engine import SRAEngine, _torch_dtype
 from sra_rag.layout import PromptLayout, TextLayout
 from sra_rag.readout import ReadoutComplete, ReadoutRecorder
 from sra_rag.request import Request, sampling_settings
+from sra_rag.scheduler import DEFAULT_MAX_BATCH_SIZE
 
 IMPLEMENTATIONS = ("sdpa", "sra", "sra_reference", "sra+readout", "sra+documents", "sra+read")
 # Rows of the prefill table that run the fast path with a prompt layout (10 equal documents, then a
@@ -207,7 +208,7 @@ RANDOM_MODELS: dict[str, dict[str, Any]] = {
 
 
 def random_engine(
-    name: str, device: str | None, dtype: str | None, seed: int = 0, max_batch_size: int = 16
+    name: str, device: str | None, dtype: str | None, seed: int = 0, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
 ) -> SRAEngine:
     """An engine around a random-initialised :data:`RANDOM_MODELS` model (no files needed)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -224,17 +225,17 @@ def random_engine(
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="</s>", unk_token="<unk>")
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if target.type == "cuda" else torch.float32)
     torch.manual_seed(seed)
     with target:
-        model = LlamaForCausalLM(LlamaConfig(**RANDOM_MODELS[name], eos_token_id=1)).to(torch_dtype)
+        model = LlamaForCausalLM(LlamaConfig(**RANDOM_MODELS[name], eos_token_id=1)).to(_torch_dtype(dtype, target))
     return SRAEngine(model, tokenizer, name=f"random {name}", max_batch_size=max_batch_size)
 
 
-def _load(args: argparse.Namespace) -> SRAEngine:
-    if getattr(args, "random_model", None):
-        return random_engine(args.random_model, args.device, args.dtype)
-    return SRAEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+def _load(args: argparse.Namespace, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> SRAEngine:
+    """The engine ``--random-model`` or ``--model`` names."""
+    if args.random_model:
+        return random_engine(args.random_model, args.device, args.dtype, max_batch_size=max_batch_size)
+    return SRAEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_batch_size=max_batch_size)
 
 
 def memory_worker(args: argparse.Namespace) -> None:
@@ -253,7 +254,7 @@ def measure_memory(args: argparse.Namespace, engine: SRAEngine, implementation: 
         return _peak_memory(engine, implementation, prompt_ids(engine, length), SRAConfig()) / 2**20
     command = [sys.executable, "-m", "sra_rag.benchmark", "--memory-worker", implementation, "--lengths", str(length)]
     for flag in ("model", "device", "dtype", "random_model"):
-        if getattr(args, flag, None):
+        if getattr(args, flag):
             command += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
@@ -455,12 +456,7 @@ def _percentile(values: list[float], share: float) -> float:
 def throughput(args: argparse.Namespace) -> str:
     """Every (workload, SRA setting, concurrency) with the same ``--requests`` requests; concurrency 1
     (one after another) is the baseline of each ratio and is always run first."""
-    if args.random_model:
-        engine = random_engine(args.random_model, args.device, args.dtype, max_batch_size=max(args.concurrency))
-    else:
-        engine = SRAEngine.from_pretrained(
-            args.model, device=args.device, dtype=args.dtype, max_batch_size=max(args.concurrency)
-        )
+    engine = _load(args, max_batch_size=max(args.concurrency))
     levels = sorted(set(args.concurrency) | {1})
     settings = {"off": SRAConfig.preset("off"), args.sra_preset: SRAConfig.preset(args.sra_preset)}
     engine.generate("Warm up.", max_new_tokens=4)

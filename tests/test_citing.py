@@ -100,20 +100,26 @@ def test_cite_answer_appends_a_source_of_the_prompt_only_when_none_is_cited(tiny
         cite_answer(tiny_engine, stuffed, answer, OFF, "readout")  # type: ignore[arg-type]
 
 
+class CountingReads:
+    """An engine that records each read-only pass of an answer (``attribute``) in ``calls``."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def attribute(self, *args, **kwargs):
+        self.calls.append(args)
+        return self.engine.attribute(*args, **kwargs)
+
+
 def test_finish_answer_shares_one_read_between_citation_and_attribution(tiny_engine) -> None:
     chunks = [Chunk(f"Record {n}: the lead is person {n}.", f"r{n}.txt", 0) for n in range(1, 4)]
     stuffed = stuff_prompt(tiny_engine, "Who is the lead?", chunks, max_new_tokens=8)
-    calls = []
-
-    class Counting:
-        def __getattr__(self, name):
-            return getattr(tiny_engine, name)
-
-        def attribute(self, *args, **kwargs):
-            calls.append(args)
-            return tiny_engine.attribute(*args, **kwargs)
-
-    engine = Counting()
+    engine = CountingReads(tiny_engine)
+    calls = engine.calls
     citation, read = finish_answer(engine, stuffed, "Person 2.", "stop", OFF, attribute=True)
     assert len(calls) == 1 and citation == f"{CITE_PREFIX}{most_read(read)}])"
     assert finish_answer(engine, stuffed, "Person 2.", "length", OFF) == ("", None)  # cut: left as it is
@@ -147,18 +153,9 @@ def test_reader_streams_the_models_pick_last_when_it_cites_none(embedded_engine)
         assert stream.text == plain.text + stream.appended_citation == "".join(pieces)
         assert stream.citations and 1 <= stream.citations[0] <= 2
         assert stream.appended_citation == f" (Document [{most_read(cited.attribute(stream))}])"
-    reads = []
-
-    class Counting:
-        def __getattr__(self, name):
-            return getattr(embedded_engine, name)
-
-        def attribute(self, *args, **kwargs):
-            reads.append(args)
-            return embedded_engine.attribute(*args, **kwargs)
-
-    answer = Reader(Counting(), Retriever(), sra=OFF, max_new_tokens=48, attribute=True).ask(question)
-    assert len(reads) == 1  # the citation by attention and answer_attention share one read-only pass
+    counting = CountingReads(embedded_engine)
+    answer = Reader(counting, Retriever(), sra=OFF, max_new_tokens=48, attribute=True).ask(question)
+    assert len(counting.calls) == 1  # the citation by attention and answer_attention share one read-only pass
     assert answer.text == stream.text and answer.citations == stream.citations
     assert answer.appended_citation == stream.appended_citation and answer.answer_attention is not None
     assert answer.citation_to_check == citation_to_check(answer.text, answer.answer_attention)

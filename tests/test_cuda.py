@@ -4,14 +4,14 @@ padded batches, and a random model and the engine end to end. Skipped where no G
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from sra_rag import SRAConfig, SRAEngine, register
 from sra_rag.attention import sra_attention_forward, sra_reference_attention_forward
 from sra_rag.layout import PromptLayout
+from tests.test_attention import module, padded_mask, random_qkv
+from tests.test_generation import submit_together
 
 pytestmark = [
     pytest.mark.cuda,
@@ -19,7 +19,6 @@ pytestmark = [
 ]
 
 HALF = [torch.bfloat16, torch.float16]
-NUM_LAYERS = 6
 # The spec's geometry scaled to a 1k-token prompt, and variants that take the other code paths.
 CONFIGS = {
     "spec": SRAConfig(begin_length=32, tail_length=64),
@@ -28,38 +27,18 @@ CONFIGS = {
 }
 
 
-def module(layer_idx: int, groups: int = 4) -> SimpleNamespace:
-    return SimpleNamespace(
-        layer_idx=layer_idx,
-        config=SimpleNamespace(num_hidden_layers=NUM_LAYERS),
-        num_key_value_groups=groups,
-        is_causal=True,
-    )
-
-
-def random_qkv(batch: int, n: int, dtype: torch.dtype, seed: int = 0, heads: int = 8, kv_heads: int = 2):
-    """``(batch, heads, n, 64)`` queries and ``(batch, kv_heads, n, 64)`` keys and values on the GPU,
-    drawn on the CPU so every device sees the same numbers. Sharp queries make peaky rows, so edits
-    are eligible."""
-    generator = torch.Generator().manual_seed(seed)
-    query = torch.randn(batch, heads, n, 64, generator=generator) * 3.0
-    key = torch.randn(batch, kv_heads, n, 64, generator=generator)
-    value = torch.randn(batch, kv_heads, n, 64, generator=generator)
-    return tuple(t.to("cuda", dtype) for t in (query, key, value))
-
-
-def padded_mask(n: int, pads: list[tuple[int, int]]) -> torch.Tensor:
-    """A boolean causal mask ``(batch, 1, n, n)`` on the GPU with ``(left, right)`` padding per row."""
-    real = torch.ones(len(pads), n, dtype=torch.bool)
-    for row, (left, right) in enumerate(pads):
-        real[row, :left] = False
-        real[row, n - right :] = False
-    return (torch.ones(n, n, dtype=torch.bool).tril()[None] & real[:, None, :])[:, None].cuda()
+def cuda_qkv(batch: int, n: int, dtype: torch.dtype, seed: int = 0):
+    """:func:`tests.test_attention.random_qkv` (drawn on the CPU, so every device sees the same
+    numbers) with 8 heads over 2 key-value heads of size 64, moved to the GPU."""
+    qkv = random_qkv(batch=batch, heads=8, kv_heads=2, n=n, head_dim=64, seed=seed, dtype=dtype)
+    return tuple(t.cuda() for t in qkv)
 
 
 def forward(fn, layer: int, qkv, config, mask=None, layout=None) -> torch.Tensor:
     query, key, value = qkv
-    output, _ = fn(module(layer), query, key, value, mask, scaling=0.125, sra_config=config, sra_layout=layout)
+    output, _ = fn(
+        module(layer, groups=4), query, key, value, mask, scaling=0.125, sra_config=config, sra_layout=layout
+    )
     return output
 
 
@@ -74,7 +53,7 @@ def assert_half_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 @pytest.mark.parametrize("layer", [1, 3])
 def test_fast_path_equals_the_reference_on_cuda(dtype, name, layer):
     n = 1024
-    qkv = random_qkv(1, n, dtype, seed=layer)
+    qkv = cuda_qkv(1, n, dtype, seed=layer)
     config = CONFIGS[name]
     layout = PromptLayout(n, question=(n - 48, n - 40)) if config.tail == "question" else None
     fast = forward(sra_attention_forward, layer, qkv, config, layout=layout)
@@ -90,7 +69,7 @@ def test_fast_path_equals_the_reference_on_cuda(dtype, name, layer):
 def test_long_prompt_with_the_spec_defaults_on_cuda(dtype):
     """8k tokens under the spec's own geometry (b = 100, t = 200): many row chunks per edit."""
     n, layer = 8192, 2
-    qkv = random_qkv(1, n, dtype, seed=5)
+    qkv = cuda_qkv(1, n, dtype, seed=5)
     fast = forward(sra_attention_forward, layer, qkv, SRAConfig())
     reference = forward(sra_reference_attention_forward, layer, qkv, SRAConfig())
     assert_half_close(fast, reference)
@@ -102,7 +81,7 @@ def test_long_prompt_with_the_spec_defaults_on_cuda(dtype):
 def test_row_chunks_do_not_change_the_result_on_cuda(dtype, monkeypatch):
     """The GPU's chunks hold 512 rows of these 8 heads; chunks of 3 rows give the same output."""
     n, layer = 1024, 1
-    qkv = random_qkv(1, n, dtype, seed=7)
+    qkv = cuda_qkv(1, n, dtype, seed=7)
     layout = PromptLayout(n, question=(n - 48, n - 40))
     whole = forward(sra_attention_forward, layer, qkv, CONFIGS["attention-target"])
     question = forward(sra_attention_forward, layer, qkv, CONFIGS["question-tail"], layout=layout)
@@ -116,7 +95,7 @@ def test_row_chunks_do_not_change_the_result_on_cuda(dtype, monkeypatch):
 def test_gpu_matches_the_cpu_in_float32(dtype):
     """The GPU fast path in half precision against the CPU's fp32 reference on the same numbers."""
     n, layer = 1024, 2
-    qkv = random_qkv(1, n, dtype)
+    qkv = cuda_qkv(1, n, dtype)
     gpu = forward(sra_attention_forward, layer, qkv, CONFIGS["spec"])
     cpu_qkv = tuple(t.float().cpu() for t in qkv)
     cpu = forward(sra_reference_attention_forward, layer, cpu_qkv, CONFIGS["spec"])
@@ -129,8 +108,8 @@ def test_padded_batch_equals_each_row_alone_on_cuda(dtype):
     pads = [(0, 0), (100, 0), (0, 60), (20, 30)]
     configs = [CONFIGS["spec"], SRAConfig(enabled=False), CONFIGS["question-tail"], CONFIGS["attention-target"]]
     layouts = [None, None, PromptLayout(708, question=(640, 660)), None]
-    qkv = random_qkv(len(pads), n, dtype, seed=3)
-    mask = padded_mask(n, pads)
+    qkv = cuda_qkv(len(pads), n, dtype, seed=3)
+    mask = padded_mask(n, pads).cuda()
     fast = forward(sra_attention_forward, layer, qkv, configs, mask, layouts)
     reference = forward(sra_reference_attention_forward, layer, qkv, configs, mask, layouts)
     for row, (left, right) in enumerate(pads):
@@ -169,8 +148,7 @@ def test_random_llama_fast_path_equals_the_reference_on_cuda(make_tiny_model):
 
 
 def test_engine_batches_on_cuda(tiny_tokenizer, make_tiny_model):
-    """The engine on the GPU (bfloat16): greedy replies alone and in one padded batch agree, and the
-    context window check reports token counts."""
+    """The engine on the GPU (bfloat16): greedy replies alone and in one padded batch agree."""
     model = make_tiny_model("llama", len(tiny_tokenizer)).to("cuda", torch.bfloat16)
     engine = SRAEngine(model, tiny_tokenizer, name="tiny-llama-cuda")
     assert engine.device.type == "cuda"
@@ -178,7 +156,7 @@ def test_engine_batches_on_cuda(tiny_tokenizer, make_tiny_model):
     prompts = [" ".join(sentence.split()[: 3 + 2 * i]) * (1 + i) for i in range(4)]
     config = SRAConfig(begin_length=4, tail_length=8)
     alone = [engine.complete(text, max_new_tokens=8, sra=config) for text in prompts]
-    streams = [engine.stream(text, max_new_tokens=8, sra=config) for text in prompts]
+    streams = submit_together(engine, [(text, {"max_new_tokens": 8, "sra": config}) for text in prompts])
     together = ["".join(stream) for stream in streams]
     assert all(completion.completion_tokens == 8 for completion in alone)
     # bfloat16 padding can flip a near tie; most replies must agree exactly.
