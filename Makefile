@@ -28,17 +28,17 @@ test-fast: install
 	$(PYTHON) -m pytest -m "not slow"
 
 bench: install
-	$(PYTHON) -m sra_rag.benchmark
-	$(PYTHON) -m sra_rag.benchmark --throughput
-	$(PYTHON) -m sra_rag.server.benchmark
+	$(PYTHON) -m sra_rag.bench.engine
+	$(PYTHON) -m sra_rag.bench.engine --throughput
+	$(PYTHON) -m sra_rag.bench.server
 
 # Concurrent requests only; a reduced run takes a few minutes, e.g.
 # make bench-throughput ARGS="--requests 8 --concurrency 1 8 --new-tokens 32"
 bench-throughput: install
-	$(PYTHON) -m sra_rag.benchmark --throughput $(ARGS)
+	$(PYTHON) -m sra_rag.bench.engine --throughput $(ARGS)
 
 bench-ingest: install
-	$(PYTHON) -m sra_rag.rag.benchmark --out docs/bench/ingest.md
+	$(PYTHON) -m sra_rag.bench.ingest --out docs/bench/ingest.md
 
 lint: install
 	$(PYTHON) -m ruff check sra_rag tests integrations examples
@@ -54,7 +54,7 @@ test-cuda: install
 	$(PYTHON) -m pytest -m cuda tests/test_cuda.py
 
 bench-gpu: install
-	$(PYTHON) -m sra_rag.benchmark --random-model llama-1b --lengths 8192 16384 32768 --no-reference \
+	$(PYTHON) -m sra_rag.bench.engine --random-model llama-1b --lengths 8192 16384 32768 --no-reference \
 		--decode-prompt 8192 --decode-tokens 64
-	$(PYTHON) -m sra_rag.benchmark --throughput --random-model llama-1b --requests 16 --concurrency 1 8 16 \
+	$(PYTHON) -m sra_rag.bench.engine --throughput --random-model llama-1b --requests 16 --concurrency 1 8 16 \
 		--new-tokens 32 --rag-tokens 4096

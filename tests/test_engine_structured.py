@@ -11,8 +11,8 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from sra_rag.structured import json_schema_dict
-from sra_rag.tools import as_tools, parse_tool_call, tool_call_schema
+from sra_rag.generation.structured import json_schema_dict
+from sra_rag.generation.tools import as_tools, parse_tool_call, tool_call_schema
 
 
 class Reading(BaseModel):

@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sra_rag.calibration import ReadoutProfile, rank_of_gold
 from sra_rag.config import SRAConfig
 from sra_rag.evaluation.readout import ReadoutPrompt, prompts
 from sra_rag.evaluation.report import wilson_interval
 from sra_rag.rag.ordering import Placement, check_placement, order_by_attention, ordered
 from sra_rag.rag.reader import DEFAULT_STOP
+from sra_rag.readout.calibration import ReadoutProfile, rank_of_gold
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
-    from sra_rag.readout import DocumentAttention
+    from sra_rag.readout.recorder import DocumentAttention
 
 BASELINE = "off"
 DEFAULT_SETTINGS = ("off", "documents")

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sra_rag.calibration import ReadoutProfile, fit_profile, rank_of_gold
 from sra_rag.config import SRAConfig
 from sra_rag.evaluation.suites import _DEEDS, _PROFESSIONS, _name
 from sra_rag.rag.stuffing import Chunk, StuffedPrompt, stuff_prompt
-from sra_rag.readout import Readout
+from sra_rag.readout.calibration import ReadoutProfile, fit_profile, rank_of_gold
+from sra_rag.readout.recorder import Readout
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
@@ -132,7 +132,7 @@ def calibrate(
 ) -> ReadoutProfile:
     """Measure ``engine``'s readout profile: per length, ``count`` prompts, alternately asking about
     an absent person (the position bias, no labels) and about a planted gold person (the layer band),
-    scoring documents with ``length_exponent`` (see :class:`~sra_rag.calibration.ReadoutProfile`)."""
+    scoring documents with ``length_exponent`` (see :class:`~sra_rag.readout.calibration.ReadoutProfile`)."""
     absent: list[Readout] = []
     gold: list[tuple[Readout, int]] = []
     for index, prompt in enumerate(prompts(engine, seed, lengths, count, ("absent", "name"))):

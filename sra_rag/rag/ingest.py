@@ -137,8 +137,8 @@ def chunk_id(path: str, index: int, text: str) -> str:
 
 def embedding_token_counter(model_path: str | os.PathLike[str] | None = None) -> Callable[[str], int]:
     """Count tokens as the embedding model reads them, never truncated (see
-    :func:`sra_rag.embeddings.token_counter`)."""
-    from sra_rag.embeddings import token_counter
+    :func:`sra_rag.rag.embeddings.token_counter`)."""
+    from sra_rag.rag.embeddings import token_counter
 
     return token_counter(model_path)
 
@@ -223,7 +223,7 @@ def ingest(
     if not isinstance(chunk_tokens, int) or isinstance(chunk_tokens, bool) or chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
     if count_tokens is None:
-        from sra_rag.embeddings import EMBEDDING_NAME, max_tokens
+        from sra_rag.rag.embeddings import EMBEDDING_NAME, max_tokens
 
         if chunk_tokens > max_tokens():
             raise ValueError(

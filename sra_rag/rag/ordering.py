@@ -2,7 +2,7 @@
 the model reads best, and answer from the re-ordered prompt.
 
 Small readers lose a document in the middle of a long prompt even when their attention found it: the
-calibrated readout (:class:`~sra_rag.readout.DocumentAttention`) ranks the gold document first far more
+calibrated readout (:class:`~sra_rag.readout.recorder.DocumentAttention`) ranks the gold document first far more
 often than the reply uses it (``docs/eval/documents``). Re-ordering turns that ranking into position:
 a read of the prompt up to the end of the readout's layer band (:meth:`~sra_rag.engine.SRAEngine.read`),
 then the prompt is stuffed again with the same chunks, every one of them kept, in the order
@@ -25,7 +25,7 @@ from sra_rag.rag.stuffing import StuffedPrompt, reorder
 if TYPE_CHECKING:
     from sra_rag.config import SRAConfig
     from sra_rag.engine import SRAEngine
-    from sra_rag.readout import DocumentAttention
+    from sra_rag.readout.recorder import DocumentAttention
 
 Placement = Literal["first", "last", "ends"]
 PLACEMENTS: tuple[str, ...] = get_args(Placement)

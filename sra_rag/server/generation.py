@@ -22,10 +22,10 @@ from pydantic import ValidationError
 
 from sra_rag.config import SRAConfig
 from sra_rag.engine import ContextWindowExceededError, Prompt, TextStream
+from sra_rag.generation.request import Request
 from sra_rag.rag.citing import CiteMode, cited_numbers, finish_answer
 from sra_rag.rag.ordering import order_by_attention
 from sra_rag.rag.stuffing import Chunk, ContextOverflowError, StuffedPrompt, stuff_prompt
-from sra_rag.request import Request
 from sra_rag.server.admission import Admission
 from sra_rag.server.errors import APIError
 from sra_rag.server.metrics import Metrics
@@ -41,7 +41,7 @@ from sra_rag.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
-    from sra_rag.readout import DocumentAttention
+    from sra_rag.readout.recorder import DocumentAttention
 
 # OpenAI's defaults where a request leaves a sampling setting out.
 DEFAULT_TEMPERATURE = 1.0

@@ -5,7 +5,7 @@ import json, subprocess, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(2)
-from sra_rag.calibration import ReadoutProfile
+from sra_rag.readout.calibration import ReadoutProfile
 from sra_rag.config import SRAConfig
 from sra_rag.engine import SRAEngine
 from sra_rag.evaluation import documents

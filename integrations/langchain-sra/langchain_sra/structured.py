@@ -1,5 +1,5 @@
 """Structured output and tool calling for ``ChatSRA``, in LangChain's conventions, on the core's
-constrained decoding (:mod:`sra_rag.structured`, :mod:`sra_rag.tools`).
+constrained decoding (:mod:`sra_rag.generation.structured`, :mod:`sra_rag.generation.tools`).
 
 - ``bind_tools``: the tools travel as OpenAI tool dicts in the call's keyword arguments; the engine
   offers them to the model and holds a call to a bound tool's schema. One call per reply.
@@ -24,7 +24,7 @@ from langchain_core.runnables import Runnable, RunnableGenerator, RunnableLambda
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
-from sra_rag.tools import Tool, as_tools, parse_tool_call, tool_choice_of
+from sra_rag.generation.tools import Tool, as_tools, parse_tool_call, tool_choice_of
 
 Method = Literal["json_schema", "function_calling", "json_mode"]
 METHODS: tuple[str, ...] = ("json_schema", "function_calling", "json_mode")

@@ -12,7 +12,7 @@ import pytest
 from langchain_sra import SRALLM, ChatSRA, MiniLMEmbeddings
 
 from sra_rag import Completion, SRAEngine, TextStream
-from sra_rag.streaming import Channel, Update
+from sra_rag.generation.streaming import Channel, Update
 
 
 class FakeEngine(SRAEngine):

@@ -14,7 +14,7 @@ from langchain_sra.chat_models import engine_messages
 from langchain_sra.structured import engine_structured_kwargs, message_fields
 from pydantic import BaseModel, Field
 
-from sra_rag.tools import as_tools
+from sra_rag.generation.tools import as_tools
 
 
 class Harbour(BaseModel):

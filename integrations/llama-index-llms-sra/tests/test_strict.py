@@ -12,7 +12,7 @@ import pytest
 from llama_index.llms.sra import SRALLM, MiniLMEmbedding
 
 from sra_rag import Completion, SRAEngine, TextStream
-from sra_rag.streaming import Channel, Update
+from sra_rag.generation.streaming import Channel, Update
 
 
 class FakeEngine(SRAEngine):

@@ -17,7 +17,7 @@ from llama_index.llms.sra.base import _engine_messages
 from llama_index.llms.sra.structured import pop_structured, reply_message, tool_selections
 from pydantic import BaseModel, Field
 
-from sra_rag.tools import as_tools
+from sra_rag.generation.tools import as_tools
 
 
 class Harbour(BaseModel):

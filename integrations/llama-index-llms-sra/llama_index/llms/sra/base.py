@@ -36,7 +36,7 @@ from llama_index.llms.sra.structured import message_text, pop_structured, reply_
 from llama_index.llms.sra.structured_predict import StructuredPredict
 
 from sra_rag import Completion, SRAOptions, TextStream
-from sra_rag.tools import Tool, render_tool_result
+from sra_rag.generation.tools import Tool, render_tool_result
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool

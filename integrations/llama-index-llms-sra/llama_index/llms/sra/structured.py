@@ -1,5 +1,5 @@
 """Structured output and function calling for ``SRALLM``, in LlamaIndex's types, on the core's
-constrained decoding (:mod:`sra_rag.structured`, :mod:`sra_rag.tools`).
+constrained decoding (:mod:`sra_rag.generation.structured`, :mod:`sra_rag.generation.tools`).
 
 A call's ``json_schema`` (a pydantic class, a JSON schema dict or True) constrains the reply to JSON
 that fits it; its ``tools`` (OpenAI tool dicts, as ``FunctionCallingLLM._prepare_chat_with_tools``
@@ -16,7 +16,7 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole, TextBlock, ToolCallBlock
 from llama_index.core.llms.llm import ToolSelection
 
-from sra_rag.tools import Tool, as_tools, parse_tool_call, render_tool_call, tool_choice_of
+from sra_rag.generation.tools import Tool, as_tools, parse_tool_call, render_tool_call, tool_choice_of
 
 STRUCTURED_KEYS: tuple[str, ...] = ("json_schema", "tools", "tool_choice")
 """Keyword arguments of a call that ask for constrained decoding."""

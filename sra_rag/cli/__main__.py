@@ -1,0 +1,3 @@
+from sra_rag.cli import main
+
+main()

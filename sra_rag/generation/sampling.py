@@ -1,0 +1,79 @@
+"""Choosing the next token of one request from transformers' ``LogitsProcessor``s.
+
+The order is transformers' own (``GenerationMixin._get_logits_processor``): the repetition penalty,
+then the request's extra processors (e.g. a grammar), then, when sampling, the warpers temperature,
+top-k, top-p and min-p. Every processor is called with the request's full ids (prompt and generated
+tokens), as their contract says. Each request draws from its own ``torch.Generator``, so a seeded
+request samples the same tokens alone and inside a batch.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from sra_rag.generation.request import LogitsProcessorLike, SamplingSettings
+
+
+def build_processors(
+    settings: SamplingSettings, extra: tuple[LogitsProcessorLike, ...] = (), prompt_tokens: int = 0
+) -> LogitsProcessorList:
+    """The processors of one request, in transformers' order (warpers only when sampling);
+    ``prompt_tokens``: the prompt's length, left out of the repetition penalty when
+    ``settings.penalize_prompt`` is False."""
+    processors = LogitsProcessorList()
+    if settings.repetition_penalty != 1.0:
+        ignored = None if settings.penalize_prompt else prompt_tokens
+        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty, prompt_ignore_length=ignored))
+    processors.extend(extra)
+    if not settings.greedy:
+        if settings.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k > 0:
+            processors.append(TopKLogitsWarper(settings.top_k))
+        if settings.top_p < 1.0:
+            processors.append(TopPLogitsWarper(settings.top_p))
+        if settings.min_p > 0.0:
+            processors.append(MinPLogitsWarper(settings.min_p))
+    return processors
+
+
+class Sampler:
+    """Picks one request's tokens: its processors and its random generator."""
+
+    def __init__(
+        self,
+        settings: SamplingSettings,
+        extra: tuple[LogitsProcessorLike, ...],
+        device: torch.device,
+        prompt_tokens: int = 0,
+    ) -> None:
+        self.greedy = settings.greedy
+        self.processors = build_processors(settings, extra, prompt_tokens)
+        self.generator: torch.Generator | None = None
+        if not self.greedy:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(settings.seed if settings.seed is not None else random.getrandbits(63))
+
+    @property
+    def needs_ids(self) -> bool:
+        """Whether choosing reads anything but the logits (else the argmax of the batch will do)."""
+        return bool(self.processors) or not self.greedy
+
+    def choose(self, input_ids: torch.Tensor, logits: torch.Tensor) -> int:
+        """The next token. input_ids: ``(1, length)`` the full sequence so far; logits: ``(1, vocab)``
+        in fp32, the model's raw scores for the next token."""
+        scores = self.processors(input_ids, logits) if self.processors else logits
+        if self.greedy:
+            return int(scores.argmax(-1))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
