@@ -6,7 +6,7 @@ faithful reference configuration (``SRAConfig.preset("paper")``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -115,14 +115,23 @@ class SRAConfig(BaseModel):
         return self.tail_length
 
     @classmethod
-    def preset(cls, name: str) -> SRAConfig:
+    def preset(cls, name: str, **overrides: Any) -> SRAConfig:
         """A named configuration: ``"paper"`` (the spec defaults), ``"demo"`` (the paper authors'
         demo settings), ``"off"`` (stock attention), ``"recommended"`` (see the README section
-        "Does SRA help?") or ``"documents"`` (document reattention, a variant; docs/readout.md)."""
-        try:
-            return cls(**PRESETS[name])
-        except KeyError:
-            raise ValueError(f"unknown SRA preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        "Does SRA help?") or ``"documents"`` (document reattention, a variant; docs/readout.md),
+        with ``overrides`` (single settings) applied over it and validated. The one place where a
+        preset's name and overrides become a config (the CLI, the server, the evaluation and the
+        adapters all come here)."""
+        if not isinstance(name, str) or name not in PRESETS:
+            raise ValueError(f"unknown SRA preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**PRESETS[name]).override(**overrides)
+
+    def override(self, **fields: Any) -> SRAConfig:
+        """A copy with ``fields`` changed, validated like a new config (an unknown name or a bad
+        value is a pydantic ``ValidationError`` naming it); itself when ``fields`` is empty."""
+        if not fields:
+            return self
+        return type(self).model_validate({**self.model_dump(), **fields})
 
     @classmethod
     def preset_names(cls) -> list[str]:

@@ -6,15 +6,15 @@ of per-call settings are written once, here, and cannot drift between ecosystems
 
     class ChatSRA(SRAOptions, BaseChatModel): ...
 
-The SRA fields mirror :class:`~sra_rag.SRAConfig` (same names, defaults and descriptions) and are
-checked by building the config at construction.
+The SRA fields are derived from :class:`~sra_rag.SRAConfig` (same names, types, defaults and
+descriptions: :data:`SRAFields`) and are checked by building the config at construction.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, create_model, model_validator
 
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.engine import SRAEngine
@@ -70,13 +70,19 @@ FOREIGN_ARGUMENTS: dict[str, str] = {
 """Constructor arguments of Hugging Face's LlamaIndex and LangChain wrappers, and what to pass instead."""
 
 
-def _mirror(name: str) -> Any:
-    """A field with :class:`SRAConfig`'s default and description for the setting ``name``."""
-    field = SRAConfig.model_fields[name]
-    return Field(default=field.default, description=field.description)
+_SRA_FIELD_DEFINITIONS: dict[str, Any] = {
+    name: (field.annotation, Field(default=field.default, description=field.description))
+    for name, field in SRAConfig.model_fields.items()
+}
+SRAFields = create_model(
+    "SRAFields",
+    __doc__="Every :class:`SRAConfig` setting as a field of the same name, type, default and description "
+    "(derived, so a new setting reaches every adapter; checked together by building the config).",
+    **_SRA_FIELD_DEFINITIONS,
+)
 
 
-class SRAOptions(BaseModel):
+class SRAOptions(SRAFields):
     """The model, generation and SRA settings of an adapter, and its engine.
 
     ``model=None`` is the embedded SmolLM2-135M-Instruct; otherwise a model installed from PyPI
@@ -106,24 +112,6 @@ class SRAOptions(BaseModel):
     )
     seed: int | None = Field(default=None, description="Random seed for sampling; None: a fresh one per call.")
     stop: list[str] | None = Field(default=None, description="Default stop sequences; a call's stop replaces them.")
-
-    enabled: bool = _mirror("enabled")
-    begin_length: int = _mirror("begin_length")
-    tail_length: int = _mirror("tail_length")
-    dynamic_tail: bool = _mirror("dynamic_tail")
-    tail_divisor: int = _mirror("tail_divisor")
-    tail: Literal["fixed", "question"] = _mirror("tail")
-    alpha_inner: float = _mirror("alpha_inner")
-    alpha_outer: float = _mirror("alpha_outer")
-    beta_inner: float = _mirror("beta_inner")
-    beta_outer: float = _mirror("beta_outer")
-    inner: bool = _mirror("inner")
-    outer: bool = _mirror("outer")
-    outer_target: Literal["schedule", "attention"] = _mirror("outer_target")
-    renormalize: bool = _mirror("renormalize")
-    outer_layers: tuple[float, float] = _mirror("outer_layers")
-    document_boost: float = _mirror("document_boost")
-    document_top_k: int = _mirror("document_top_k")
 
     _engine: SRAEngine | None = PrivateAttr(default=None)
 
@@ -217,5 +205,4 @@ class SRAOptions(BaseModel):
         if call.get("stop") is None:
             call["stop"] = self.stop
         settings: dict[str, Any] = {name: getattr(self, name) for name in SAMPLING_FIELDS}
-        # Validated again, because model_copy(update=...) would not check the overrides.
-        return {**settings, **call, "sra": SRAConfig(**{**base.model_dump(), **updates})}
+        return {**settings, **call, "sra": base.override(**updates)}

@@ -311,11 +311,7 @@ def _sra_config(preset: str, enabled: bool | None, overrides: dict[str, Any]) ->
     ``--sra/--no-sra``) wins over the preset."""
     from sra_rag.config import SRAConfig
 
-    fields = SRAConfig.preset(preset).model_dump()
-    fields.update(overrides)
-    if enabled is not None:
-        fields["enabled"] = enabled
-    return SRAConfig(**fields)
+    return SRAConfig.preset(preset, **overrides, **({} if enabled is None else {"enabled": enabled}))
 
 
 def _open_store(path: Path | None, url: str | None, collection: str, *, create: bool) -> ChromaStore:

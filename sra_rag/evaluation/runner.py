@@ -66,7 +66,8 @@ def parse_setting(spec: str) -> Setting:
         raise ValueError("an SRA setting must be a non-empty string such as 'paper' or 'paper:beta_outer=2'")
     spec = spec.strip()
     preset, _, rest = spec.partition(":")
-    fields = SRAConfig.preset(preset.strip()).model_dump()
+    SRAConfig.preset(preset.strip())  # an unknown preset is named before its settings are parsed
+    fields: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, sep, raw = item.partition("=")
         key, raw = key.strip(), raw.strip()
@@ -74,7 +75,7 @@ def parse_setting(spec: str) -> Setting:
             raise ValueError(f"setting {spec!r}: expected key=value, got {item!r}")
         fields[key] = _parse_value(key, raw)
     try:
-        config = SRAConfig(**fields)
+        config = SRAConfig.preset(preset.strip(), **fields)
     except Exception as error:  # pydantic's ValidationError: restate with the spec that caused it
         raise ValueError(f"setting {spec!r} is not a valid SRAConfig: {error}") from error
     return Setting(spec, config)

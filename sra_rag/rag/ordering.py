@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, get_args
 
-from sra_rag.rag.stuffing import StuffedPrompt, reorder
+from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt, reorder, stuff_prompt
 
 if TYPE_CHECKING:
     from sra_rag.config import SRAConfig
@@ -78,6 +78,29 @@ def order_by_attention(
 ) -> tuple[StuffedPrompt, DocumentAttention, float]:
     """``stuffed`` re-ordered by one readout prefill (under ``sra``): the new prompt, the readout it was
     ordered by (in the old prompt's source order) and that prefill's seconds."""
-    check_placement(placement)
     attention, seconds = probe(engine, stuffed, sra)
     return ordered(engine, stuffed, attention, placement), attention, seconds
+
+
+def prepare_stuffed_prompt(
+    engine: SRAEngine,
+    question: str,
+    chunks: Sequence[Chunk],
+    *,
+    max_new_tokens: int,
+    overflow: OverflowPolicy = "error",
+    system_prompt: str | None = None,
+    order: Placement | None = None,
+    sra: SRAConfig | None = None,
+) -> StuffedPrompt:
+    """The prompt every reader answers from: ``chunks`` stuffed for ``question``
+    (:func:`~sra_rag.rag.stuffing.stuff_prompt`), then, with ``order``, re-ordered by one readout
+    prefill under ``sra`` (:func:`order_by_attention`). ``order`` is checked here, for the reader,
+    the server and both adapters."""
+    placement = None if order is None else check_placement(order)
+    stuffed = stuff_prompt(
+        engine, question, list(chunks), max_new_tokens=max_new_tokens, overflow=overflow, system_prompt=system_prompt
+    )
+    if placement is None:
+        return stuffed
+    return order_by_attention(engine, stuffed, placement, sra)[0]

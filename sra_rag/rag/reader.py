@@ -21,7 +21,7 @@ from sra_rag.rag.citing import (
     cited_numbers,
     finish_answer,
 )
-from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
+from sra_rag.rag.ordering import Placement, check_placement, prepare_stuffed_prompt
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ class Reader:
         return chunks
 
     def stuff(self, question: str, chunks: list[Chunk] | None = None) -> StuffedPrompt:
-        """The prompt for ``question`` over ``chunks`` (default: retrieve them)."""
+        """The prompt for ``question`` over ``chunks`` (default: retrieve them), not re-ordered."""
         return stuff_prompt(
             self.engine,
             question,
@@ -223,9 +223,16 @@ class Reader:
     def stream(self, question: str, chunks: list[Chunk] | None = None) -> AnswerStream:
         """Retrieve (unless ``chunks`` are given), stuff (and re-order, with ``order``) and start
         generating; iterate the result for text pieces."""
-        stuffed = self.stuff(question, chunks)
-        if self.order is not None:
-            stuffed = order_by_attention(self.engine, stuffed, self.order, self.sra)[0]
+        stuffed = prepare_stuffed_prompt(
+            self.engine,
+            question,
+            self.retrieve(question) if chunks is None else chunks,
+            max_new_tokens=self.max_new_tokens,
+            overflow=self.overflow,
+            system_prompt=self.system_prompt,
+            order=self.order,
+            sra=self.sra,
+        )
         stream = self.engine.stream(
             stuffed.messages,
             max_new_tokens=self.max_new_tokens,

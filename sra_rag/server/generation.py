@@ -24,8 +24,8 @@ from sra_rag.config import SRAConfig
 from sra_rag.engine import ContextWindowExceededError, Prompt, TextStream
 from sra_rag.generation.request import Request
 from sra_rag.rag.citing import CiteMode, cited_numbers, finish_answer
-from sra_rag.rag.ordering import order_by_attention
-from sra_rag.rag.stuffing import Chunk, ContextOverflowError, StuffedPrompt, stuff_prompt
+from sra_rag.rag.ordering import prepare_stuffed_prompt
+from sra_rag.rag.stuffing import Chunk, ContextOverflowError, StuffedPrompt
 from sra_rag.server.admission import Admission
 from sra_rag.server.errors import APIError
 from sra_rag.server.metrics import Metrics
@@ -162,7 +162,7 @@ def resolve_sra(value: str | dict[str, Any] | None, base: SRAConfig) -> SRAConfi
         raise APIError(400, f"sra.preset must be a preset name, got {preset!r}", param="sra.preset")
     start = base if preset is None else _preset(preset, "sra.preset")
     try:
-        return SRAConfig.model_validate({**start.model_dump(), **fields})
+        return start.override(**fields)
     except ValidationError as error:
         problems = []
         for problem in error.errors():
@@ -232,9 +232,15 @@ def _stuffed_job(
         for number, document in enumerate(documents, start=1)
     ]
     with engine_errors("documents"):
-        stuffed = stuff_prompt(engine, question, chunks, max_new_tokens=max_new_tokens, system_prompt=system)
-        if request.order is not None:
-            stuffed = order_by_attention(engine, stuffed, request.order, options.get("sra"))[0]
+        stuffed = prepare_stuffed_prompt(
+            engine,
+            question,
+            chunks,
+            max_new_tokens=max_new_tokens,
+            system_prompt=system,
+            order=request.order,
+            sra=options.get("sra"),
+        )
     options.update(max_new_tokens=max_new_tokens, layout=stuffed.layout)
     return _job(engine, stuffed.messages, options, "documents", stuffed, request.attribute, request.cite_mode)
 

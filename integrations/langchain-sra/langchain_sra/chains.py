@@ -31,9 +31,9 @@ from langchain_core.runnables.utils import AddableDict
 from langchain_sra.chat_models import ChatSRA
 from sra_rag import SRAConfig
 from sra_rag.rag.citing import CiteMode, check_cite, finish_answer
-from sra_rag.rag.ordering import Placement, check_placement, order_by_attention
+from sra_rag.rag.ordering import Placement, check_placement, prepare_stuffed_prompt
 from sra_rag.rag.reader import DEFAULT_STOP
-from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, stuff_prompt
+from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy
 
 SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
 """Document metadata keys tried, in order, for the source name shown in citations."""
@@ -112,11 +112,16 @@ def create_stuffed_rag_chain(
             raise ValueError("The retriever returned no documents: the store is empty or nothing matched.")
         chunks = [document_to_chunk(document, rank) for rank, document in enumerate(documents)]
         by_chunk = dict(zip(chunks, documents, strict=True))
-        stuffed = stuff_prompt(
-            engine, question, chunks, max_new_tokens=new_tokens, overflow=overflow, system_prompt=system_prompt
+        stuffed = prepare_stuffed_prompt(
+            engine,
+            question,
+            chunks,
+            max_new_tokens=new_tokens,
+            overflow=overflow,
+            system_prompt=system_prompt,
+            order=order,
+            sra=sra if sra is not None else chat_model.sra_config,
         )
-        if order is not None:
-            stuffed = order_by_attention(engine, stuffed, order, sra if sra is not None else chat_model.sra_config)[0]
         call: dict[str, Any] = {"max_new_tokens": new_tokens, "stop": stops, "layout": stuffed.layout}
         if sra is not None:
             call["sra"] = sra

@@ -28,9 +28,9 @@ from pydantic import Field
 
 from sra_rag import SRAConfig
 from sra_rag.rag.citing import CiteMode, finish_answer
-from sra_rag.rag.ordering import Placement, order_by_attention
+from sra_rag.rag.ordering import Placement, prepare_stuffed_prompt
 from sra_rag.rag.reader import DEFAULT_STOP
-from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
+from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt
 
 SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
 """Node metadata keys tried, in order, for the source name shown in citations."""
@@ -140,17 +140,16 @@ class SRAQueryEngine(CustomQueryEngine):
         if not nodes:
             raise ValueError("The retriever returned no nodes: the index is empty or nothing matched.")
         by_id = {node.node.node_id: node for node in nodes}
-        stuffed = stuff_prompt(
+        stuffed = prepare_stuffed_prompt(
             self.llm.engine,
             query_str,
             [node_to_chunk(node) for node in nodes],
             max_new_tokens=self._max_new_tokens(),
             overflow=self.overflow,
             system_prompt=self.system_prompt,
+            order=self.order,
+            sra=self.sra if self.sra is not None else self.llm.sra_config,
         )
-        if self.order is not None:
-            sra = self.sra if self.sra is not None else self.llm.sra_config
-            stuffed = order_by_attention(self.llm.engine, stuffed, self.order, sra)[0]
         return stuffed, by_id
 
     def _max_new_tokens(self) -> int:
