@@ -197,17 +197,10 @@ class SRAEngine:
 
     # -- the input side ----------------------------------------------------------------------------
 
-    def prepare(
-        self,
-        prompt: Prompt,
-        *,
-        tail_from: str | None = None,
-        layout: TextLayout | None = None,
-        chat_template: bool = True,
-    ) -> PreparedPrompt:
-        """The prompt rendered and tokenised once, on the engine's device (see
-        :meth:`~sra_rag.generation.inputs.InputProcessor.prepare`)."""
-        prepared = self.inputs.prepare(prompt, tail_from=tail_from, layout=layout, chat_template=chat_template)
+    def prepare(self, prompt: Prompt, **markers: Any) -> PreparedPrompt:
+        """The prompt rendered and tokenised once, on the engine's device; ``tail_from``, ``layout``
+        and ``chat_template`` as :meth:`~sra_rag.generation.inputs.InputProcessor.prepare` takes them."""
+        prepared = self.inputs.prepare(prompt, **markers)
         return replace(prepared, input_ids=prepared.input_ids.to(self.device))
 
     def count_tokens(self, text_or_messages: Prompt) -> int:

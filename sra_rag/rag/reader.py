@@ -22,7 +22,7 @@ from sra_rag.rag.citing import (
     finish_answer,
 )
 from sra_rag.rag.ordering import Placement, check_placement, prepare_stuffed_prompt
-from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, StuffedPrompt, stuff_prompt
+from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, StuffedPrompt
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine, TextStream
@@ -209,30 +209,26 @@ class Reader:
             raise EmptyRetrievalError("Nothing was retrieved: the store is empty. Ingest documents first.")
         return chunks
 
-    def stuff(self, question: str, chunks: list[Chunk] | None = None) -> StuffedPrompt:
-        """The prompt for ``question`` over ``chunks`` (default: retrieve them), not re-ordered."""
-        return stuff_prompt(
+    def stuff(
+        self, question: str, chunks: list[Chunk] | None = None, *, order: Placement | None = None
+    ) -> StuffedPrompt:
+        """The prompt for ``question`` over ``chunks`` (default: retrieve them); with ``order``,
+        re-ordered by attention (:func:`~sra_rag.rag.ordering.prepare_stuffed_prompt`)."""
+        return prepare_stuffed_prompt(
             self.engine,
             question,
             self.retrieve(question) if chunks is None else chunks,
             max_new_tokens=self.max_new_tokens,
             overflow=self.overflow,
             system_prompt=self.system_prompt,
+            order=order,
+            sra=self.sra,
         )
 
     def stream(self, question: str, chunks: list[Chunk] | None = None) -> AnswerStream:
         """Retrieve (unless ``chunks`` are given), stuff (and re-order, with ``order``) and start
         generating; iterate the result for text pieces."""
-        stuffed = prepare_stuffed_prompt(
-            self.engine,
-            question,
-            self.retrieve(question) if chunks is None else chunks,
-            max_new_tokens=self.max_new_tokens,
-            overflow=self.overflow,
-            system_prompt=self.system_prompt,
-            order=self.order,
-            sra=self.sra,
-        )
+        stuffed = self.stuff(question, chunks, order=self.order)
         stream = self.engine.stream(
             stuffed.messages,
             max_new_tokens=self.max_new_tokens,
