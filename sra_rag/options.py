@@ -18,6 +18,7 @@ from pydantic import Field, PrivateAttr, create_model, model_validator
 
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.engine import SRAEngine
+from sra_rag.models import EMBEDDED_MODEL, shipped_defaults
 
 SRA_FIELDS: tuple[str, ...] = tuple(SRAConfig.model_fields)
 """The SRA settings mirrored as fields and accepted as per-call keyword arguments."""
@@ -30,6 +31,7 @@ SAMPLING_FIELDS: tuple[str, ...] = (
     "min_p",
     "repetition_penalty",
     "penalize_prompt",
+    "loop_guard",
     "seed",
 )
 """The generation settings that are fields (defaults of every call) as well as per-call arguments."""
@@ -71,13 +73,17 @@ FOREIGN_ARGUMENTS: dict[str, str] = {
 
 
 _SRA_FIELD_DEFINITIONS: dict[str, Any] = {
-    name: (field.annotation, Field(default=field.default, description=field.description))
+    name: (
+        field.annotation | None,  # type: ignore[operator]  # a type at run time
+        Field(default=None, description=f"{field.description} (None: the model's default)"),
+    )
     for name, field in SRAConfig.model_fields.items()
 }
 SRAFields = create_model(
     "SRAFields",
-    __doc__="Every :class:`SRAConfig` setting as a field of the same name, type, default and description "
-    "(derived, so a new setting reaches every adapter; checked together by building the config).",
+    __doc__="Every :class:`SRAConfig` setting as a field of the same name, type and description, None by "
+    "default: the model's default setting (derived, so a new setting reaches every adapter; checked "
+    "together by building the config).",
     **_SRA_FIELD_DEFINITIONS,
 )
 
@@ -89,7 +95,9 @@ class SRAOptions(SRAFields):
     (``"qwen2.5-coder-0.5b"``), a hub id in the local cache, a local folder or a ``.gguf`` file.
     Objects with the same ``model``, ``device`` and ``dtype`` share one :class:`~sra_rag.SRAEngine`
     (``SRAEngine.shared``), loaded on first use; ``engine=`` uses one loaded yourself.
-    ``sra=SRAConfig(...)`` at construction sets every SRA field at once.
+    ``sra=SRAConfig(...)`` at construction sets every SRA field at once; SRA fields left unset
+    (None) are the model's default (:attr:`SRAEngine.defaults`, the same default as the reader, the
+    command line and the server).
     """
 
     model: str | None = Field(default=None, description="Model to load (see the class doc); None: the embedded one.")
@@ -109,6 +117,9 @@ class SRAOptions(SRAFields):
     )
     penalize_prompt: bool = Field(
         default=True, description="The repetition penalty counts the prompt's tokens too (False: generated only)."
+    )
+    loop_guard: int = Field(
+        default=0, ge=0, description="End a reply once its newest loop_guard tokens repeat an earlier span (0: off)."
     )
     seed: int | None = Field(default=None, description="Random seed for sampling; None: a fresh one per call.")
     stop: list[str] | None = Field(default=None, description="Default stop sequences; a call's stop replaces them.")
@@ -174,8 +185,10 @@ class SRAOptions(SRAFields):
 
     @property
     def sra_config(self) -> SRAConfig:
-        """The object's SRA settings as one validated :class:`~sra_rag.SRAConfig`."""
-        return SRAConfig(**{name: getattr(self, name) for name in SRA_FIELDS})
+        """The object's SRA settings as one validated :class:`~sra_rag.SRAConfig`: the fields it sets
+        over the model's default (the engine's, or before it loads the defaults shipped for ``model``)."""
+        base = self._engine.sra if self._engine is not None else shipped_defaults(self.model or EMBEDDED_MODEL).sra
+        return base.override(**{name: value for name in SRA_FIELDS if (value := getattr(self, name)) is not None})
 
     def call_settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Engine keyword arguments for one call: this object's settings with the call's over them.
@@ -183,7 +196,7 @@ class SRAOptions(SRAFields):
         ``kwargs`` may hold ``sra=SRAConfig(...)`` (replaces the object's SRA settings), single SRA
         fields (merged over those), ``max_new_tokens`` or ``max_tokens``, the sampling settings
         (``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``,
-        ``penalize_prompt``, ``seed``),
+        ``penalize_prompt``, ``loop_guard``, ``seed``),
         ``stop`` (``None``: the object's), ``tail_from``, ``layout`` and ``logits_processors``.
         Anything else is a TypeError that lists what is accepted.
         """

@@ -1,24 +1,29 @@
-"""The adapters' shared settings mixin: fields mirror SRAConfig, per-call settings merge over them."""
+"""The adapters' shared settings mixin: fields mirror SRAConfig over the model's default, per-call
+settings merge over them."""
 
 import pytest
 from pydantic import ValidationError
 
 from sra_rag import SRAConfig, SRAEngine, SRAOptions
+from sra_rag.models import shipped_defaults
 from sra_rag.options import SRA_FIELDS
 
+DEFAULT = shipped_defaults("smollm2-135m").sra  # the embedded model's default, as the engine reads it
 
-def test_every_sra_setting_is_mirrored_with_its_default_and_description() -> None:
+
+def test_every_sra_setting_is_mirrored_and_unset_means_the_models_default() -> None:
     assert set(SRA_FIELDS) <= set(SRAOptions.model_fields)
     for name, field in SRAConfig.model_fields.items():
         mirrored = SRAOptions.model_fields[name]
-        assert (mirrored.default, mirrored.description) == (field.default, field.description), name
-    assert SRAOptions().sra_config == SRAConfig()
+        assert mirrored.default is None and mirrored.description.startswith(field.description), name
+    assert SRAOptions().sra_config == DEFAULT != SRAConfig()  # the engine's default, not the spec's
+    assert SRAOptions(model="qwen2.5-coder-0.5b").sra_config == shipped_defaults("qwen2.5-coder-0.5b").sra
 
 
 def test_construction_from_a_config_or_fields_and_validation() -> None:
     recommended = SRAConfig.preset("recommended")
     assert SRAOptions(sra=recommended).sra_config == recommended
-    assert SRAOptions(beta_outer=2.0, inner=False).sra_config == SRAConfig(beta_outer=2.0, inner=False)
+    assert SRAOptions(beta_outer=2.0, inner=False).sra_config == DEFAULT.override(beta_outer=2.0, inner=False)
     with pytest.raises(TypeError, match="not both"):
         SRAOptions(sra=recommended, beta_outer=3.0)
     with pytest.raises(TypeError, match="SRAConfig"):
@@ -43,10 +48,11 @@ def test_call_settings_merge_over_the_objects() -> None:
         "min_p": 0.0,
         "repetition_penalty": 1.0,
         "penalize_prompt": True,
+        "loop_guard": 0,
         "seed": 3,
         "stop": ["\n\n"],
         "tail_from": "Question:",
-        "sra": SRAConfig(beta_outer=2.0, inner=False),
+        "sra": DEFAULT.override(beta_outer=2.0, inner=False),
     }
     # A whole config replaces the object's SRA settings; single fields still go over it.
     replaced = options.call_settings({"sra": SRAConfig.preset("off"), "stop": ["."]})

@@ -38,7 +38,12 @@ ChromaUrlOption = Annotated[
     typer.Option("--chroma-url", help="Use a Chroma server (e.g. http://localhost:8000) instead of a folder."),
 ]
 CollectionOption = Annotated[str, typer.Option("--collection", help="Collection name in the store.")]
-PresetOption = Annotated[str, typer.Option("--preset", help="SRA preset: paper, demo, off or recommended.")]
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--preset", help="SRA preset: paper, demo, off, recommended or documents (default: the model's own default)."
+    ),
+]
 SraSwitch = Annotated[
     bool | None, typer.Option("--sra/--no-sra", help="Force SRA on or off (--no-sra: stock attention, for comparison).")
 ]
@@ -67,7 +72,20 @@ MinPOption = Annotated[
     float, typer.Option("--min-p", help="Drop tokens under min-p x the likeliest one's probability.")
 ]
 RepetitionOption = Annotated[
-    float, typer.Option("--repetition-penalty", help="Penalty on repeated tokens (1: none); the default stops loops.")
+    float | None,
+    typer.Option(
+        "--repetition-penalty",
+        help="Per-token penalty on the answer's repeated tokens (1: none, the default: it miscopies numbers).",
+    ),
+]
+LoopGuardOption = Annotated[
+    int | None,
+    typer.Option(
+        "--loop-guard",
+        help="End the answer once its newest N tokens repeat an earlier span; changes no token "
+        "(0: off; default: the model's, 16).",
+        min=0,
+    ),
 ]
 PenalizePromptOption = Annotated[
     bool,
@@ -77,11 +95,6 @@ PenalizePromptOption = Annotated[
     ),
 ]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.")]
-
-ANSWER_REPETITION_PENALTY = 1.2
-"""The answers' default repetition penalty, over the answer's own tokens: the embedded model loops
-without one ("uses 868 MHz, which is the same as the 433 MHz band ..."), and counting the sources'
-tokens as well stops it from repeating the facts it must cite (it then answers neither demo question)."""
 
 
 @app.command()
@@ -162,8 +175,9 @@ def ask(
     top_p: TopPOption = 1.0,
     top_k_tokens: TokenTopKOption = 0,
     min_p: MinPOption = 0.0,
-    repetition_penalty: RepetitionOption = ANSWER_REPETITION_PENALTY,
+    repetition_penalty: RepetitionOption = None,
     penalize_prompt: PenalizePromptOption = False,
+    loop_guard: LoopGuardOption = None,
     seed: SeedOption = None,
 ) -> None:
     """Answer a question: retrieve top-k chunks, stuff them all into one prompt, stream the answer."""
@@ -174,13 +188,14 @@ def ask(
         fail(f"--order must be one of {', '.join(PLACEMENTS)}, got {order!r}.")
     if cite not in (*CITE_MODES, "off"):
         fail(f"--cite must be one of {', '.join(CITE_MODES)} or off, got {cite!r}.")
-    sampling = _sampling(temperature, top_p, top_k_tokens, min_p, repetition_penalty, penalize_prompt, seed)
+    sampling = _sampling(temperature, top_p, top_k_tokens, min_p, repetition_penalty, penalize_prompt, loop_guard, seed)
     overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer, question_tail)
-    config = _sra_config(preset, sra, overrides)
+    _sra_config(preset, sra, overrides)  # bad settings fail before the model loads
     opened = _open_store(store, chroma_url, collection, create=False)
     if opened.count() == 0:
         fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
     engine = _engine(model)
+    config = _sra_config(preset, sra, overrides, engine.sra)
     mode = None if cite == "off" else cite
     _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling, order, attribute, mode)
 
@@ -196,7 +211,7 @@ def summarize(
         bool, typer.Option("--map-reduce/--no-map-reduce", help="Fall back to map-reduce if the file does not fit.")
     ] = True,
     model: ModelOption = None,
-    preset: PresetOption = "recommended",
+    preset: PresetOption = None,
     sra: SraSwitch = None,
     begin_length: BeginOption = None,
     tail_length: TailOption = None,
@@ -211,16 +226,17 @@ def summarize(
     from sra_rag.rag.summarizer import Summarizer
 
     overrides = _overrides(begin_length, tail_length, alpha_inner, alpha_outer, beta_inner, beta_outer, question_tail)
-    config = _sra_config(preset, sra, overrides)
+    _sra_config(preset, sra, overrides)  # bad settings fail before the model loads
     if not file.is_file():
         fail(f"No such file: {display_path(file)}")
     try:
         text = read_text(file)
     except UnreadableFileError as error:
         fail(f"{display_path(file)} {error}")
+    engine = _engine(model)
     summarizer = Summarizer(
-        _engine(model),
-        sra=config,
+        engine,
+        sra=_sra_config(preset, sra, overrides, engine.sra),
         max_new_tokens=max_new_tokens,
         map_tokens=map_tokens,
         allow_map_reduce=map_reduce,
@@ -238,24 +254,28 @@ def demo(
     store: StoreOption = None,
     max_new_tokens: MaxNewTokensOption = 96,
     top_k: Annotated[int, typer.Option("--top-k", help="Chunks to retrieve.", min=1)] = 6,
-    preset: PresetOption = "recommended",
+    model: ModelOption = None,
+    preset: PresetOption = None,
     sra: SraSwitch = None,
     temperature: TemperatureOption = 0.0,
-    repetition_penalty: RepetitionOption = ANSWER_REPETITION_PENALTY,
+    repetition_penalty: RepetitionOption = None,
+    loop_guard: LoopGuardOption = None,
     seed: SeedOption = None,
 ) -> None:
     """Ingest the bundled sample documents (idempotent) and answer two sample questions. Chunks
     that do not fit the context window are dropped with a warning."""
     from sra_rag.rag.samples import SAMPLE_QUESTIONS, samples_path
 
-    config = _sra_config(preset, sra, {})
+    _sra_config(preset, sra, {})  # bad settings fail before the model loads
     opened = _open_store(store, None, "sra_rag", create=True)
     _info(f"Ingesting the sample documents from {samples_path()} into {opened.location}")
     _ingest(samples_path(), opened, 200, progress=True)
-    engine = _engine(None)
+    engine = _engine(model)
+    config = _sra_config(preset, sra, {}, engine.sra)
     state = "on" if config.enabled else "off"
-    _info(f"Reader: {engine.name}, context window {engine.context_window} tokens, SRA {state} ({preset}).")
-    sampling = _sampling(temperature, 1.0, 0, 0.0, repetition_penalty, False, seed)
+    named = preset or f"{engine.defaults.preset}, the model's default"
+    _info(f"Reader: {engine.name}, context window {engine.context_window} tokens, SRA {state} ({named}).")
+    sampling = _sampling(temperature, 1.0, 0, 0.0, repetition_penalty, False, loop_guard, seed)
     for question in SAMPLE_QUESTIONS:
         typer.secho(f"\nQ: {question}", bold=True)
         _answer(engine, opened, question, config, top_k, max_new_tokens, "drop", sampling)
@@ -290,28 +310,38 @@ def _sampling(
     top_p: float,
     top_k: int,
     min_p: float,
-    repetition_penalty: float,
+    repetition_penalty: float | None,
     penalize_prompt: bool,
+    loop_guard: int | None,
     seed: int | None,
 ) -> dict[str, Any]:
-    """The decoding settings of an answer (checked by the engine, with the other settings)."""
-    return {
+    """The decoding settings of an answer (checked by the engine, with the other settings); those
+    left unset are the model's answer defaults (``engine.defaults.sampling``, merged by the Reader)."""
+    settings = {
         "temperature": temperature,
         "top_p": top_p,
         "top_k": top_k,
         "min_p": min_p,
         "repetition_penalty": repetition_penalty,
         "penalize_prompt": penalize_prompt,
+        "loop_guard": loop_guard,
         "seed": seed,
     }
+    return {name: value for name, value in settings.items() if value is not None or name == "seed"}
 
 
-def _sra_config(preset: str, enabled: bool | None, overrides: dict[str, Any]) -> SRAConfig:
-    """The preset, with the individual overrides applied and validated; ``enabled`` (from
-    ``--sra/--no-sra``) wins over the preset."""
+def _sra_config(
+    preset: str | None, enabled: bool | None, overrides: dict[str, Any], base: SRAConfig | None = None
+) -> SRAConfig:
+    """The preset (None: ``base``, the model's default; the spec defaults when only checking the
+    settings before the model loads), with the individual overrides applied and validated;
+    ``enabled`` (from ``--sra/--no-sra``) wins over the preset."""
     from sra_rag.config import SRAConfig
 
-    return SRAConfig.preset(preset, **overrides, **({} if enabled is None else {"enabled": enabled}))
+    updates = {**overrides, **({} if enabled is None else {"enabled": enabled})}
+    if preset is not None:
+        return SRAConfig.preset(preset, **updates)
+    return (SRAConfig() if base is None else base).override(**updates)
 
 
 def _open_store(path: Path | None, url: str | None, collection: str, *, create: bool) -> ChromaStore:

@@ -25,11 +25,13 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=0, max=65535)] = 8000,
     preset: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--preset", help="Default SRA preset (requests may send their own): paper, demo, off, recommended."
+            "--preset",
+            help="Default SRA preset (requests may send their own): paper, demo, off, recommended, documents "
+            "(default: the model's own default).",
         ),
-    ] = "recommended",
+    ] = None,
     max_batch: Annotated[
         int, typer.Option("--max-batch", help="Requests generating at once (per replica).", min=1)
     ] = 8,

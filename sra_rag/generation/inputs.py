@@ -161,6 +161,7 @@ class InputProcessor:
         min_p: float = 0.0,
         repetition_penalty: float = 1.0,
         penalize_prompt: bool = True,
+        loop_guard: int = 0,
         seed: int | None = None,
         tail_from: str | None = None,
         layout: TextLayout | None = None,
@@ -183,6 +184,7 @@ class InputProcessor:
             min_p=min_p,
             repetition_penalty=repetition_penalty,
             penalize_prompt=penalize_prompt,
+            loop_guard=loop_guard,
             seed=seed,
             stop=stop,
         )

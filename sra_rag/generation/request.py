@@ -29,7 +29,9 @@ class SamplingSettings(BaseModel):
     other warpers (``top_p``, ``top_k``, ``min_p``) apply only when sampling; ``repetition_penalty``
     applies in both, over the whole sequence (prompt and generated tokens) as in transformers, or
     over the generated tokens only with ``penalize_prompt=False`` (a RAG prompt's sources hold the
-    words an answer must repeat).
+    words an answer must repeat). ``loop_guard``: a sequence-level guard against loops that never
+    changes a token: the reply ends (``finish_reason="stop"``) as soon as its newest ``loop_guard``
+    tokens repeat a span it already generated, so every token before that is plain decoding's.
     ``seed``: the request's own random generator (None: a fresh one); ``stop``: strings that end the
     generation and are never emitted."""
 
@@ -42,6 +44,12 @@ class SamplingSettings(BaseModel):
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens under min_p x the top probability.")
     repetition_penalty: float = Field(1.0, gt=0.0, description="Penalty on tokens already in the sequence; 1 is none.")
     penalize_prompt: bool = Field(True, description="The repetition penalty counts the prompt's tokens too.")
+    loop_guard: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="End the reply once its newest loop_guard tokens repeat a span it already generated (0: off).",
+    )
     seed: int | None = Field(None, ge=0, lt=2**63, description="Seed of the request's random generator.")
     stop: tuple[str, ...] = Field((), description="Stop strings (never emitted).")
 

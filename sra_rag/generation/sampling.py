@@ -47,6 +47,33 @@ def build_processors(
     return processors
 
 
+class LoopGuard:
+    """Detects a reply that loops: :meth:`push` each generated token; it returns True once the newest
+    ``span`` tokens equal an earlier span of the reply (the prompt is not looked at, so copying the
+    sources never counts). O(1) per token: the spans seen are kept as a set of tuples.
+
+    A per-token repetition penalty punishes every digit or word piece that recurs, so it turns
+    copied numbers into others ("7007" into "7012"); this guard changes no token, it only ends a
+    reply that has started to repeat itself."""
+
+    def __init__(self, span: int) -> None:
+        if span < 1:
+            raise ValueError(f"a loop guard needs a span of at least 1 token, got {span}")
+        self.span = span
+        self._tokens: list[int] = []
+        self._seen: set[tuple[int, ...]] = set()
+
+    def push(self, token: int) -> bool:
+        self._tokens.append(token)
+        if len(self._tokens) < self.span:
+            return False
+        newest = tuple(self._tokens[-self.span :])
+        if newest in self._seen:
+            return True
+        self._seen.add(newest)
+        return False
+
+
 class Sampler:
     """Picks one request's tokens: its processors and its random generator."""
 

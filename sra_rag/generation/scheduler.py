@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sra_rag.generation.request import Request
 from sra_rag.generation.runner import ModelRunner, PaddedCache, Prefill
-from sra_rag.generation.sampling import Sampler
+from sra_rag.generation.sampling import LoopGuard, Sampler
 from sra_rag.generation.streaming import Channel, IncrementalText, TextStream, Update
 from sra_rag.readout.recorder import ReadoutRecorder
 
@@ -55,6 +55,7 @@ class _Sequence:
     ids: torch.Tensor  # (1, prompt + max_new_tokens) buffer; the first `length` are filled
     length: int
     next_token: int = -1  # the last chosen token: the next decoding step's input
+    loop_guard: LoopGuard | None = None
     update: Update = field(default_factory=Update)
     finished: bool = False
 
@@ -304,7 +305,9 @@ class Scheduler:
         ids[0, : request.num_prompt_tokens] = torch.tensor(request.prompt_ids, device=self.device)
         sampler = Sampler(request.sampling, request.logits_processors, self.device, request.num_prompt_tokens)
         text = None if request.forced_tokens else IncrementalText(self.tokenizer, request.sampling.stop)
-        return _Sequence(request, channel, sampler, text, ids, request.num_prompt_tokens)
+        span = request.sampling.loop_guard
+        guard = LoopGuard(span) if span and not request.forced_tokens else None
+        return _Sequence(request, channel, sampler, text, ids, request.num_prompt_tokens, loop_guard=guard)
 
     # -- decoding ----------------------------------------------------------------------------------
 
@@ -369,10 +372,11 @@ class Scheduler:
                 update.finish_reason = "stop"
                 row.finished = True
                 return
-        if row.generated >= request.sampling.max_new_tokens:
+        looping = row.loop_guard is not None and row.loop_guard.push(token)
+        if looping or row.generated >= request.sampling.max_new_tokens:
             if row.text is not None:
                 update.piece += row.text.finish()
-            update.finish_reason = "length"
+            update.finish_reason = "stop" if looping else "length"
             row.finished = True
 
     def _keep(self, batch: _Batch, rows: list[_Sequence]) -> None:

@@ -145,8 +145,9 @@ class Reader:
     what to do when the retrieved text does not fit (``"error"`` or ``"drop"``, see
     :func:`~sra_rag.rag.stuffing.stuff_prompt`); ``stop``: stop sequences (by default, a small model
     that starts writing another "Question:" is stopped); ``sampling``: further decoding settings of
-    :meth:`~sra_rag.SRAEngine.stream` (``temperature``, ``repetition_penalty``, ``seed``, ...;
-    default greedy); ``order``: attention-ordered stuffing (``"first"``, ``"last"`` or ``"ends"``,
+    :meth:`~sra_rag.SRAEngine.stream` (``temperature``, ``repetition_penalty``, ``loop_guard``, ``seed``,
+    ...), over the model's answer defaults (``engine.defaults.sampling``: greedy, the loop guard, no
+    repetition penalty); ``order``: attention-ordered stuffing (``"first"``, ``"last"`` or ``"ends"``,
     see :mod:`sra_rag.rag.ordering`): one readout prefill ranks the sources by how much the question
     read them, and the prompt is stuffed again with the most-read sources at that place before
     answering (about 2x prefill; no chunk is dropped; ``sources`` follow the new numbering);
@@ -198,7 +199,7 @@ class Reader:
         self.overflow: OverflowPolicy = overflow
         self.system_prompt = system_prompt
         self.stop = stop
-        self.sampling = dict(sampling or {})
+        self.sampling = {**engine.defaults.sampling, **(sampling or {})}
         taken = sorted(set(self.sampling) & {"max_new_tokens", "sra", "stop", "layout", "tail_from"})
         if taken:
             raise TypeError(f"pass {taken} as Reader arguments, not in sampling")

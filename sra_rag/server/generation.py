@@ -241,7 +241,8 @@ def _stuffed_job(
             order=request.order,
             sra=options.get("sra"),
         )
-    options.update(max_new_tokens=max_new_tokens, layout=stuffed.layout)
+    # The reader's answer policy (loop guard, no per-token penalty), under what the request set itself.
+    options = {**engine.defaults.sampling, **options, "max_new_tokens": max_new_tokens, "layout": stuffed.layout}
     return _job(engine, stuffed.messages, options, "documents", stuffed, request.attribute, request.cite_mode)
 
 

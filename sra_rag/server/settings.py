@@ -43,19 +43,20 @@ class ServerSettings(BaseModel):
 
 class EngineSpec(BaseModel):
     """Which engine to load: ``model`` as :meth:`SRAEngine.from_pretrained` reads it (``None``: the
-    embedded SmolLM2-135M-Instruct), the SRA ``preset`` requests get unless they send their own, and
-    the ``device`` (``None``: CUDA when present)."""
+    embedded SmolLM2-135M-Instruct), the SRA ``preset`` requests get unless they send their own
+    (``None``: the model's default, :attr:`SRAEngine.defaults`), and the ``device`` (``None``: CUDA
+    when present)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str | None = None
-    preset: str = "recommended"
+    preset: str | None = None
     device: str | None = None
 
     @field_validator("preset")
     @classmethod
-    def _known_preset(cls, preset: str) -> str:
-        if preset not in PRESETS:
+    def _known_preset(cls, preset: str | None) -> str | None:
+        if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown SRA preset {preset!r}; choose one of {sorted(PRESETS)}")
         return preset
 
@@ -64,7 +65,7 @@ class EngineSpec(BaseModel):
         from sra_rag.config import SRAConfig
         from sra_rag.engine import SRAEngine
 
-        sra = SRAConfig.preset(self.preset)
+        sra = None if self.preset is None else SRAConfig.preset(self.preset)
         if max_batch_size is None:
             return SRAEngine.from_pretrained(self.model, sra=sra, device=self.device)
         return SRAEngine.from_pretrained(self.model, sra=sra, device=self.device, max_batch_size=max_batch_size)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sra_rag.config import SRAConfig
+from sra_rag.config import SAFE_DEFAULTS, SRAConfig
 from sra_rag.engine import TextStream
 from sra_rag.evaluation import report, runner, suites, tune
 from sra_rag.evaluation.runner import Record
@@ -178,6 +178,7 @@ class FirstDocumentEngine:
     document of its prompt and cites it as [1]. Records every ``stream`` call."""
 
     context_window = 100_000
+    defaults = SAFE_DEFAULTS
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[dict[str, str]], dict]] = []

@@ -192,6 +192,46 @@ def test_the_penalty_can_leave_the_prompt_alone(tiny_engine: SRAEngine) -> None:
     assert set(stream.token_ids) & set(request.prompt_ids)  # but the prompt's tokens may be repeated
 
 
+class Cycle:
+    """A logits processor that makes the reply cycle through ``tokens`` forever (a loop)."""
+
+    def __init__(self, tokens: list[int], prompt_tokens: int) -> None:
+        self.tokens, self.prompt_tokens = tokens, prompt_tokens
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        forced = torch.full_like(scores, -float("inf"))
+        forced[:, self.tokens[(input_ids.shape[1] - self.prompt_tokens) % len(self.tokens)]] = 0.0
+        return forced
+
+
+def test_the_loop_guard_ends_a_looping_reply_and_changes_no_token(tiny_engine: SRAEngine) -> None:
+    cycle = [40, 41, 42, 43, 44]
+    plain = tiny_engine.request(prompt(2), max_new_tokens=30)
+    forced = Cycle(cycle, plain.num_prompt_tokens)
+    looping = tiny_engine.submit(tiny_engine.request(prompt(2), max_new_tokens=30, logits_processors=[forced]))
+    list(looping)
+    guarded = tiny_engine.submit(
+        tiny_engine.request(prompt(2), max_new_tokens=30, logits_processors=[forced], loop_guard=4)
+    )
+    list(guarded)
+    assert looping.finish_reason == "length" and len(looping.token_ids) == 30
+    # The newest 4 tokens first repeat an earlier span at token 9 (5 + 4): it ends there, a prefix of the loop.
+    assert guarded.finish_reason == "stop" and guarded.token_ids == looping.token_ids[:9]
+    # Without a loop, the guard changes nothing: greedy decoding of the tiny model, token for token.
+    free = tiny_engine.submit(tiny_engine.request(prompt(3), max_new_tokens=20))
+    list(free)
+    spans = {tuple(free.token_ids[i : i + 8]) for i in range(len(free.token_ids) - 7)}
+    assert len(free.token_ids) == 20 and len(spans) == 13  # no 8-token span repeats in the plain reply
+    again = tiny_engine.submit(tiny_engine.request(prompt(3), max_new_tokens=20, loop_guard=8))
+    list(again)
+    assert again.token_ids == free.token_ids and again.finish_reason == free.finish_reason
+
+
+def test_the_loop_guard_is_checked_at_the_call(tiny_engine: SRAEngine) -> None:
+    with pytest.raises(ValueError, match="loop_guard"):
+        tiny_engine.request(prompt(2), loop_guard=-1)
+
+
 def test_a_closed_stream_leaves_the_batch_and_others_go_on(tiny_engine: SRAEngine) -> None:
     expected = tiny_engine.generate(prompt(1), max_new_tokens=30)
     long = tiny_engine.stream(prompt(3), max_new_tokens=1000)

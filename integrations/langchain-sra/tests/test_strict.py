@@ -12,6 +12,7 @@ import pytest
 from langchain_sra import SRALLM, ChatSRA, MiniLMEmbeddings
 
 from sra_rag import Completion, SRAEngine, TextStream
+from sra_rag.config import SAFE_DEFAULTS
 from sra_rag.generation.streaming import Channel, Update
 
 
@@ -20,6 +21,8 @@ class FakeEngine(SRAEngine):
 
     def __init__(self) -> None:  # no model: nothing of SRAEngine.__init__ is needed here
         self.name, self.context_window = "fake", 8192
+        self.defaults = SAFE_DEFAULTS
+        self.sra = SAFE_DEFAULTS.sra
         self.threads: list[str] = [threading.current_thread().name]
 
     def complete(self, prompt: Any, **settings: Any) -> Completion:
