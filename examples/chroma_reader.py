@@ -35,7 +35,7 @@ def main() -> None:
     print(ingest(store, samples_path(), progress=False).summary())
 
     engine = SRAEngine.shared()
-    sra = SRAConfig(enabled=False) if args.no_sra else SRAConfig.preset("recommended")
+    sra = SRAConfig(enabled=False) if args.no_sra else None  # None: the model's default settings
     reader = Reader(engine, store, top_k=args.top_k, sra=sra, max_new_tokens=args.max_new_tokens)
     answer = reader.stream(args.question)
     for piece in answer:

@@ -34,7 +34,7 @@ def main() -> None:
     store = ChromaStore.open(args.store)
     print(ingest(store, samples_path(), progress=False).summary())
 
-    sra = SRAConfig(enabled=False) if args.no_sra else SRAConfig.preset("recommended")
+    sra = SRAConfig(enabled=False) if args.no_sra else None  # None: the model's default settings
     chain = create_stuffed_rag_chain(
         ChunkRetriever(store=store, top_k=args.top_k),
         ChatSRA(max_new_tokens=args.max_new_tokens),  # the embedded SmolLM2-135M-Instruct

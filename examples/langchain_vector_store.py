@@ -42,7 +42,7 @@ def main() -> None:
     store = InMemoryVectorStore.from_documents(documents, MiniLMEmbeddings())
     print(f"Embedded {len(documents)} paragraphs.")
 
-    sra = SRAConfig(enabled=False) if args.no_sra else SRAConfig.preset("recommended")
+    sra = SRAConfig(enabled=False) if args.no_sra else None  # None: the model's default settings
     chain = create_stuffed_rag_chain(
         store.as_retriever(search_kwargs={"k": args.top_k}),
         ChatSRA(max_new_tokens=args.max_new_tokens),  # the embedded SmolLM2-135M-Instruct

@@ -35,7 +35,7 @@ def main() -> None:
     index = VectorStoreIndex.from_documents(documents, embed_model=MiniLMEmbedding())
     print(f"Indexed {len(documents)} documents.")
 
-    sra = SRAConfig(enabled=False) if args.no_sra else SRAConfig.preset("recommended")
+    sra = SRAConfig(enabled=False) if args.no_sra else None  # None: the model's default settings
     query_engine = SRAQueryEngine(
         retriever=index.as_retriever(similarity_top_k=args.top_k),
         llm=SRALLM(max_new_tokens=args.max_new_tokens),  # the embedded SmolLM2-135M-Instruct

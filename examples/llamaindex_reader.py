@@ -33,7 +33,7 @@ def main() -> None:
     store = ChromaStore.open(args.store)
     print(ingest(store, samples_path(), progress=False).summary())
 
-    sra = SRAConfig(enabled=False) if args.no_sra else SRAConfig.preset("recommended")
+    sra = SRAConfig(enabled=False) if args.no_sra else None  # None: the model's default settings
     query_engine = SRAQueryEngine(
         retriever=ChunkRetriever(store, top_k=args.top_k),
         llm=SRALLM(max_new_tokens=args.max_new_tokens),  # the embedded SmolLM2-135M-Instruct

@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     engine = SRAEngine.shared()  # the embedded SmolLM2-135M-Instruct
-    sra = SRAConfig(enabled=False) if args.no_sra else SRAConfig.preset("recommended")
+    sra = SRAConfig(enabled=False) if args.no_sra else None  # None: the model's default settings
     summarizer = Summarizer(engine, sra=sra, max_new_tokens=args.max_new_tokens)
     summary = summarizer.stream(args.file.read_text(encoding="utf-8"), title=args.file.name)
     for piece in summary:

@@ -190,6 +190,15 @@ class SRAOptions(SRAFields):
         base = self._engine.sra if self._engine is not None else shipped_defaults(self.model or EMBEDDED_MODEL).sra
         return base.override(**{name: value for name in SRA_FIELDS if (value := getattr(self, name)) is not None})
 
+    def answer_settings(self) -> dict[str, Any]:
+        """The model's answer decoding (``engine.defaults.sampling``: the loop guard, no per-token
+        penalty) for the settings this object leaves unset: what the adapters' readers over
+        documents (LlamaIndex's ``SRAQueryEngine``, LangChain's ``create_stuffed_rag_chain``) add to
+        each call, as :class:`~sra_rag.rag.reader.Reader` does."""
+        return {
+            name: value for name, value in self.engine.defaults.sampling.items() if name not in self.model_fields_set
+        }
+
     def call_settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Engine keyword arguments for one call: this object's settings with the call's over them.
 

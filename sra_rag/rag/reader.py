@@ -139,7 +139,8 @@ class Answer:
 
 
 class Reader:
-    """Answer questions over a retriever with one stuffed prompt per question.
+    """Answer questions over a retriever (or over the chunks each call passes) with one stuffed
+    prompt per question.
 
     ``top_k``: chunks retrieved; ``sra``: the SRA settings (default: the engine's); ``overflow``:
     what to do when the retrieved text does not fit (``"error"`` or ``"drop"``, see
@@ -165,7 +166,7 @@ class Reader:
     def __init__(
         self,
         engine: SRAEngine,
-        retriever: Retriever,
+        retriever: Retriever | None = None,
         *,
         top_k: int = 8,
         sra: SRAConfig | None = None,
@@ -178,7 +179,7 @@ class Reader:
         attribute: bool = False,
         cite: CiteMode | None = "attention",
     ) -> None:
-        if not callable(getattr(retriever, "retrieve", None)):
+        if retriever is not None and not callable(getattr(retriever, "retrieve", None)):
             raise TypeError(f"retriever must have a retrieve(question, top_k) method, got {type(retriever).__name__}")
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
@@ -205,6 +206,10 @@ class Reader:
             raise TypeError(f"pass {taken} as Reader arguments, not in sampling")
 
     def retrieve(self, question: str) -> list[Chunk]:
+        if self.retriever is None:
+            raise ValueError(
+                "This Reader has no retriever: pass the chunks to answer from, reader.ask(question, chunks=[...])."
+            )
         chunks = self.retriever.retrieve(question, self.top_k)
         if not chunks:
             raise EmptyRetrievalError("Nothing was retrieved: the store is empty. Ingest documents first.")

@@ -88,6 +88,25 @@ def test_empty_retrieval_and_bad_settings_are_clear_errors(embedded_engine) -> N
         Reader(embedded_engine, ListRetriever(CHUNKS), sampling={"temperature": float("nan")}).stream(QUESTION)
 
 
+def test_a_reader_without_a_retriever_answers_over_the_chunks_it_is_given(embedded_engine) -> None:
+    off = SRAConfig(enabled=False)
+    given = Reader(embedded_engine, sra=off, max_new_tokens=6).ask(QUESTION, chunks=CHUNKS)
+    retrieved = Reader(embedded_engine, ListRetriever(CHUNKS), sra=off, max_new_tokens=6).ask(QUESTION)
+    assert given.text == retrieved.text and given.sources == retrieved.sources
+    with pytest.raises(ValueError, match="no retriever"):
+        Reader(embedded_engine).ask(QUESTION)
+
+
+def test_the_reader_answers_with_the_models_defaults(embedded_engine) -> None:
+    spy = SpyEngine(embedded_engine)
+    Reader(spy, max_new_tokens=2).ask(QUESTION, chunks=CHUNKS)
+    assert spy.stream_kwargs["sra"] is None  # the engine's own: its defaults' preset
+    assert embedded_engine.sra == embedded_engine.defaults.sra
+    for name, value in embedded_engine.defaults.sampling.items():
+        assert spy.stream_kwargs[name] == value
+    assert spy.stream_kwargs["loop_guard"] > 0 and spy.stream_kwargs["repetition_penalty"] == 1.0
+
+
 def test_answer_says_which_sources_the_question_read(embedded_engine) -> None:
     reader = Reader(embedded_engine, ListRetriever(CHUNKS), max_new_tokens=2)
     answer = reader.ask(QUESTION)

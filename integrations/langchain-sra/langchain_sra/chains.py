@@ -122,7 +122,12 @@ def create_stuffed_rag_chain(
             order=order,
             sra=sra if sra is not None else chat_model.sra_config,
         )
-        call: dict[str, Any] = {"max_new_tokens": new_tokens, "stop": stops, "layout": stuffed.layout}
+        call: dict[str, Any] = {
+            **chat_model.answer_settings(),
+            "max_new_tokens": new_tokens,
+            "stop": stops,
+            "layout": stuffed.layout,
+        }
         if sra is not None:
             call["sra"] = sra
         return {

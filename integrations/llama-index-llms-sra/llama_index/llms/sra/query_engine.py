@@ -157,7 +157,12 @@ class SRAQueryEngine(CustomQueryEngine):
 
     def _call_kwargs(self, stuffed: StuffedPrompt) -> dict[str, Any]:
         stop = [*(self.llm.stop or []), *self.stop]
-        kwargs: dict[str, Any] = {"max_new_tokens": self._max_new_tokens(), "stop": stop, "layout": stuffed.layout}
+        kwargs: dict[str, Any] = {
+            **self.llm.answer_settings(),
+            "max_new_tokens": self._max_new_tokens(),
+            "stop": stop,
+            "layout": stuffed.layout,
+        }
         if self.sra is not None:
             kwargs["sra"] = self.sra
         return kwargs
