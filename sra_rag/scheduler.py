@@ -36,7 +36,7 @@ from transformers.cache_utils import DynamicLayer
 
 from sra_rag.readout import ReadoutComplete, ReadoutRecorder
 from sra_rag.request import Request
-from sra_rag.sampling import Sampler
+from sra_rag.sampling import Sampler, check_scores
 from sra_rag.streaming import Channel, IncrementalText, TextStream, Update
 
 logger = logging.getLogger(__name__)
@@ -376,6 +376,7 @@ class Scheduler:
         """Pick every row's next token from ``logits (rows, vocab)``, hand each stream its update,
         and let finished rows leave the batch."""
         argmax: list[int] | None = None
+        usable: list[bool] = []
         for index, row in enumerate(batch.rows):
             try:
                 if row.request.forced_tokens:
@@ -385,6 +386,9 @@ class Scheduler:
                 else:
                     if argmax is None:
                         argmax = logits.argmax(-1).tolist()
+                        usable = (torch.isfinite(logits).all(-1)).tolist()
+                    if not usable[index]:
+                        check_scores(logits[index : index + 1])
                     token = argmax[index]
                 self._record(row, token, logits[index])
             except Exception as error:  # this request's processors or detokenisation: it alone fails
