@@ -58,13 +58,26 @@ class BodyTooLargeError(Exception):
 
 
 class BodyLimit:
-    """Refuse a request body over ``max_bytes`` with 413 before it is read or parsed: at once when
+    """Refuse a request body over ``max_bytes`` with 413 before it is parsed: as soon as
     ``Content-Length`` says so, else as soon as the bytes received pass the limit (chunked uploads).
-    The rest of such a body is never read, so it costs neither memory nor the event loop's time."""
+    The rest of the body is read and dropped as it arrives (it costs no memory), so that the client,
+    still sending, reads the 413 rather than a reset connection; past ``drain_bytes`` the connection
+    is closed instead."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.drain_bytes = max(64 << 20, 16 * max_bytes)
+
+    async def drain(self, receive: Receive) -> None:
+        drained = 0
+        while drained <= self.drain_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     def error(self) -> APIError:
         return APIError(
@@ -72,7 +85,6 @@ class BodyLimit:
             f"The request body is larger than this server's limit of {self.max_bytes:,} bytes "
             "(--max-body-bytes); send fewer or shorter documents or messages.",
             code="request_too_large",
-            headers={"connection": "close"},
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,16 +93,18 @@ class BodyLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self.drain(receive)
             await send_error(send, self.error())
             return
         received = 0
-        started = False
+        started = finished = False
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, finished
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                finished = not message.get("more_body", False)
                 if received > self.max_bytes:
                     raise BodyTooLargeError
             return message
@@ -104,6 +118,8 @@ class BodyLimit:
             await self.app(scope, counted, tracked)
         except BodyTooLargeError:
             if not started:
+                if not finished:
+                    await self.drain(receive)
                 await send_error(send, self.error())
 
 
