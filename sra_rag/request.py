@@ -29,9 +29,10 @@ GREEDY_BELOW = 1e-5
 a smaller one could overflow them to inf."""
 MAX_TEMPERATURE = 100.0
 MIN_REPETITION_PENALTY = 0.01
-MAX_REPETITION_PENALTY = 100.0
-"""The repetition penalty divides positive logits and multiplies negative ones: outside [0.01, 100]
-(``1e-300``, say) they overflow to inf, and the next token is a NaN draw or a meaningless argmax."""
+MAX_REPETITION_PENALTY = 1e6
+"""The repetition penalty divides positive logits and multiplies negative ones: outside [0.01, 1e6]
+(``1e-300``, say) they can overflow to inf, and the next token is a NaN draw or a meaningless argmax;
+inside it, any logit under 1e32 in magnitude stays finite (1e6 in effect forbids repeats)."""
 
 
 class SamplingSettingsError(ValueError):

@@ -1,17 +1,19 @@
 """OpenAI request and response bodies as pydantic models (the subset this server implements).
 
-The surface follows OpenAI's API reference and vLLM's ``entrypoints/openai/protocol.py``. Requests
-reject unknown fields (a typo such as ``max_token`` is a 400, not a silently ignored setting) and
-fields the server cannot honour (``n`` other than 1, penalties, tools, log-probabilities) with a
-message that says what to do instead. Five fields go beyond OpenAI, sent by clients as
-``extra_body``: ``sra`` (per-request Scaled ReAttention settings), ``documents`` (retrieved text
-that the server stuffs into the prompt the way the reader does), ``order`` (attention-ordered
-stuffing of those documents, as ``Reader(order=...)``), ``attribute`` (score what the answer
-read, as ``Reader(attribute=True)``) and ``cite`` (how an answer that cites no document gets a
-citation, as ``Reader(cite=...)``; by attention by default). A reply to a request with documents
-carries ``sources``: each document's number in the prompt, whether the answer cites it, how much the
-question read it (``attention``) and, with ``attribute``, how much the answer read it
-(``answer_attention``).
+The surface follows OpenAI's API reference and vLLM's ``entrypoints/openai/protocol.py``, with the
+chat fields clients send today (message ``name``, assistant ``content: null`` with ``tool_calls`` or
+a ``refusal``, ``tool`` messages, ``tools`` and ``tool_choice``). Types are strict (``true`` is not
+1, ``"yes"`` is not a boolean, NaN is not a number). Requests reject unknown fields (a typo such as
+``max_token`` is a 400, not a silently ignored setting) and fields the server cannot honour (``n``
+other than 1, penalties, log-probabilities) with a message that says what to do instead. Five
+fields go beyond OpenAI, sent by clients as ``extra_body``: ``sra`` (per-request Scaled ReAttention
+settings), ``documents`` (retrieved text that the server stuffs into the prompt the way the reader
+does), ``order`` (attention-ordered stuffing of those documents, as ``Reader(order=...)``),
+``attribute`` (score what the answer read, as ``Reader(attribute=True)``) and ``cite`` (how an
+answer that cites no document gets a citation, as ``Reader(cite=...)``; by attention by default).
+A reply to a request with documents carries ``sources``: each document's number in the prompt,
+whether the answer cites it, how much the question read it (``attention``) and, with
+``attribute``, how much the answer read it (``answer_attention``).
 """
 
 from __future__ import annotations
@@ -211,7 +213,7 @@ class _GenerationRequest(_Request):
         None,
         ge=MIN_REPETITION_PENALTY,
         le=MAX_REPETITION_PENALTY,
-        description="vLLM's extension: > 1 discourages repeats (0.01 to 100).",
+        description="vLLM's extension: > 1 discourages repeats (0.01 to 1e6).",
     )
     n: int | None = None
     stop: str | list[str] | None = None

@@ -189,6 +189,7 @@ def test_llamaindex_function_calling_and_structured_predict(url: str) -> None:
 
 
 def test_a_langgraph_react_agent_runs_its_tool_loop(url: str, recording_engine) -> None:
+    pytest.importorskip("langgraph.prebuilt", reason="the dev extra installs langgraph")
     from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
     from langgraph.errors import GraphRecursionError
