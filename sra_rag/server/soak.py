@@ -197,7 +197,11 @@ def rss_mib() -> float:
     return float("nan")
 
 
-async def traffic(url: str, model: str, count: int, concurrency: int, seed: int, limit: int, max_tokens: int) -> Tally:
+async def traffic(
+    url: str, model: str, count: int, concurrency: int, seed: int, limit: int, max_tokens: int, *, warm: bool = False
+) -> Tally:
+    """Send ``count`` requests of :func:`plan`, ``concurrency`` at a time (``warm``: each kind
+    once, normal and malformed, none abandoned)."""
     tally = Tally()
     gate = asyncio.Semaphore(concurrency)
     timeout = httpx.Timeout(600.0)
@@ -212,7 +216,10 @@ async def traffic(url: str, model: str, count: int, concurrency: int, seed: int,
                     tally.unexpected.append(f"#{index} {kind}/{fate}: {type(error).__name__}: {error}")
 
         started = time.monotonic()
-        await asyncio.gather(*(guarded(index, kind, fate) for index, (kind, fate) in enumerate(plan(count, seed))))
+        mix = plan(count, seed)
+        if warm:
+            mix = [(kind, "normal") for kind in KINDS] + [(KINDS[0], "malformed")] * len(KINDS)
+        await asyncio.gather(*(guarded(index, kind, fate) for index, (kind, fate) in enumerate(mix)))
         tally.seconds = time.monotonic() - started
     return tally
 
@@ -250,17 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(engine, settings)
     model = app.state.server.model_name
     with serving(app) as url:
-        warm = httpx.post(
-            url + "/v1/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
-            timeout=120,
-        )
-        warm.raise_for_status()
+        # Warm every path once (tool grammars compiled, threads started, buffers grown), so that
+        # the memory measured afterwards is the steady state the traffic must come back to.
+        limit = settings.max_body_bytes
+        warm = asyncio.run(traffic(url, model, 0, args.concurrency, args.seed, limit, args.max_tokens, warm=True))
+        if warm.server_errors or warm.unexpected:
+            print(f"warm-up failed: {warm.statuses} {warm.unexpected}", file=sys.stderr)
+            return 1
         gc.collect()
         rss_start = rss_mib()
-        tally = asyncio.run(
-            traffic(url, model, args.requests, args.concurrency, args.seed, settings.max_body_bytes, args.max_tokens)
-        )
+        tally = asyncio.run(traffic(url, model, args.requests, args.concurrency, args.seed, limit, args.max_tokens))
         slots = leaked(url, engine)
         gc.collect()
         rss_end = rss_mib()
