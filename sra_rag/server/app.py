@@ -227,10 +227,6 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
-class GenerationFailedError(Exception):
-    """A request failed inside the engine after it started (a forward pass, a logits processor, ...)."""
-
-
 def _generation_error(error: BaseException, reply_id: str) -> APIError:
     """An engine failure as a 500 in OpenAI's shape, logged on one line (no traceback: the engine
     already confined the failure to this request; the others of its batch go on)."""

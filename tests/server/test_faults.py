@@ -246,3 +246,11 @@ def test_a_lower_case_bearer_is_accepted_and_a_refusal_names_no_host(server_engi
         assert response.status_code == 200 and response.headers["x-sra-rag-replica"] == "host-a:42"
     refused = httpx.get(url + "/v1/models", headers={"Authorization": "bearer wrong"})
     assert refused.status_code == 401 and "x-sra-rag-replica" not in refused.headers
+
+
+def test_the_openapi_document_still_describes_the_request_bodies(url: str) -> None:
+    paths = httpx.get(url + "/openapi.json").json()["paths"]
+    for path, field in (("/v1/chat/completions", "messages"), ("/v1/completions", "prompt")):
+        schema = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert field in schema["required"] and "stream_options" in schema["properties"]
+        assert "$ref" not in json.dumps(schema)  # definitions inlined: the document has no components for them
