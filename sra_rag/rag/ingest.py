@@ -16,16 +16,19 @@ An interrupted run leaves each file either complete or with some new chunks adde
 ones left; the next run sees the difference in step 2 and completes it. Files under an ingested folder
 that were ingested before and are gone now have their chunks deleted (``prune``).
 
-Names that are not valid UTF-8 (Chroma stores text) and unreadable folders are reported and skipped;
-nothing aborts the run but the store itself failing.
+Names that are not valid UTF-8 (Chroma stores text), unreadable folders, symbolic links that loop,
+dangle or lead out of the folder (unless ``follow_symlinks``), FIFOs, devices and sockets are
+reported and skipped; nothing aborts the run but the store itself failing.
 """
 
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,23 +94,51 @@ def _is_utf8(path: str) -> bool:
     return True
 
 
-def discover_files(path: str | os.PathLike[str], suffixes: Iterable[str] = DEFAULT_SUFFIXES) -> list[Path]:
-    """The text files to ingest: ``path`` itself if it is a file, else every file under the folder
-    whose suffix is in ``suffixes`` (case-insensitive), hidden files and folders excluded, sorted."""
-    return _discover(Path(path), suffixes)[0]
+def discover_files(
+    path: str | os.PathLike[str], suffixes: Iterable[str] = DEFAULT_SUFFIXES, *, follow_symlinks: bool = False
+) -> list[Path]:
+    """The text files to ingest: ``path`` itself if it is a file, else every regular file under the
+    folder whose suffix is in ``suffixes`` (case-insensitive), hidden files and folders excluded,
+    sorted. Symbolic links are followed only where they stay inside the folder, unless
+    ``follow_symlinks``."""
+    return _discover(Path(path), suffixes, follow_symlinks)[0]
 
 
-def _discover(root: Path, suffixes: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """The files to ingest and the folders that could not be listed, ``(path, reason)``."""
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _discover(
+    root: Path, suffixes: Iterable[str], follow_symlinks: bool = False
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files to ingest, and every file or folder left out with the reason, ``(path, reason)``:
+    unreadable folders, symbolic links that loop, dangle or (without ``follow_symlinks``) lead out
+    of ``root``, and wanted names that are not regular files (FIFOs, devices, sockets), which would
+    block or never end if read."""
     if root.is_file():
         return [root.resolve()], []
     if not root.is_dir():
         raise FileNotFoundError(f"Nothing to ingest at {display_path(root)}: no such file or folder.")
     wanted = {suffix.lower() for suffix in suffixes}
-    unlisted: list[tuple[str, str]] = []
+    base = os.path.realpath(root)
+    skipped: list[tuple[str, str]] = []
 
     def note(error: OSError) -> None:
-        unlisted.append((display_path(error.filename or root), f"folder cannot be read ({error.strerror or error})"))
+        skipped.append((display_path(error.filename or root), f"folder cannot be read ({error.strerror or error})"))
+
+    def outside(link: Path, real: str) -> bool:
+        if follow_symlinks or real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+            return False
+        reason = (
+            f"is a symbolic link to {display_path(real)}, outside {display_path(base)}; "
+            "pass --follow-symlinks (follow_symlinks=True) to ingest what it points to"
+        )
+        skipped.append((display_path(link), reason))
+        return True
 
     found, visited = set(), set()
     for folder, folders, names in os.walk(root, onerror=note, followlinks=True):
@@ -116,16 +147,42 @@ def _discover(root: Path, suffixes: Iterable[str]) -> tuple[list[Path], list[tup
             folders[:] = []
             continue
         visited.add(real)
-        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        kept = []
+        for name in sorted(folders):
+            linked = Path(folder, name)
+            if name.startswith(".") or (linked.is_symlink() and outside(linked, os.path.realpath(linked))):
+                continue
+            kept.append(name)
+        folders[:] = kept
         for name in names:
             file = Path(folder, name)
-            if name.startswith(".") or file.suffix.lower() not in wanted or not file.is_file():
+            if name.startswith(".") or file.suffix.lower() not in wanted:
                 continue
-            try:
-                found.add(file.resolve())
-            except (OSError, RuntimeError) as error:  # a symlink loop
-                unlisted.append((display_path(file), f"cannot be resolved ({error})"))
-    return sorted(found), unlisted
+            reason = _not_a_file(file)
+            if reason is not None:
+                skipped.append((display_path(file), reason))
+                continue
+            target = os.path.realpath(file)
+            if file.is_symlink() and outside(file, target):
+                continue
+            found.add(Path(target))
+    return sorted(found), skipped
+
+
+def _not_a_file(file: Path) -> str | None:
+    """Why ``file`` (a name with a wanted suffix) cannot be read as a text file, or None."""
+    try:
+        mode = os.stat(file).st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if error.errno == errno.ENOENT and file.is_symlink():
+            return f"is a broken symbolic link (to {display_path(os.readlink(file))})"
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file"
 
 
 def chunk_id(path: str, index: int, text: str) -> str:
@@ -208,6 +265,7 @@ def ingest(
     count_tokens: TokenCounter | None = None,
     prune: bool = True,
     progress: bool = True,
+    follow_symlinks: bool = False,
 ) -> IngestReport:
     """Ingest a file or a folder of text files into ``store``; see the module docstring for ids,
     updates and restarts.
@@ -216,7 +274,9 @@ def ingest(
     model's tokens, counted without truncation; at most what the model embeds, 254). ``prune``: also
     delete chunks of files that were ingested from this folder before but no longer exist.
     ``progress``: a progress bar on stderr that advances chunk by chunk (in bytes of text, with the
-    number of chunks stored).
+    number of chunks stored). ``follow_symlinks``: also read what symbolic links under the folder
+    point to outside it (by default such links are skipped and named in the report, so ingesting a
+    folder never reads outside it).
     """
     from tqdm.auto import tqdm
 
@@ -239,7 +299,7 @@ def ingest(
             f"The folder {display_path(root_key)} has a name that is not valid UTF-8, which the store cannot "
             "record; rename it."
         )
-    files, unlisted = _discover(given, suffixes)
+    files, unlisted = _discover(given, suffixes, follow_symlinks)
     report = IngestReport(skipped=list(unlisted))
     total = sum(_size(file) for file in files)
     with tqdm(total=total, desc="Ingesting", unit="B", unit_scale=True, disable=not progress) as bar:

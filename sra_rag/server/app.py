@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import time
@@ -22,23 +23,26 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from sra_rag import __version__
 from sra_rag.server.admission import Admission, AdmissionTimeoutError, QueueFullError
-from sra_rag.server.errors import APIError, install_error_handlers
+from sra_rag.server.errors import APIError, install_error_handlers, validation_error
 from sra_rag.server.generation import (
     Generation,
     Job,
     RequestTimeoutError,
     after_answer,
     chat_job,
+    check_prompt_size,
     completion_job,
+    max_token_chars,
     start,
 )
 from sra_rag.server.metrics import Metrics, MetricsMiddleware
-from sra_rag.server.middleware import BearerAuth, ReplicaHeader
+from sra_rag.server.middleware import BearerAuth, BodyLimit, ReplicaHeader
 from sra_rag.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -49,8 +53,11 @@ from sra_rag.server.protocol import (
     CompletionChoice,
     CompletionRequest,
     Delta,
+    DeltaToolCall,
     ModelCard,
     ModelList,
+    ReplyFunction,
+    ReplyToolCall,
     TextCompletion,
     Usage,
     dump,
@@ -63,6 +70,8 @@ if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
 
 T = TypeVar("T")
+Body = TypeVar("Body", bound=BaseModel)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,6 +84,7 @@ class ServerState:
     admission: Admission
     metrics: Metrics
     created: int
+    token_chars: int = 1
     accepting: bool = True
 
     @property
@@ -93,6 +103,7 @@ def create_app(engine: SRAEngine, settings: ServerSettings | None = None) -> Fas
         admission=admission,
         metrics=Metrics(running=lambda: admission.running, waiting=lambda: admission.waiting),
         created=now(),
+        token_chars=max_token_chars(engine),
     )
 
     @asynccontextmanager
@@ -109,11 +120,13 @@ def create_app(engine: SRAEngine, settings: ServerSettings | None = None) -> Fas
     )
     app.state.server = state
     install_error_handlers(app)
-    # Outermost last: the replica header and the metrics also cover refused (401) requests.
+    # Outermost last. The metrics count refused (401, 413) requests too; a request without the key
+    # is refused before its body is read, and learns nothing about the host (no replica header).
+    app.add_middleware(ReplicaHeader, replica=settings.replica or f"{socket.gethostname()}:{os.getpid()}")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(BearerAuth, api_key=settings.api_key)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
-    app.add_middleware(ReplicaHeader, replica=settings.replica or f"{socket.gethostname()}:{os.getpid()}")
     _add_routes(app, state)
     return app
 
@@ -140,17 +153,23 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         check_model(model_id)
         return dump(card())
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        check_model(body.model)
+    # The bodies are read here and parsed off the event loop (FastAPI would parse them on it), as
+    # JSON with strict types; the schemas still show in the OpenAPI document.
+    @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
+    async def chat_completions(request: Request) -> Response:
         arrived = time.monotonic()
+        body = await _parse(request, ChatCompletionRequest)
+        check_model(body.model)
+        check_prompt_size(body, state.engine.context_window, state.token_chars)
         job = await asyncio.to_thread(chat_job, state.engine, body, state.settings)
         return await _until_disconnected(request, _respond(state, job, body, arrived, chat=True))
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        check_model(body.model)
+    @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
+    async def completions(request: Request) -> Response:
         arrived = time.monotonic()
+        body = await _parse(request, CompletionRequest)
+        check_model(body.model)
+        check_prompt_size(body, state.engine.context_window, state.token_chars)
         job = await asyncio.to_thread(completion_job, state.engine, body, state.settings)
         return await _until_disconnected(request, _respond(state, job, body, arrived, chat=False))
 
@@ -180,6 +199,45 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
+async def _parse(request: Request, model: type[Body]) -> Body:
+    """The request body as ``model``, parsed and validated in a worker thread; a 400 naming the field."""
+    raw = await request.body()
+    try:
+        return await asyncio.to_thread(model.model_validate_json, raw)
+    except ValidationError as error:
+        raise validation_error(error.errors(include_url=False)) from None
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its body itself: ``model``'s JSON schema with
+    its definitions inlined (the request models are not recursive)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+
+
+def _generation_error(error: BaseException, reply_id: str) -> APIError:
+    """An engine failure as a 500 in OpenAI's shape, logged on one line (no traceback: the engine
+    already confined the failure to this request; the others of its batch go on)."""
+    logger.error("Request %s failed during generation: %s: %s", reply_id, type(error).__name__, error)
+    return APIError(
+        500,
+        f"Generation failed ({type(error).__name__}: {error}); the request was stopped. Other requests are unaffected.",
+        code="generation_failed",
+    )
+
+
 async def _respond(
     state: ServerState, job: Job, body: ChatCompletionRequest | CompletionRequest, arrived: float, *, chat: bool
 ) -> Response:
@@ -200,12 +258,14 @@ async def _respond(
         )
     try:
         text = "".join([piece async for piece in generation.pieces()])
+        stream = generation.stream
+        citation, answer = await after_answer(state.engine, job, text, stream.finish_reason)
     except RequestTimeoutError as error:
         raise APIError(504, str(error), code="timeout") from None
-    stream = generation.stream
-    assert stream.finish_reason is not None
-    citation, answer = await after_answer(state.engine, job, text, stream.finish_reason)
+    except Exception as error:
+        raise _generation_error(error, reply_id) from None
     text += citation
+    finish_reason = stream.finish_reason if stream.finish_reason in ("stop", "length") else "stop"
     fields: dict[str, Any] = {
         "id": reply_id,
         "created": now(),
@@ -215,12 +275,22 @@ async def _respond(
     }
     reply: ChatCompletion | TextCompletion
     if chat:
-        choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=stream.finish_reason)
+        call = job.tool_call(text, finish_reason)
+        if call is not None:
+            calls = [ReplyToolCall(id=call.id, function=ReplyFunction(name=call.name, arguments=_json(call.arguments)))]
+            message = AssistantMessage(content=None, tool_calls=calls)
+            choice = ChatChoice(message=message, finish_reason="tool_calls")
+        else:
+            choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=finish_reason)
         reply = ChatCompletion(choices=[choice], **fields)
     else:
-        completion = CompletionChoice(text=text, finish_reason=stream.finish_reason)
+        completion = CompletionChoice(text=text, finish_reason=finish_reason)
         reply = TextCompletion(choices=[completion], **fields)
     return JSONResponse(dump(reply))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 async def _events(
@@ -234,8 +304,10 @@ async def _events(
 ) -> AsyncIterator[dict[str, str]]:
     """The stream: (chat: a first chunk with the role), a chunk per generated piece, a last chunk with
     ``finish_reason`` (and ``sources`` when documents were sent), a usage chunk when asked for
-    (``stream_options.include_usage``), then ``[DONE]``. A timeout after the response has started
-    becomes an error event in OpenAI's shape, which OpenAI clients raise."""
+    (``stream_options.include_usage``), then ``[DONE]``. A reply to a request with tools that is a
+    call arrives whole, as one ``tool_calls`` delta, then ``finish_reason: "tool_calls"``. A timeout
+    or a failure after the response has started becomes an error event in OpenAI's shape, then
+    ``[DONE]``; OpenAI clients raise it."""
     created, model = now(), state.model_name
 
     def chunk(text: str | None, finish_reason: Any = None, *, first: bool = False, **extra: Any) -> dict[str, str]:
@@ -246,23 +318,47 @@ async def _events(
         completion = CompletionChoice(text=text or "", finish_reason=finish_reason)
         return _event(TextCompletion(id=reply_id, created=created, model=model, choices=[completion], **extra))
 
+    def error_event(error: APIError) -> dict[str, str]:
+        return {"data": json.dumps(error.body())}
+
+    held: list[str] = []  # a reply that may be a tool call is held back until it is complete
     try:
         if chat:
             yield chunk("", first=True)
         async for piece in generation.pieces():
+            if job.tools and (held or piece.startswith("{")):
+                held.append(piece)
+                continue
             yield chunk(piece)
+        stream = generation.stream
+        text = stream.text
+        finish_reason = stream.finish_reason if stream.finish_reason in ("stop", "length") else "stop"
+        call = job.tool_call(text, finish_reason) if held else None
+        if held and call is None:
+            yield chunk("".join(held))  # not a complete call (cut by max_tokens): the text as it is
+        citation, answer = await after_answer(state.engine, job, text, finish_reason)
     except RequestTimeoutError as error:
-        yield {"data": json.dumps(APIError(504, str(error), code="timeout").body())}
+        yield error_event(APIError(504, str(error), code="timeout"))
+        yield {"data": "[DONE]"}
+        return
+    except Exception as error:
+        yield error_event(_generation_error(error, reply_id))
         yield {"data": "[DONE]"}
         return
     finally:
         generation.close()
-    stream = generation.stream
-    citation, answer = await after_answer(state.engine, job, stream.text, stream.finish_reason)
     if citation:
         yield chunk(citation)
-    text = stream.text + citation
-    yield chunk(None, stream.finish_reason, sources=job.sources(text, stream.document_attention, answer))
+    text += citation
+    sources = job.sources(text, stream.document_attention, answer)
+    if call is not None:
+        function = ReplyFunction(name=call.name, arguments=_json(call.arguments))
+        delta = Delta(tool_calls=[DeltaToolCall(id=call.id, function=function)])
+        choice = ChatChunkChoice(delta=delta)
+        yield _event(ChatCompletionChunk(id=reply_id, created=created, model=model, choices=[choice]))
+        yield chunk(None, "tool_calls", sources=sources)
+    else:
+        yield chunk(None, finish_reason, sources=sources)
     if body.include_usage:
         usage = Usage.of(stream.prompt_tokens, stream.completion_tokens)
         reply = ChatCompletionChunk if chat else TextCompletion

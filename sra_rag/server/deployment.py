@@ -27,7 +27,7 @@ from ray import serve
 from ray.serve import Application
 from starlette.types import ASGIApp
 
-from sra_rag.server.settings import EngineSpec, ServerSettings
+from sra_rag.server.settings import DEFAULT_MAX_BODY_BYTES, EngineSpec, ServerSettings
 
 DEPLOYMENT_NAME = "SRAReader"
 
@@ -65,6 +65,7 @@ class DeploymentArgs(BaseModel):
     api_key: str | None = Field(None, repr=False)
     default_max_tokens: int = Field(512, ge=1)
     served_model_name: str | None = None
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
 
 
 def reader_app(
@@ -91,6 +92,7 @@ def build(args: dict[str, Any]) -> Application:
         api_key=parsed.api_key,
         default_max_tokens=parsed.default_max_tokens,
         model_name=parsed.served_model_name,
+        max_body_bytes=parsed.max_body_bytes,
     )
     return reader_app(spec, settings, replicas=parsed.replicas, num_cpus=parsed.num_cpus, num_gpus=parsed.num_gpus)
 

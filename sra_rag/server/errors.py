@@ -24,6 +24,7 @@ ERROR_TYPES = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    413: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     503: "server_error",
@@ -78,7 +79,13 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> APIError:
     if any(error.get("type") == "json_invalid" for error in errors):
         detail = next(error for error in errors if error.get("type") == "json_invalid")
         reason = (detail.get("ctx") or {}).get("error", "")
-        return APIError(400, f"The request body is not valid JSON ({reason}).".replace(" ()", ""), code="invalid_json")
+        message = f"The request body is not valid JSON ({reason}).".replace(" ()", "")
+        if "surrogate" in reason or "hex escape" in reason:
+            message += (
+                " Check the \\u escapes: an incomplete one, or a lone surrogate (\\ud800-\\udfff without its pair), "
+                "is not a character."
+            )
+        return APIError(400, message, code="invalid_json")
     messages = []
     for error in errors:
         path = field_path(error.get("loc", ()))

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from sra_rag.config import SRAConfig
 from sra_rag.engine import ContextWindowExceededError, Prompt, TextStream
-from sra_rag.generation.request import Request
+from sra_rag.generation.request import Request, SamplingSettingsError
+from sra_rag.generation.tools import ToolCall, parse_tool_call
 from sra_rag.rag.citing import CiteMode, cited_numbers, finish_answer
 from sra_rag.rag.ordering import prepare_stuffed_prompt
 from sra_rag.rag.stuffing import Chunk, ContextOverflowError, StuffedPrompt
@@ -64,6 +65,17 @@ class Job:
     stuffed: StuffedPrompt | None = None
     attribute: bool = False
     cite: CiteMode | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    def tool_call(self, text: str, finish_reason: str | None) -> ToolCall | None:
+        """The call in the reply ``text`` when the request offered tools (None for a text reply). A
+        call cut short by ``max_tokens`` is no call: the reply stays text, ``finish_reason`` "length"."""
+        if not self.tools or finish_reason == "length":
+            return None
+        try:
+            return parse_tool_call(text, self.tools)
+        except ValueError:
+            return None
 
     def sources(
         self, text: str, attention: DocumentAttention | None = None, answer: Sequence[float] | None = None
@@ -115,13 +127,21 @@ async def after_answer(
 
 
 def chat_job(engine: SRAEngine, request: ChatCompletionRequest, settings: ServerSettings) -> Job:
+    """A chat request; with ``tools`` (not ``tool_choice: "none"``) the engine offers them and holds
+    the reply to a call by constrained decoding, or to text under ``"auto"``."""
     options = _sampling(engine, request)
     if request.documents is not None:
         question, system = _question(request)
         return _stuffed_job(engine, request, settings, question, system, options)
-    messages = [message.as_dict() for message in request.messages]
+    messages = request.engine_messages()
+    tools = None
+    if request.calls_tools:
+        tools = request.tool_specs
+        options.update(tools=tools, tool_choice=request.engine_tool_choice)
     options["max_new_tokens"] = _max_new_tokens(engine, request.token_limit, messages, True, settings, "messages")
-    return _job(engine, messages, options, "messages")
+    job = _job(engine, messages, options, "messages")
+    job.tools = tools
+    return job
 
 
 def completion_job(engine: SRAEngine, request: CompletionRequest, settings: ServerSettings) -> Job:
@@ -132,6 +152,40 @@ def completion_job(engine: SRAEngine, request: CompletionRequest, settings: Serv
     options["chat_template"] = False
     options["max_new_tokens"] = _max_new_tokens(engine, request.token_limit, request.prompt, False, settings, "prompt")
     return _job(engine, request.prompt, options, "prompt")
+
+
+def max_token_chars(engine: SRAEngine) -> int:
+    """The most characters one token of the engine's vocabulary stands for (at least 1): a prompt
+    of ``n`` characters has at least ``n / max_token_chars`` tokens. Vocabulary strings are bytes
+    (byte-level BPE) or characters (SentencePiece), never fewer than the characters they cover."""
+    return max((len(token) for token in engine.tokenizer.get_vocab()), default=1) or 1
+
+
+def check_prompt_size(
+    request: ChatCompletionRequest | CompletionRequest, context_window: int, token_chars: int
+) -> None:
+    """Refuse a prompt that cannot fit the context window before tokenising it: its characters
+    alone need more tokens than the window holds (``token_chars``: :func:`max_token_chars`), and
+    tokenising megabytes would take seconds of CPU and memory."""
+    if isinstance(request, ChatCompletionRequest):
+        texts = [message.content or message.refusal or "" for message in request.messages]
+        texts += [call.function.arguments for message in request.messages for call in message.tool_calls or ()]
+        param = "messages"
+    else:
+        texts, param = [request.prompt], "prompt"
+    if request.documents is not None:
+        texts += [document.text for document in request.documents]
+        param = "documents"
+    characters = sum(len(text) for text in texts)
+    at_least = characters // token_chars
+    if at_least > context_window:
+        raise APIError(
+            400,
+            f"The prompt has {characters:,} characters, so at least {at_least:,} tokens: more than the context "
+            f"window of {context_window:,} tokens. Shorten it; nothing was truncated.",
+            param=param,
+            code="context_length_exceeded",
+        )
 
 
 def _job(
@@ -204,7 +258,7 @@ def _sampling(engine: SRAEngine, request: ChatCompletionRequest | CompletionRequ
 def _question(request: ChatCompletionRequest) -> tuple[str, str | None]:
     """With documents, the messages are the question (the last, only user message) and optionally a
     system message, which then replaces the reader's default system prompt."""
-    system = [message.content for message in request.messages if message.role in ("system", "developer")]
+    system = [message.content or "" for message in request.messages if message.role in ("system", "developer")]
     rest = [message for message in request.messages if message.role not in ("system", "developer")]
     if len(rest) != 1 or rest[0].role != "user":
         raise APIError(
@@ -214,7 +268,7 @@ def _question(request: ChatCompletionRequest) -> tuple[str, str | None]:
             "stuff the documents yourself and leave the documents field out.",
             param="messages",
         )
-    return rest[0].content, "\n\n".join(system) or None
+    return rest[0].content or "", "\n\n".join(system) or None
 
 
 def _stuffed_job(
@@ -278,6 +332,9 @@ def engine_errors(param: str | None) -> Iterator[None]:
         raise APIError(400, str(error), param="documents", code="context_length_exceeded") from None
     except ContextWindowExceededError as error:
         raise APIError(400, str(error), param=param, code="context_length_exceeded") from None
+    except SamplingSettingsError as error:  # name the setting, not the prompt
+        setting = error.settings[0] if error.settings else param
+        raise APIError(400, str(error), param=setting, code="invalid_value") from None
     except (ValueError, TypeError) as error:
         message = str(error)
         if message.startswith("json_schema"):  # the engine names its argument; the client sent response_format

@@ -1,51 +1,88 @@
 """OpenAI request and response bodies as pydantic models (the subset this server implements).
 
-The surface follows OpenAI's API reference and vLLM's ``entrypoints/openai/protocol.py``. Requests
-reject unknown fields (a typo such as ``max_token`` is a 400, not a silently ignored setting) and
-fields the server cannot honour (``n`` other than 1, penalties, tools, log-probabilities) with a
-message that says what to do instead. Five fields go beyond OpenAI, sent by clients as
-``extra_body``: ``sra`` (per-request Scaled ReAttention settings), ``documents`` (retrieved text
-that the server stuffs into the prompt the way the reader does), ``order`` (attention-ordered
-stuffing of those documents, as ``Reader(order=...)``), ``attribute`` (score what the answer
-read, as ``Reader(attribute=True)``) and ``cite`` (how an answer that cites no document gets a
-citation, as ``Reader(cite=...)``; by attention by default). A reply to a request with documents
-carries ``sources``: each document's number in the prompt, whether the answer cites it, how much the
-question read it (``attention``) and, with ``attribute``, how much the answer read it
-(``answer_attention``).
+The surface follows OpenAI's API reference and vLLM's ``entrypoints/openai/protocol.py``, with the
+chat fields clients send today (message ``name``, assistant ``content: null`` with ``tool_calls`` or
+a ``refusal``, ``tool`` messages, ``tools`` and ``tool_choice``). Types are strict (``true`` is not
+1, ``"yes"`` is not a boolean, NaN is not a number). Requests reject unknown fields (a typo such as
+``max_token`` is a 400, not a silently ignored setting) and fields the server cannot honour (``n``
+other than 1, penalties, log-probabilities) with a message that says what to do instead. Five
+fields go beyond OpenAI, sent by clients as ``extra_body``: ``sra`` (per-request Scaled ReAttention
+settings), ``documents`` (retrieved text that the server stuffs into the prompt the way the reader
+does), ``order`` (attention-ordered stuffing of those documents, as ``Reader(order=...)``),
+``attribute`` (score what the answer read, as ``Reader(attribute=True)``) and ``cite`` (how an
+answer that cites no document gets a citation, as ``Reader(cite=...)``; by attention by default).
+A reply to a request with documents carries ``sources``: each document's number in the prompt,
+whether the answer cites it, how much the question read it (``attention``) and, with
+``attribute``, how much the answer read it (``answer_attention``).
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-FinishReason = Literal["stop", "length"]
+from sra_rag.generation.request import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY
+from sra_rag.generation.tools import as_tools, render_tool_call, render_tool_result
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict types, as OpenAI's API: ``true`` is not 1, ``"yes"`` is not a boolean, NaN is no number.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # -- requests -------------------------------------------------------------------------------------
 
 
-class ChatMessage(_Request):
-    """One chat message. ``content`` is text, or a list of ``{"type": "text", "text": ...}`` parts
-    (joined); ``developer`` is OpenAI's newer name for ``system``."""
+class FunctionCall(_Request):
+    """A past call of an assistant message: the function's name and its arguments as JSON text."""
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str
+    name: str
+    arguments: str
+
+
+class MessageToolCall(_Request):
+    """``{"id", "type": "function", "function": {"name", "arguments"}}`` of an assistant message."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.function.arguments or "{}")
+        except json.JSONDecodeError:
+            value = None
+        return value if isinstance(value, dict) else {"arguments": self.function.arguments}
+
+
+class ChatMessage(_Request):
+    """One chat message as OpenAI's clients send it. ``content`` is text, or a list of
+    ``{"type": "text", "text": ...}`` parts (joined); an assistant message may have ``content: null``
+    with ``tool_calls`` or a ``refusal``; a ``tool`` message answers the call ``tool_call_id``;
+    ``developer`` is OpenAI's newer name for ``system``; ``name`` (a participant's name) is accepted
+    and not shown to the model."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | None = None
+    name: str | None = None
+    refusal: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
 
     @field_validator("role", mode="before")
     @classmethod
-    def _no_tools(cls, role: Any) -> Any:
-        if role in ("tool", "function"):
+    def _no_functions(cls, role: Any) -> Any:
+        if role == "function":
             raise ValueError(
-                f"{role!r} messages are not supported: this server does not call tools. "
-                "For structured output use response_format json_schema."
+                "'function' messages are OpenAI's deprecated form; send the result as a 'tool' message with "
+                "the call's tool_call_id"
             )
         return role
 
@@ -63,15 +100,30 @@ class ChatMessage(_Request):
                     )
                 texts.append(part["text"])
             return "".join(texts)
-        if not isinstance(content, str):
+        if content is not None and not isinstance(content, str):
             raise ValueError(
                 "content must be a string or a list of {'type': 'text', 'text': ...} parts, "
                 f"got {type(content).__name__}"
             )
         return content
 
+    @model_validator(mode="after")
+    def _fields_of_the_role(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content (only an assistant message may have null content)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("only tool messages carry a tool_call_id")
+        return self
+
     def as_dict(self) -> dict[str, str]:
-        return {"role": "system" if self.role == "developer" else self.role, "content": self.content}
+        """The message as the engine reads it (text only; tool calls and results are rendered by
+        :meth:`ChatCompletionRequest.engine_messages`)."""
+        content = self.content if self.content is not None else self.refusal or ""
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
 
 
 class Document(_Request):
@@ -87,7 +139,36 @@ class Document(_Request):
 
 
 class StreamOptions(_Request):
+    """``include_usage``: a last chunk with the token counts. ``include_obfuscation`` (random padding
+    OpenAI adds against length side channels) is accepted and has no effect: no padding is sent."""
+
     include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
+class FunctionSpec(_Request):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(_Request):
+    """An offered tool, ``{"type": "function", "function": {"name", "description", "parameters"}}``."""
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    """``tool_choice: {"type": "function", "function": {"name": ...}}``: call this tool."""
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JSONSchemaSpec(_Request):
@@ -128,10 +209,15 @@ class _GenerationRequest(_Request):
     min_p: float | None = Field(
         None, ge=0, le=1, description="vLLM's extension: drop tokens below min_p x the top one."
     )
-    repetition_penalty: float | None = Field(None, gt=0, description="vLLM's extension: > 1 discourages repeats.")
+    repetition_penalty: float | None = Field(
+        None,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        description="vLLM's extension: > 1 discourages repeats (0.01 to 1e6).",
+    )
     n: int | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = None
@@ -236,8 +322,8 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["auto", "required", "none"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
     @field_validator("messages", mode="before")
@@ -263,20 +349,68 @@ class ChatCompletionRequest(_GenerationRequest):
 
     @field_validator("tools")
     @classmethod
-    def _no_tools(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if tools:
-            raise ValueError(
-                "tool calling is not supported by this server; for structured output use response_format "
-                "json_schema (LangChain: with_structured_output(..., method='json_schema'))"
-            )
+    def _valid_tools(cls, tools: list[ToolSpec] | None) -> list[ToolSpec] | None:
+        if tools is not None:
+            try:
+                as_tools([tool.model_dump(exclude_none=True) for tool in tools])
+            except TypeError as error:  # pydantic reports ValueErrors only
+                raise ValueError(str(error)) from None
         return tools
 
-    @field_validator("tool_choice")
-    @classmethod
-    def _no_tool_choice(cls, choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-        if choice not in (None, "none", "auto"):
-            raise ValueError("tool calling is not supported by this server; leave tool_choice unset")
-        return choice
+    @model_validator(mode="after")
+    def _tool_choice_of_the_tools(self) -> ChatCompletionRequest:
+        if not self.tools:
+            # OpenAI refuses this, but clients send it (LlamaIndex's structured_predict): nothing to choose from.
+            self.tool_choice = None
+            return self
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = [tool.function.name for tool in self.tools]
+            if self.tool_choice.function.name not in names:
+                raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools {names}")
+        if self.calls_tools and self.response_format is not None and self.response_format.type != "text":
+            raise ValueError("send tools or a JSON response_format, not both (a tool call has its own schema)")
+        if self.calls_tools and self.documents is not None:
+            raise ValueError(
+                "tools with documents is not supported; stuff the documents into the messages yourself, or "
+                "leave tools out"
+            )
+        return self
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the tools are offered (sent, and ``tool_choice`` is not ``"none"``)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def tool_specs(self) -> list[dict[str, Any]]:
+        """The tools as OpenAI tool dicts (what :mod:`sra_rag.generation.tools` reads)."""
+        return [tool.model_dump(exclude_none=True) for tool in self.tools or ()]
+
+    @property
+    def engine_tool_choice(self) -> str:
+        """``tool_choice`` as the engine reads it: ``"auto"`` (the default), ``"required"``, ``"none"``
+        or a tool's name."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or "auto"
+
+    def engine_messages(self) -> list[dict[str, str]]:
+        """The messages as the engine reads them: ``developer`` as ``system``; an assistant's past
+        tool calls and each tool's result rendered as text, in the format the model is asked to
+        call in (as the LangChain adapter renders them)."""
+        names: dict[str, str] = {}
+        converted = []
+        for message in self.messages:
+            entry = message.as_dict()
+            if message.tool_calls:
+                calls = [render_tool_call(call.function.name, call.arguments) for call in message.tool_calls]
+                names.update((call.id, call.function.name) for call in message.tool_calls)
+                entry["content"] = "\n".join([entry["content"], *calls] if entry["content"] else calls)
+            elif message.role == "tool":
+                name = names.get(message.tool_call_id or "")
+                entry = {"role": "user", "content": render_tool_result(name, message.content or "")}
+            converted.append(entry)
+        return converted
 
     @model_validator(mode="after")
     def _one_token_limit(self) -> ChatCompletionRequest:
@@ -386,9 +520,32 @@ class Source(BaseModel):
     answer_attention: float | None = None
 
 
+class ReplyFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class ReplyToolCall(BaseModel):
+    """A call in a reply: ``arguments`` is JSON text, as OpenAI's."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ReplyFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ReplyToolCall] | None = None
+
+
+class DeltaToolCall(BaseModel):
+    """A streamed call: the whole call in one delta (``index`` 0; one call per reply)."""
+
+    index: int = 0
+    id: str
+    type: Literal["function"] = "function"
+    function: ReplyFunction
 
 
 class ChatChoice(BaseModel):
@@ -411,6 +568,7 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):
@@ -468,6 +626,9 @@ def dump(body: BaseModel) -> dict[str, Any]:
     if data.get("sources", ...) is None:
         del data["sources"]
     for choice in data.get("choices", ()):
+        message = choice.get("message")
+        if message is not None and message.get("tool_calls") is None:
+            message.pop("tool_calls", None)  # a text reply, as OpenAI's
         if "delta" in choice:  # a stream chunk's delta carries only what it changes, as OpenAI's do
             choice["delta"] = {key: value for key, value in choice["delta"].items() if value is not None}
     return data

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
 
 API_KEY_ENV = "SRA_RAG_API_KEY"
+MAX_BODY_BYTES_ENV = "SRA_RAG_MAX_BODY_BYTES"
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 class ServerSettings(BaseModel):
@@ -27,7 +29,9 @@ class ServerSettings(BaseModel):
     ``Authorization: Bearer <api_key>``. ``default_max_tokens``: the completion length when a request
     does not say (capped at what the context window leaves). ``model_name``: the name clients send as
     ``model`` (default: the engine's). ``replica``: the value of the ``x-sra-rag-replica`` response
-    header (default: host and process id).
+    header (default: host and process id). ``max_body_bytes``: the largest request body; a larger one
+    is refused with 413 before it is read (default 4 MiB; the context window bounds a prompt anyway,
+    and a prompt whose characters cannot fit it is refused before it is tokenised).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -39,6 +43,7 @@ class ServerSettings(BaseModel):
     default_max_tokens: int = Field(512, ge=1)
     model_name: str | None = Field(None, min_length=1)
     replica: str | None = None
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
 
 
 class EngineSpec(BaseModel):

@@ -154,3 +154,19 @@ def test_demo_ingests_samples_and_answers_with_sources(runner: CliRunner, tmp_pa
     assert "11 new" in result.stderr
     again = invoke(runner, "demo", "--store", store, "--max-new-tokens", "1", "--top-k", "1")
     assert again.exit_code == 0 and "11 unchanged" in again.stderr and "0 chunks added" in again.stderr
+
+
+def test_ingest_names_links_out_of_the_folder_and_follows_them_only_when_asked(
+    runner: CliRunner, docs: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "accounts.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash")
+    (docs / "accounts.txt").symlink_to(secret)
+    kept = invoke(runner, "ingest", str(docs), "--store", str(tmp_path / "store"), "--no-progress")
+    assert kept.exit_code == 0
+    assert f"Skipped {docs / 'accounts.txt'}: is a symbolic link to {secret}, outside {docs}" in kept.stderr
+    assert "2 new" in kept.stderr
+    followed = invoke(
+        runner, "ingest", str(docs), "--store", str(tmp_path / "other"), "--no-progress", "--follow-symlinks"
+    )
+    assert followed.exit_code == 0 and "outside" not in followed.stderr and "3 new" in followed.stderr

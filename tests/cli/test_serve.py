@@ -59,3 +59,15 @@ def test_bad_settings_fail_before_loading(started: dict) -> None:
     assert result.exit_code == 1 and "unknown SRA preset 'fastest'" in result.stderr
     assert "spec" not in started
     assert invoke("--max-batch", "0").exit_code == 2  # typer's own range check
+
+
+def test_the_body_limit_comes_from_the_option_or_the_environment(started: dict) -> None:
+    from sra_rag.server.settings import DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES_ENV
+
+    assert invoke().exit_code == 0
+    assert started["app"].state.server.settings.max_body_bytes == DEFAULT_MAX_BODY_BYTES
+    assert invoke("--max-body-bytes", "65536").exit_code == 0
+    assert started["app"].state.server.settings.max_body_bytes == 65536
+    assert invoke(env={MAX_BODY_BYTES_ENV: "100000"}).exit_code == 0
+    assert started["app"].state.server.settings.max_body_bytes == 100000
+    assert invoke("--max-body-bytes", "10").exit_code == 2

@@ -349,15 +349,57 @@ def test_progress_advances_chunk_by_chunk(tmp_path: Path, capsys: pytest.Capture
     assert "40 chunks stored" in bar and "file" not in bar.split("Ingesting")[-1]
 
 
-def test_symlinked_folders_are_followed_once(tmp_path: Path) -> None:
+def test_symlinked_folders_inside_are_followed_once_and_outside_only_when_asked(tmp_path: Path) -> None:
     folder = make_docs(tmp_path / "docs")
     (folder / "sub" / "loop").symlink_to(folder, target_is_directory=True)  # a cycle
+    (folder / "again").symlink_to(folder / "sub", target_is_directory=True)  # inside: the same files
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "linked.md").write_text("Linked text.")
     (folder / "linked").symlink_to(outside, target_is_directory=True)
     names = sorted(file.name for file in discover_files(folder))
+    assert names == ["alpha.md", "beta.txt", "gamma.md"]
+    names = sorted(file.name for file in discover_files(folder, follow_symlinks=True))
     assert names == ["alpha.md", "beta.txt", "gamma.md", "linked.md"]
+
+
+def test_ingest_never_reads_outside_its_folder_unless_asked(tmp_path: Path) -> None:
+    """A link in docs/ to a file outside it (the system's account list, say) is skipped and named."""
+    folder = make_docs(tmp_path / "docs")
+    secret = tmp_path / "accounts.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (folder / "accounts.txt").symlink_to(secret)
+    (folder / "sub" / "inside.md").symlink_to(folder / "alpha.md")  # inside: read (once, as alpha.md)
+    store = open_store(tmp_path / "store")
+    report = run(store, folder)
+    assert str(secret) not in {meta["path"] for _, meta in all_records(store).values()}
+    assert all("root:x" not in text for text, _ in all_records(store).values())
+    [(path, reason)] = report.skipped
+    assert path == str(folder / "accounts.txt")
+    assert f"symbolic link to {secret}, outside {folder}" in reason and "--follow-symlinks" in reason
+    followed = ingest(
+        open_store(tmp_path / "other"), folder, chunk_tokens=5, count_tokens=words, progress=False, follow_symlinks=True
+    )
+    assert str(secret) in followed.files_added and not followed.skipped
+
+
+def test_loops_dangling_links_fifos_and_devices_are_named(tmp_path: Path) -> None:
+    folder = make_docs(tmp_path / "docs")
+    (folder / "loop.md").symlink_to(folder / "loop.md")
+    (folder / "gone.txt").symlink_to(folder / "missing.txt")
+    os.mkfifo(folder / "pipe.txt")
+    (folder / "null.md").symlink_to("/dev/null")
+    report = ingest(
+        open_store(tmp_path / "store"), folder, chunk_tokens=5, count_tokens=words, progress=False, follow_symlinks=True
+    )  # even when links may be followed
+    reasons = {Path(path).name: reason for path, reason in report.skipped}
+    assert reasons == {
+        "loop.md": "is a symbolic link loop",
+        "gone.txt": f"is a broken symbolic link (to {folder / 'missing.txt'})",
+        "pipe.txt": "is a FIFO (named pipe), not a regular file",
+        "null.md": "is a character device, not a regular file",
+    }
+    assert len(report.files_added) == 3
 
 
 def test_the_same_file_ingested_from_two_places_does_not_crowd_out_other_chunks(tmp_path: Path) -> None:

@@ -175,7 +175,7 @@ LONG = "harbour " * 700
             "invalid_value",
             "integer",
         ),
-        ("/v1/chat/completions", {"messages": "hello"}, 400, "messages", "invalid_value", "valid list"),
+        ("/v1/chat/completions", {"messages": "hello"}, 400, "messages", "invalid_value", "valid array"),
         ("/v1/chat/completions", {"messages": HELLO, "model": "gpt-4o"}, 404, "model", "model_not_found", "'gpt-4o'"),
         (
             "/v1/chat/completions",

@@ -72,7 +72,10 @@ def test_content_parts_are_joined_and_developer_reads_as_system() -> None:
     [
         ({"n": 2}, "n", "only n=1 is supported"),
         ({"messages": []}, "messages", "at least one"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", "does not call tools"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0", "needs the tool_call_id"),
+        ({"messages": [{"role": "function", "content": "x", "name": "f"}]}, "messages.0.role", "'tool' message"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages.0", "needs content"),
+        ({"messages": [{"role": "user", "content": "x", "tool_call_id": "c"}]}, "messages.0", "only tool messages"),
         ({"messages": [{"role": "user", "content": 3}]}, "messages.0.content", "must be a string"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
@@ -86,7 +89,21 @@ def test_content_parts_are_joined_and_developer_reads_as_system() -> None:
         ({"stop": ["", "x"]}, "stop", "non-empty"),
         ({"frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
         ({"logprobs": True}, "logprobs", "not supported"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "json_schema"),
+        ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools", "a tool name must be"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "any"}, "tool_choice", "auto"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "",
+            "not in tools",
+        ),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+        ({"repetition_penalty": 1e-300}, "repetition_penalty", "greater than or equal to 0.01"),
+        ({"max_tokens": True}, "max_tokens", "valid integer"),
+        ({"stream": "yes"}, "stream", "valid boolean"),
+        ({"stream_options": {"include_usage": True, "obfuscate": True}}, "stream_options.obfuscate", "Unrecognized"),
         ({"response_format": {"type": "xml"}}, "response_format", "does not match any of the expected tags"),
         ({"documents": []}, "documents", "empty list"),
         ({"documents": [{"text": "x", "url": "y"}]}, "documents.0.url", "Unrecognized request argument"),
@@ -195,3 +212,84 @@ async def test_a_waiter_that_times_out_or_is_cancelled_gives_up_its_place() -> N
     admission.release(await asyncio.wait_for(behind, 1.0))  # the slot skipped the cancelled waiter
     assert (admission.running, admission.waiting) == (0, 0)
     assert await admission.acquire(0.01) > 0  # and the pool is whole again
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a town.",
+        "parameters": {"type": "object", "properties": {"town": {"type": "string"}}, "required": ["town"]},
+    },
+}
+
+
+def test_the_chat_fields_clients_send_are_accepted_and_read() -> None:
+    request = ChatCompletionRequest.model_validate_json(
+        """{"model": "m", "stream": true,
+            "stream_options": {"include_usage": true, "include_obfuscation": false},
+            "tool_choice": "auto", "parallel_tool_calls": false,
+            "messages": [
+              {"role": "user", "content": "Weather in Oslo?", "name": "ada"},
+              {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\\"town\\": \\"Oslo\\"}"}}]},
+              {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+              {"role": "assistant", "content": null, "refusal": "I cannot say more."},
+              {"role": "user", "content": "Thanks", "name": "ada"}]}"""
+    )
+    assert request.include_usage and request.tool_choice is None  # no tools: nothing to choose from
+    assert request.engine_messages() == [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": '{"name": "get_weather", "arguments": {"town": "Oslo"}}'},
+        {"role": "user", "content": "Tool get_weather returned: sunny"},
+        {"role": "assistant", "content": "I cannot say more."},
+        {"role": "user", "content": "Thanks"},
+    ]
+
+
+def test_tools_and_tool_choice_become_the_engines_settings() -> None:
+    engine = RecordingRequests()
+    settings = ServerSettings()
+    for choice, expected in [
+        (None, "auto"),
+        ("required", "required"),
+        ({"type": "function", "function": {"name": "get_weather"}}, "get_weather"),
+    ]:
+        job = chat_job(engine, chat(tools=[WEATHER], tool_choice=choice, max_tokens=5), settings)
+        assert engine.options["tools"] == [WEATHER] and engine.options["tool_choice"] == expected
+        assert job.tools == [WEATHER]
+    job = chat_job(engine, chat(tools=[WEATHER], tool_choice="none", max_tokens=5), settings)
+    assert "tools" not in engine.options and job.tools is None
+    assert job.tool_call('{"name": "get_weather", "arguments": {}}', "stop") is None
+    job = chat_job(engine, chat(tools=[WEATHER], max_tokens=5), settings)
+    call = job.tool_call('{"name": "get_weather", "arguments": {"town": "Oslo"}}', "stop")
+    assert call is not None and (call.name, call.arguments) == ("get_weather", {"town": "Oslo"})
+    assert job.tool_call('{"name": "get_weather", "argu', "length") is None  # cut short: text
+    assert job.tool_call("It is sunny.", "stop") is None
+    for bad in ({"response_format": {"type": "json_object"}}, {"documents": [{"text": "x"}]}):
+        with pytest.raises(ValidationError, match="not both|not supported"):
+            chat(tools=[WEATHER], **bad)
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenised() -> None:
+    from sra_rag.server.generation import check_prompt_size
+
+    check_prompt_size(chat(messages=[{"role": "user", "content": "x" * 4000}]), 1000, 4)
+    with pytest.raises(APIError) as caught:
+        check_prompt_size(chat(messages=[{"role": "user", "content": "x" * 4004}]), 1000, 4)
+    assert (caught.value.status, caught.value.code, caught.value.param) == (400, "context_length_exceeded", "messages")
+    assert "at least 1,001 tokens" in caught.value.message
+    with pytest.raises(APIError) as caught:
+        check_prompt_size(chat(documents=[{"text": "y" * 5000}]), 1000, 4)
+    assert caught.value.param == "documents"
+
+
+def test_sampling_settings_that_overflow_are_refused_by_the_engine_settings() -> None:
+    from sra_rag.generation.request import SamplingSettingsError, sampling_settings
+
+    for setting in ({"repetition_penalty": 1e-300}, {"repetition_penalty": 1e300}, {"temperature": float("nan")}):
+        with pytest.raises(SamplingSettingsError) as caught:
+            sampling_settings(**setting)
+        assert caught.value.settings == list(setting)
+    assert sampling_settings(temperature=1e-30).greedy  # dividing by it would overflow: greedy
+    assert not sampling_settings(temperature=0.01).greedy

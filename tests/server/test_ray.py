@@ -76,6 +76,8 @@ def test_the_serve_run_target_validates_its_arguments() -> None:
     assert deployment.num_replicas == 3
     assert deployment.ray_actor_options["num_gpus"] == 1.0
     assert deployment.max_ongoing_requests == 16 + 64
+    settings = build({"max_body_bytes": "65536"})._bound_deployment.init_args[1]
+    assert settings.max_body_bytes == 65536
     with pytest.raises(ValidationError, match="unknown SRA preset"):
         build({"preset": "fastest"})
     with pytest.raises(ValidationError, match="replica"):
