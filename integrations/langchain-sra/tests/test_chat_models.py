@@ -49,7 +49,8 @@ def test_fields_engine_and_token_counting(chat: ChatSRA, embedded_engine: SRAEng
     assert chat.engine is ChatSRA(beta_outer=1.0).engine is SRALLM().engine is embedded_engine
     assert chat.max_new_tokens == ChatSRA(max_new_tokens=8).max_new_tokens == 8
     assert set(SRAConfig.model_fields) <= set(ChatSRA.model_fields) & set(SRALLM.model_fields)
-    assert chat.sra_config == SRAConfig() and ChatSRA(sra=SRAConfig.preset("demo")).tail_length == 50
+    assert chat.sra_config == embedded_engine.sra == embedded_engine.defaults.sra  # unset: the model's default
+    assert ChatSRA(sra=SRAConfig.preset("demo")).tail_length == 50
     assert chat.model_name == embedded_engine.name
     assert chat.get_num_tokens(QUESTION) == embedded_engine.count_tokens(QUESTION)
     assert chat.get_token_ids("Paris") == embedded_engine.tokenizer("Paris", add_special_tokens=False)["input_ids"]

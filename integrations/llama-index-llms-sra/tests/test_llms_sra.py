@@ -56,11 +56,11 @@ def test_objects_on_one_model_share_one_engine(llm: SRALLM, embedded_engine: SRA
 def test_fields_mirror_sra_config() -> None:
     assert set(SRAConfig.model_fields) <= set(SRALLM.model_fields)
     llm = SRALLM()
-    assert llm.sra_config == SRAConfig()
+    assert llm.sra_config == llm.engine.sra == llm.engine.defaults.sra  # unset: the model's default
     demo = SRAConfig.preset("demo")
     from_config = SRALLM(sra=demo)
     assert from_config.sra_config == demo and from_config.tail_length == 50
-    assert SRALLM(tail_length=7, outer=False).sra_config == SRAConfig(tail_length=7, outer=False)
+    assert SRALLM(tail_length=7, outer=False).sra_config == llm.engine.sra.override(tail_length=7, outer=False)
     restored = SRALLM.from_dict(from_config.to_dict())
     assert restored.sra_config == demo and restored.max_new_tokens == from_config.max_new_tokens
     with pytest.raises(ValueError, match="beta_outer"):
