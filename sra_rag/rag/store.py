@@ -171,10 +171,10 @@ class ChromaStore:
         else:
             folder = Path(path) if path is not None else default_store_path()
             location, is_folder = str(folder), True
+            if folder.exists() and not folder.is_dir():  # ingest and ask say the same
+                raise ValueError(f"The store path {folder} is a file; pass a folder.")
             if not create and not folder.is_dir():
                 raise StoreNotFoundError(f"No document store at {folder}. Ingest documents first: sra-rag ingest PATH")
-            if folder.exists() and not folder.is_dir():
-                raise ValueError(f"The store path {folder} is a file; pass a folder.")
             with _chroma_errors(location, folder=True):
                 folder.mkdir(parents=True, exist_ok=True)
                 client = chromadb.PersistentClient(path=str(folder), settings=_settings())

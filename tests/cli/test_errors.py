@@ -66,6 +66,8 @@ def test_a_store_path_that_is_a_file_and_a_bad_server_url(tmp_path: Path, docs: 
     (tmp_path / "file").write_text("x")
     line = one_error_line(invoke("ingest", str(docs), "--store", str(tmp_path / "file")))
     assert "is a file; pass a folder" in line
+    line = one_error_line(invoke("ask", "Anything?", "--store", str(tmp_path / "file")))
+    assert "is a file; pass a folder" in line  # ask describes it as ingest does
     line = one_error_line(invoke("ask", "Anything?", "--chroma-url", "localhost:8000"))
     assert "must look like http://host:8000" in line
 
