@@ -39,8 +39,9 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from sra_rag.config import SRAConfig, as_sra_config
+from sra_rag.kernels import Kernel, kernel_for, load_triton_rows
 from sra_rag.layout import PromptLayout
-from sra_rag.readout import ReadoutRecorder, stop_if_read
+from sra_rag.readout import CLASS_EDGES, ReadoutRecorder, stop_if_read
 from sra_rag.schedule import Edit, layer_edits
 
 logger = logging.getLogger(__name__)
@@ -209,7 +210,9 @@ class BatchRow:
     query: ``(heads, q_len, head_dim)``; key, value: ``(kv_heads, kv_len, head_dim)`` as the model gives
     them (:attr:`key_f32` and :attr:`value_f32`: their fp32 copies, made once, when a unit first needs
     them); attention_mask: the batch's boolean ``(batch, 1, q_len, kv_len)`` mask or None (causal). The
-    row's real tokens are ``[offset, offset + n)`` in the batch's coordinates.
+    row's real tokens are ``[offset, offset + n)`` in the batch's coordinates. ``kernel``: which
+    implementation the units use (:func:`~sra_rag.kernels.kernel_for`): the fused Triton kernels or
+    the chunked torch path of :meth:`probabilities` and :meth:`output`.
     """
 
     query: torch.Tensor
@@ -220,6 +223,7 @@ class BatchRow:
     offset: int
     n: int
     scaling: float
+    kernel: Kernel = "torch"
 
     @property
     def device(self) -> torch.device:
@@ -228,6 +232,11 @@ class BatchRow:
     @property
     def heads(self) -> int:
         return self.query.shape[0]
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The row's mask ``(q_len, kv_len)`` (boolean or additive), or None (causal)."""
+        return None if self.attention_mask is None else self.attention_mask[self.batch_index, 0]
 
     @cached_property
     def key_f32(self) -> torch.Tensor:
@@ -358,6 +367,15 @@ class ReadoutRecording:
         recorder = self.recorder
         _question_start(recorder.layout, row.n, row.batch_index)  # checks the layout's length against the row
         start = row.offset + int(recorder.layout.question_start or 0)
+        if row.kernel == "triton":
+            column_mass, class_mass = load_triton_rows().column_mass(
+                row.query, row.key, row.mask, rows=(start, row.offset + row.n), key_start=row.offset,
+                key_count=row.n, scaling=row.scaling, classes=CLASS_EDGES if recorder.token_classes else None,
+            )  # fmt: skip
+            recorder.record(self.layer_idx, column_mass / (row.heads * (row.offset + row.n - start)))
+            if class_mass is not None:
+                recorder.record_classes(self.layer_idx, class_mass)
+            return
         column_mass = torch.zeros(row.n, dtype=torch.float64, device=row.device)
         class_mass = torch.zeros(3, dtype=torch.float64, device=row.device)
         for rows in row.chunks(start, row.offset + row.n, row.n):
@@ -381,6 +399,12 @@ class DocumentBoost:
     question_start: int
 
     def apply(self, row: BatchRow, output: torch.Tensor) -> None:
+        if row.kernel == "triton":
+            load_triton_rows().boost_rows(
+                row.query, row.key, row.value, row.mask, output, rows=(row.offset + self.question_start,
+                row.offset + row.n), key_start=row.offset, spans=self.spans, boost=self.boost, scaling=row.scaling,
+            )  # fmt: skip
+            return
         for rows in row.chunks(row.offset + self.question_start, row.offset + row.n, row.n):
             probs = row.probabilities(rows)
             boost_documents(probs, self.spans, self.boost)
@@ -398,6 +422,9 @@ class LoopEdit:
     config: SRAConfig
 
     def apply(self, row: BatchRow, output: torch.Tensor) -> None:
+        if row.kernel == "triton":
+            self._apply_triton(row, output)
+            return
         edit, config = self.edit, self.config
         chunks = row.chunks(row.offset + edit.row_start, row.offset + edit.row_stop, row.offset + edit.row_stop)
         targets = edit.targets
@@ -418,6 +445,25 @@ class LoopEdit:
                 continue
             edited = row.output(probs, rows).to(output.dtype)
             output[rows] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[rows])
+
+    def _apply_triton(self, row: BatchRow, output: torch.Tensor) -> None:
+        """The same edit by the fused kernels: for ``outer_target="attention"`` the tail's mass per key
+        first (:func:`~sra_rag.kernels.triton_rows.column_mass`), then the edit itself."""
+        kernels = load_triton_rows()
+        edit, config = self.edit, self.config
+        rows = (row.offset + edit.row_start, row.offset + edit.row_stop)
+        targets = edit.targets
+        if edit.loop == "outer" and config.outer_target == "attention":
+            column_mass, _ = kernels.column_mass(
+                row.query, row.key, row.mask, rows=rows, key_start=row.offset, key_count=edit.row_stop,
+                scaling=row.scaling,
+            )  # fmt: skip
+            targets = _attention_target(edit, column_mass, config.begin_length)
+        kernels.edit_rows(
+            row.query, row.key, row.value, row.mask, output, rows=rows, key_start=row.offset,
+            targets=(row.offset + targets.start, row.offset + targets.stop), tau=edit.tau, beta=edit.beta,
+            scaling=row.scaling, renormalize=config.renormalize,
+        )  # fmt: skip
 
 
 def row_units(
@@ -483,13 +529,13 @@ def sra_attention_forward(
     layer_idx, num_layers = _layer_position(module)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     length = key.shape[2]
+    kernel = kernel_for(query.device)
     for batch_index, ((config, layout), recorder) in enumerate(zip(rows, readouts, strict=True)):
         if not config.enabled and recorder is None:
             continue
         offset, n = _real_span(attention_mask, batch_index, length, query.device)
-        row = BatchRow(
-            query[batch_index], key[batch_index], value[batch_index], attention_mask, batch_index, offset, n, scaling
-        )
+        tensors = query[batch_index], key[batch_index], value[batch_index]
+        row = BatchRow(*tensors, attention_mask, batch_index, offset, n, scaling, kernel=kernel)
         for unit in row_units(row, config, layout, recorder, layer_idx, num_layers):
             unit.apply(row, output[batch_index])
     stop_if_read(readouts, layer_idx)
