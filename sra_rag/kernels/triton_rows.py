@@ -22,8 +22,13 @@ as they are (their products are exact in the fp32 accumulator); fp32 inputs and 
 probabilities use ``input_precision="ieee"`` (no TF32). Under Triton's interpreter the query and key
 are upcast first, because the interpreter of Triton 3.9 computes ``tl.dot`` of bfloat16 operands
 wrongly (it multiplies their bit patterns as integers); it also rounds fp32 to bfloat16 towards zero
-where a GPU rounds to nearest, one unit in the last place of a bfloat16 output. Padding and sliding-window masks are read as they are (boolean or additive); a row never
-sees keys after itself.
+where a GPU rounds to nearest, one unit in the last place of a bfloat16 output. Padding and
+sliding-window masks are read as they are (boolean or additive); a row never sees keys after itself.
+
+The kernels round differently from ``torch.softmax``, so a weight within rounding of ``tau`` may be
+kept by one path and dropped by the other (the spec's threshold is a step): that (row, head) output
+moves by about ``tau * |v|``, or more where the weight is in the target block. Tests allow it for a
+rare pair at real sizes.
 
 Importing this module imports Triton; :func:`sra_rag.kernels.load_triton_rows` does it lazily.
 """
@@ -35,9 +40,7 @@ import math
 import torch
 import triton
 import triton.language as tl
-
-# Whether the kernels run under Triton's interpreter (TRITON_INTERPRET=1 when Triton decorated them).
-INTERPRETED = bool(triton.knobs.runtime.interpret)
+from triton.runtime.interpreter import InterpretedFunction
 
 # Block sizes: (head, row) pairs per program and keys per step. tl.dot needs 16 or more on a GPU.
 BLOCK_ROWS = 64
@@ -444,6 +447,10 @@ def _boost_rows_kernel(
         output.to(out_ptr.dtype.element_ty),
         mask=row_ok[:, None] & d_ok[None, :],
     )
+
+
+# Whether the kernels run under Triton's interpreter: TRITON_INTERPRET=1 when Triton decorated them.
+INTERPRETED = isinstance(_edit_rows_kernel, InterpretedFunction)
 
 
 def _mask_arguments(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int, int, int, float]:
