@@ -35,7 +35,9 @@ Importing this module imports Triton; :func:`sra_rag.kernels.load_triton_rows` d
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any
 
 import torch
 import triton
@@ -463,14 +465,25 @@ def _mask_arguments(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torc
     return mask, mask.stride(0), mask.stride(1), MASK_ADDITIVE, torch.finfo(mask.dtype).min / 2
 
 
-def _launch_settings(query: torch.Tensor, key: torch.Tensor) -> dict[str, object]:
+def _settings(query: torch.Tensor, key: torch.Tensor) -> dict[str, Any]:
+    """A launch's compile-time settings: the head size and its power-of-two block, the half-precision
+    dot (not under the interpreter, see the module docstring) and the block sizes, halved in rows for
+    heads over 128 so that the fp32 output tile stays in registers."""
     head_dim = query.shape[-1]
     half = query.dtype in (torch.float16, torch.bfloat16) and key.dtype == query.dtype
+    block_d = max(16, triton.next_power_of_2(head_dim))
     return {
         "HEAD_DIM": head_dim,
         "HALF_DOT": half and not INTERPRETED,
-        "BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
+        "BLOCK_D": block_d,
+        "BLOCK_M": BLOCK_ROWS if block_d <= 128 else max(16, BLOCK_ROWS // 2),
+        "BLOCK_N": BLOCK_KEYS,
     }
+
+
+def _on_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager[object]:
+    """Triton launches on the current CUDA device: make it the tensors' (a model split over GPUs)."""
+    return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _check(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None) -> int:
@@ -514,14 +527,15 @@ def edit_rows(
     if count <= 0 or targets[1] <= targets[0]:
         return
     mask_tensor, stride_mm, stride_mn, mask_kind, hidden = _mask_arguments(mask, key)
-    grid = (key.shape[0], triton.cdiv(count * group, BLOCK_ROWS))
-    _edit_rows_kernel[grid](
-        query, key, value, mask_tensor, output,
-        *query.stride(), *key.stride(), *value.stride(), stride_mm, stride_mn, *output.stride(),
-        group, first, count, key_start, targets[0], targets[1], tau, beta, scaling, hidden,
-        MASK=mask_kind, RENORMALIZE=renormalize, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_KEYS,
-        **_launch_settings(query, key),
-    )  # fmt: skip
+    settings = _settings(query, key)
+    grid = (key.shape[0], triton.cdiv(count * group, settings["BLOCK_M"]))
+    with _on_device(query):
+        _edit_rows_kernel[grid](
+            query, key, value, mask_tensor, output,
+            *query.stride(), *key.stride(), *value.stride(), stride_mm, stride_mn, *output.stride(),
+            group, first, count, key_start, targets[0], targets[1], tau, beta, scaling, hidden,
+            MASK=mask_kind, RENORMALIZE=renormalize, **settings,
+        )  # fmt: skip
 
 
 def column_mass(
@@ -550,24 +564,25 @@ def column_mass(
         empty = torch.zeros(max(key_count, 0), dtype=torch.float64, device=device)
         return empty, None if classes is None else torch.zeros(3, dtype=torch.float64, device=device)
     mask_tensor, stride_mm, stride_mn, mask_kind, hidden = _mask_arguments(mask, key)
-    settings = _launch_settings(query, key)
+    settings = _settings(query, key)
     row_max = torch.empty(kv_heads * group * count, dtype=torch.float32, device=device)
     normaliser = torch.empty_like(row_max)
-    _row_stats_kernel[(kv_heads, triton.cdiv(count * group, BLOCK_ROWS))](
-        query, key, mask_tensor, row_max, normaliser,
-        *query.stride(), *key.stride(), stride_mm, stride_mn,
-        group, first, count, key_start, scaling, hidden,
-        MASK=mask_kind, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_KEYS, **settings,
-    )  # fmt: skip
     # Per KV head: the mass on each key, then (with classes) that of the small and the large weights.
     sums = torch.empty(1 if classes is None else 3, kv_heads, key_count, dtype=torch.float32, device=device)
     low, high = classes if classes is not None else (0.0, 0.0)
-    _column_mass_kernel[(kv_heads, triton.cdiv(key_count, BLOCK_KEYS))](
-        query, key, mask_tensor, row_max, normaliser, sums[0], sums[min(1, len(sums) - 1)], sums[-1],
-        *query.stride(), *key.stride(), stride_mm, stride_mn,
-        group, first, count, key_start, key_count, scaling, hidden, low, high,
-        MASK=mask_kind, CLASSES=classes is not None, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_KEYS, **settings,
-    )  # fmt: skip
+    with _on_device(query):
+        _row_stats_kernel[(kv_heads, triton.cdiv(count * group, settings["BLOCK_M"]))](
+            query, key, mask_tensor, row_max, normaliser,
+            *query.stride(), *key.stride(), stride_mm, stride_mn,
+            group, first, count, key_start, scaling, hidden,
+            MASK=mask_kind, **settings,
+        )  # fmt: skip
+        _column_mass_kernel[(kv_heads, triton.cdiv(key_count, settings["BLOCK_N"]))](
+            query, key, mask_tensor, row_max, normaliser, sums[0], sums[min(1, len(sums) - 1)], sums[-1],
+            *query.stride(), *key.stride(), stride_mm, stride_mn,
+            group, first, count, key_start, key_count, scaling, hidden, low, high,
+            MASK=mask_kind, CLASSES=classes is not None, **settings,
+        )  # fmt: skip
     per_key = sums.double().sum(dim=1)
     if classes is None:
         return per_key[0], None
@@ -600,10 +615,12 @@ def boost_rows(
     for start, end in spans:
         bias[start:end] = math.log(boost)
     mask_tensor, stride_mm, stride_mn, mask_kind, hidden = _mask_arguments(mask, key)
-    grid = (key.shape[0], triton.cdiv(count * group, BLOCK_ROWS))
-    _boost_rows_kernel[grid](
-        query, key, value, mask_tensor, bias, output,
-        *query.stride(), *key.stride(), *value.stride(), stride_mm, stride_mn, *output.stride(),
-        group, first, count, key_start, scaling, hidden,
-        MASK=mask_kind, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_KEYS, **_launch_settings(query, key),
-    )  # fmt: skip
+    settings = _settings(query, key)
+    grid = (key.shape[0], triton.cdiv(count * group, settings["BLOCK_M"]))
+    with _on_device(query):
+        _boost_rows_kernel[grid](
+            query, key, value, mask_tensor, bias, output,
+            *query.stride(), *key.stride(), *value.stride(), stride_mm, stride_mn, *output.stride(),
+            group, first, count, key_start, scaling, hidden,
+            MASK=mask_kind, **settings,
+        )  # fmt: skip

@@ -86,11 +86,16 @@ def test_every_preset_equals_the_reference(calls, preset, n, layer):
 
 
 @pytest.mark.parametrize(
-    ("heads", "kv_heads", "head_dim"), [(4, 4, 16), (4, 2, 24), (8, 2, 8)], ids=["mha", "gqa2-d24", "gqa4-d8"]
+    ("heads", "kv_heads", "head_dim"),
+    [(4, 4, 16), (4, 2, 24), (8, 2, 8), (2, 1, 160)],
+    ids=["mha", "gqa2-d24", "gqa4-d8", "gqa2-d160"],
 )
 def test_grouped_heads_padding_and_odd_sizes(calls, heads, kv_heads, head_dim):
     """One padded batch of odd real lengths (77, 67, 60) with a setting per row: the spec's geometry,
-    the attention-chosen target with renormalised rows, and the question tail."""
+    the attention-chosen target with renormalised rows, and the question tail. Scores are scaled by
+    ``head_dim ** -0.5``, as models do: with a fixed scale the largest heads' rows put all their mass
+    on a few keys, and candidate target blocks that differ only by keys of negligible mass tie within
+    fp32 rounding, which each path may break its own way."""
     n, layer = 77, 2
     pads = [(0, 0), (10, 0), (3, 14)]
     configs = [
@@ -101,11 +106,15 @@ def test_grouped_heads_padding_and_odd_sizes(calls, heads, kv_heads, head_dim):
     layouts = [None, None, PromptLayout(60, question=(44, 50))]
     qkv = qkv_on_device(batch=3, heads=heads, kv_heads=kv_heads, n=n, head_dim=head_dim, seed=heads + head_dim)
     mask = padded_mask(n, pads).to(DEVICE)
-    (fast, _), (reference, _) = both(layer, qkv, configs, mask=mask, layout=layouts)
+    (fast, _), (reference, _) = both(layer, qkv, configs, mask=mask, layout=layouts, scaling=head_dim**-0.5)
     for row, (left, right) in enumerate(pads):
         real = slice(left, n - right)
         torch.testing.assert_close(fast[row, real], reference[row, real], atol=1e-5, rtol=1e-4)
     assert calls["edit_rows"] >= 4 and calls["column_mass"] == 1  # the attention target's tail mass
+    off = [SRAConfig(enabled=False)] * 3
+    (stock, _), _ = both(layer, qkv, off, mask=mask, layout=layouts, scaling=head_dim**-0.5)
+    for row, (left, right) in enumerate(pads):  # every row's edits act
+        assert (fast[row, left : n - right] - stock[row, left : n - right]).abs().max() > 1e-3
 
 
 def test_blocks_smaller_than_the_rows_and_keys(calls, monkeypatch):
