@@ -5,9 +5,16 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Without a GPU the Triton kernels' tests (tests/kernels/) run under Triton's interpreter on CPU tensors.
+# Triton fixes that choice when it is first imported, which torch does by itself once sra_rag is
+# imported (tests/conftest.py), so it is made here, before any test module loads. With a GPU the
+# kernels compile and the same tests run on it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,7 +5,9 @@ Two implementations of ``shared/SRA_SPEC.md`` live side by side and are held equ
 - :func:`sra_attention_forward` (``attn_implementation="sra"``), the fast path: stock SDPA for every
   row, then the probabilities of only the rows the spec edits (inner block and tail) are
   materialised, in row chunks, and those rows' outputs are recomputed. Extra memory is
-  ``O(heads * chunk * n)``, never ``O(n^2)``.
+  ``O(heads * chunk * n)``, never ``O(n^2)``. Each row-level step (the readout, document
+  reattention, each loop's edit) is a unit (:class:`RowUnit`) over one batch row's record
+  (:class:`BatchRow`), listed by :func:`row_units`.
 - :func:`sra_reference_attention_forward` (``attn_implementation="sra_reference"``), the literal
   path: the full ``(heads, n, n)`` probability matrix, edited row by row exactly as the spec's steps
   read.
@@ -27,6 +29,9 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol
 
 import torch
 from transformers import AttentionInterface
@@ -34,8 +39,9 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from sra_rag.config import SRAConfig, as_sra_config
+from sra_rag.kernels import Kernel, kernel_for, load_triton_rows
 from sra_rag.layout import PromptLayout
-from sra_rag.readout.recorder import ReadoutRecorder, stop_if_read
+from sra_rag.readout.recorder import CLASS_EDGES, ReadoutRecorder, stop_if_read
 from sra_rag.schedule import Edit, layer_edits
 
 logger = logging.getLogger(__name__)
@@ -197,33 +203,85 @@ def edit_probabilities(
     return eligible
 
 
-def _chunk_probabilities(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    batch_index: int,
-    rows: slice,
-    keys: slice,
-    scaling: float,
-) -> torch.Tensor:
-    """Softmax probabilities in fp32 of query rows ``rows`` over the keys ``keys`` they can see.
+@dataclass(frozen=True)
+class BatchRow:
+    """One batch row of a prefill, the one record that every row-level unit (:class:`RowUnit`) reads.
 
-    query: ``(heads, q_len, head_dim)``; key: ``(kv_heads, kv_len, head_dim)`` in fp32.
-    Returns ``(heads, rows, keys)``. The rows of each KV head's query group are stacked, so grouped
-    heads need neither repeated keys nor a broadcast copy.
+    query: ``(heads, q_len, head_dim)``; key, value: ``(kv_heads, kv_len, head_dim)`` as the model gives
+    them (:attr:`key_f32` and :attr:`value_f32`: their fp32 copies, made once, when a unit first needs
+    them); attention_mask: the batch's boolean ``(batch, 1, q_len, kv_len)`` mask or None (causal). The
+    row's real tokens are ``[offset, offset + n)`` in the batch's coordinates. ``kernel``: which
+    implementation the units use (:func:`~sra_rag.kernels.kernel_for`): the fused Triton kernels or
+    the chunked torch path of :meth:`probabilities` and :meth:`output`.
     """
-    heads, _, head_dim = query.shape
-    kv_heads = key.shape[0]
-    count = rows.stop - rows.start
-    stacked = (query[:, rows].float() * scaling).reshape(kv_heads, heads // kv_heads * count, head_dim)
-    scores = torch.bmm(stacked, key[:, keys].transpose(1, 2)).view(heads, count, -1)
-    if attention_mask is None:
-        # Causal: only the chunk's own square of keys (the last ``count`` columns) has a hidden part.
-        hidden = torch.ones(count, count, dtype=torch.bool, device=scores.device).triu(1)
-        scores[..., -count:].masked_fill_(hidden, float("-inf"))
-    else:
-        scores.masked_fill_(~_visible(attention_mask[batch_index][:, rows, keys]), float("-inf"))
-    return torch.softmax(scores, dim=-1)
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    attention_mask: torch.Tensor | None
+    batch_index: int
+    offset: int
+    n: int
+    scaling: float
+    kernel: Kernel = "torch"
+
+    @property
+    def device(self) -> torch.device:
+        return self.query.device
+
+    @property
+    def heads(self) -> int:
+        return self.query.shape[0]
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The row's mask ``(q_len, kv_len)`` (boolean or additive), or None (causal)."""
+        return None if self.attention_mask is None else self.attention_mask[self.batch_index, 0]
+
+    @cached_property
+    def key_f32(self) -> torch.Tensor:
+        """``(kv_heads, kv_len, head_dim)`` in fp32."""
+        return self.key.float()
+
+    @cached_property
+    def value_f32(self) -> torch.Tensor:
+        """``(kv_heads, kv_len, head_dim)`` in fp32."""
+        return self.value.float()
+
+    def chunks(self, start: int, stop: int, keys: int) -> list[slice]:
+        """Query rows ``[start, stop)`` (the batch's coordinates) in chunks of :func:`_chunk_rows` rows
+        of probabilities over ``keys`` keys."""
+        step = _chunk_rows(self.device, self.heads, keys)
+        return [slice(first, min(first + step, stop)) for first in range(start, stop, step)]
+
+    def probabilities(self, rows: slice) -> torch.Tensor:
+        """Softmax probabilities in fp32 of query rows ``rows`` over the keys ``[offset, rows.stop)``:
+        ``(heads, rows, keys)``. A row never sees keys after itself, so a chunk reads only keys up to
+        its last row. The rows of each KV head's query group are stacked, so grouped heads need
+        neither repeated keys nor a broadcast copy."""
+        heads, _, head_dim = self.query.shape
+        key = self.key_f32
+        kv_heads = key.shape[0]
+        count = rows.stop - rows.start
+        stacked = (self.query[:, rows].float() * self.scaling).reshape(kv_heads, heads // kv_heads * count, head_dim)
+        scores = torch.bmm(stacked, key[:, self.offset : rows.stop].transpose(1, 2)).view(heads, count, -1)
+        if self.attention_mask is None:
+            # Causal: only the chunk's own square of keys (the last ``count`` columns) has a hidden part.
+            hidden = torch.ones(count, count, dtype=torch.bool, device=scores.device).triu(1)
+            scores[..., -count:].masked_fill_(hidden, float("-inf"))
+        else:
+            visible = _visible(self.attention_mask[self.batch_index][:, rows, self.offset : rows.stop])
+            scores.masked_fill_(~visible, float("-inf"))
+        return torch.softmax(scores, dim=-1)
+
+    def output(self, probs: torch.Tensor, rows: slice) -> torch.Tensor:
+        """The attention output ``(rows, heads, head_dim)`` in fp32 of probabilities
+        ``probs (heads, rows, keys)`` from :meth:`probabilities`, grouped heads stacked as there."""
+        heads, count, _ = probs.shape
+        value = self.value_f32
+        kv_heads = value.shape[0]
+        stacked = probs.view(kv_heads, heads // kv_heads * count, -1)
+        return torch.bmm(stacked, value[:, self.offset : rows.stop]).view(heads, count, -1).transpose(0, 1)
 
 
 def _attention_target(edit: Edit, column_mass: torch.Tensor, begin: int) -> range:
@@ -244,77 +302,12 @@ def _attention_target(edit: Edit, column_mass: torch.Tensor, begin: int) -> rang
     return range(best, best + width)
 
 
-def _chunk_output(probs: torch.Tensor, value: torch.Tensor, offset: int, rows: slice) -> torch.Tensor:
-    """The attention output ``(rows, heads, head_dim)`` of probabilities ``probs (heads, rows, keys)``
-    over the keys ``[offset, rows.stop)`` of ``value (kv_heads, kv_len, head_dim)``, grouped heads
-    stacked as in :func:`_chunk_probabilities`."""
-    heads, count, _ = probs.shape
-    kv_heads = value.shape[0]
-    stacked = probs.view(kv_heads, heads // kv_heads * count, -1)
-    return torch.bmm(stacked, value[:, offset : rows.stop]).view(heads, count, -1).transpose(0, 1)
-
-
 def _chunk_rows(device: torch.device, heads: int, n: int) -> int:
     """Rows per chunk of probabilities over ``n`` keys: at most :data:`ROW_CHUNK_ELEMENTS` elements,
     on CUDA :data:`CUDA_CHUNK_HEAD_ROWS` (head, row) pairs."""
     if device.type == "cuda":
         return max(1, CUDA_CHUNK_HEAD_ROWS // heads)
     return max(1, ROW_CHUNK_ELEMENTS // max(1, heads * n))
-
-
-def _question_chunks(start: int, stop: int, heads: int, n: int, device: torch.device) -> list[slice]:
-    """Row chunks ``[start, stop)`` of the probabilities over ``n`` keys (:func:`_chunk_rows`)."""
-    step = _chunk_rows(device, heads, n)
-    return [slice(first, min(first + step, stop)) for first in range(start, stop, step)]
-
-
-def _row_chunks(edit: Edit, offset: int, heads: int, length: int, device: torch.device) -> list[slice]:
-    rows = _chunk_rows(device, heads, length)
-    first, last = offset + edit.row_start, offset + edit.row_stop
-    return [slice(start, min(start + rows, last)) for start in range(first, last, rows)]
-
-
-def _edit_sequence(
-    output: torch.Tensor,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    batch_index: int,
-    offset: int,
-    edit: Edit,
-    scaling: float,
-    config: SRAConfig,
-) -> None:
-    """Recompute, in place, the output rows of one sequence that ``edit`` changes.
-
-    The sequence's real tokens are ``[offset, offset + n)``. output: ``(q_len, heads, head_dim)``;
-    query: ``(heads, q_len, head_dim)``; key, value: ``(kv_heads, kv_len, head_dim)`` in fp32.
-    """
-    chunks = _row_chunks(edit, offset, query.shape[0], offset + edit.row_stop, query.device)
-
-    def probabilities(rows: slice) -> torch.Tensor:
-        # A row never sees keys after itself, so the chunk reads only keys up to its last row.
-        return _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
-
-    targets = edit.targets
-    if edit.loop == "outer" and config.outer_target == "attention":
-        column_mass = torch.zeros(edit.row_stop, device=key.device)
-        for rows in chunks:
-            column_mass[: rows.stop - offset] += probabilities(rows).sum(dim=(0, 1))
-        targets = _attention_target(edit, column_mass, config.begin_length)
-
-    for rows in chunks:
-        probs = probabilities(rows)
-        eligible = edit_probabilities(
-            probs, slice(targets.start, targets.stop), edit.tau, edit.beta, config.renormalize
-        )
-        # Skipping a chunk with no eligible row saves a product on a CPU; on a GPU the check would
-        # wait for the device at every chunk, which costs more than the product.
-        if query.device.type != "cuda" and not bool(eligible.any()):
-            continue
-        edited = _chunk_output(probs, value, offset, rows).to(output.dtype)
-        output[rows] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[rows])
 
 
 def _real_span(
@@ -331,38 +324,6 @@ def _real_span(
             "packed or interleaved masks are not supported."
         )
     return offset, n
-
-
-def _record_readout(
-    recorder: ReadoutRecorder,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    batch_index: int,
-    offset: int,
-    n: int,
-    layer_idx: int,
-    scaling: float,
-) -> None:
-    """Record one row's readout at this layer: the question rows' probabilities, in row chunks,
-    summed into a mass per key position and averaged over heads and rows.
-
-    query: ``(heads, q_len, head_dim)``; key: ``(kv_heads, kv_len, head_dim)`` in fp32.
-    """
-    layout = recorder.layout
-    _question_start(layout, n, batch_index)  # checks the layout's length against the row
-    start = offset + int(layout.question_start or 0)
-    heads = query.shape[0]
-    column_mass = torch.zeros(n, dtype=torch.float64, device=key.device)
-    class_mass = torch.zeros(3, dtype=torch.float64, device=key.device)
-    for rows in _question_chunks(start, offset + n, heads, n, key.device):
-        probs = _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
-        column_mass[: rows.stop - offset] += probs.sum(dim=(0, 1)).double()
-        if recorder.token_classes:
-            class_mass += recorder.class_mass(probs)
-    recorder.record(layer_idx, column_mass / (heads * (offset + n - start)))
-    if recorder.token_classes:
-        recorder.record_classes(layer_idx, class_mass)
 
 
 def _boosted_spans(config: SRAConfig, recorder: ReadoutRecorder | None, layer_idx: int) -> list[tuple[int, int]]:
@@ -384,29 +345,149 @@ def boost_documents(probs: torch.Tensor, spans: Sequence[tuple[int, int]], boost
     probs /= probs.sum(dim=-1, keepdim=True)
 
 
-def _boost_sequence(
-    output: torch.Tensor,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    batch_index: int,
-    offset: int,
-    n: int,
-    question_start: int,
-    spans: Sequence[tuple[int, int]],
-    config: SRAConfig,
-    scaling: float,
-) -> None:
-    """Recompute, in place, the question rows' outputs of one sequence with document reattention.
+class RowUnit(Protocol):
+    """One row-level step of the fast path on one batch row, composed like kvpress's presses: it reads
+    the row's tensors and probabilities through :class:`BatchRow` and may rewrite rows of its output.
+    A new row-level edit is a new unit (and a line in :func:`row_units`)."""
 
-    output: ``(q_len, heads, head_dim)``; query: ``(heads, q_len, head_dim)``; key, value:
-    ``(kv_heads, kv_len, head_dim)`` in fp32.
-    """
-    for rows in _question_chunks(offset + question_start, offset + n, query.shape[0], n, query.device):
-        probs = _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
-        boost_documents(probs, spans, config.document_boost)
-        output[rows] = _chunk_output(probs, value, offset, rows).to(output.dtype)
+    def apply(self, row: BatchRow, output: torch.Tensor) -> None:
+        """Run on ``row``; output: the row's ``(q_len, heads, head_dim)`` stock output, edited in place."""
+
+
+@dataclass(frozen=True)
+class ReadoutRecording:
+    """The readout of one row at ``layer_idx``: the question rows' stock probabilities, in row chunks,
+    summed into a mass per key position and averaged over heads and rows, recorded in ``recorder``
+    (with the token classes' mass if it asks for them). Leaves the output as it is."""
+
+    recorder: ReadoutRecorder
+    layer_idx: int
+
+    def apply(self, row: BatchRow, output: torch.Tensor) -> None:
+        recorder = self.recorder
+        _question_start(recorder.layout, row.n, row.batch_index)  # checks the layout's length against the row
+        start = row.offset + int(recorder.layout.question_start or 0)
+        if row.kernel == "triton":
+            column_mass, class_mass = load_triton_rows().column_mass(
+                row.query, row.key, row.mask, rows=(start, row.offset + row.n), key_start=row.offset,
+                key_count=row.n, scaling=row.scaling, classes=CLASS_EDGES if recorder.token_classes else None,
+            )  # fmt: skip
+            recorder.record(self.layer_idx, column_mass / (row.heads * (row.offset + row.n - start)))
+            if class_mass is not None:
+                recorder.record_classes(self.layer_idx, class_mass)
+            return
+        column_mass = torch.zeros(row.n, dtype=torch.float64, device=row.device)
+        class_mass = torch.zeros(3, dtype=torch.float64, device=row.device)
+        for rows in row.chunks(start, row.offset + row.n, row.n):
+            probs = row.probabilities(rows)
+            column_mass[: rows.stop - row.offset] += probs.sum(dim=(0, 1)).double()
+            if recorder.token_classes:
+                class_mass += recorder.class_mass(probs)
+        recorder.record(self.layer_idx, column_mass / (row.heads * (row.offset + row.n - start)))
+        if recorder.token_classes:
+            recorder.record_classes(self.layer_idx, class_mass)
+
+
+@dataclass(frozen=True)
+class DocumentBoost:
+    """Document reattention of one row: the question rows (``question_start`` to the end, the row's
+    real-token coordinates) multiply their attention on ``spans`` by ``boost`` and are renormalised
+    (:func:`boost_documents`); their outputs are recomputed."""
+
+    spans: tuple[tuple[int, int], ...]
+    boost: float
+    question_start: int
+
+    def apply(self, row: BatchRow, output: torch.Tensor) -> None:
+        if row.kernel == "triton":
+            load_triton_rows().boost_rows(
+                row.query, row.key, row.value, row.mask, output, rows=(row.offset + self.question_start,
+                row.offset + row.n), key_start=row.offset, spans=self.spans, boost=self.boost, scaling=row.scaling,
+            )  # fmt: skip
+            return
+        for rows in row.chunks(row.offset + self.question_start, row.offset + row.n, row.n):
+            probs = row.probabilities(rows)
+            boost_documents(probs, self.spans, self.boost)
+            output[rows] = row.output(probs, rows).to(output.dtype)
+
+
+@dataclass(frozen=True)
+class LoopEdit:
+    """One loop's edit of one row (spec: "The edit"): the rows of ``edit`` are recomputed from their
+    edited probabilities, in row chunks; ineligible rows keep their stock output. ``config`` gives the
+    variants: ``outer_target="attention"`` (the target block follows the tail's attention mass) and
+    ``renormalize``."""
+
+    edit: Edit
+    config: SRAConfig
+
+    def apply(self, row: BatchRow, output: torch.Tensor) -> None:
+        if row.kernel == "triton":
+            self._apply_triton(row, output)
+            return
+        edit, config = self.edit, self.config
+        chunks = row.chunks(row.offset + edit.row_start, row.offset + edit.row_stop, row.offset + edit.row_stop)
+        targets = edit.targets
+        if edit.loop == "outer" and config.outer_target == "attention":
+            column_mass = torch.zeros(edit.row_stop, device=row.device)
+            for rows in chunks:
+                column_mass[: rows.stop - row.offset] += row.probabilities(rows).sum(dim=(0, 1))
+            targets = _attention_target(edit, column_mass, config.begin_length)
+
+        for rows in chunks:
+            probs = row.probabilities(rows)
+            eligible = edit_probabilities(
+                probs, slice(targets.start, targets.stop), edit.tau, edit.beta, config.renormalize
+            )
+            # Skipping a chunk with no eligible row saves a product on a CPU; on a GPU the check would
+            # wait for the device at every chunk, which costs more than the product.
+            if row.device.type != "cuda" and not bool(eligible.any()):
+                continue
+            edited = row.output(probs, rows).to(output.dtype)
+            output[rows] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[rows])
+
+    def _apply_triton(self, row: BatchRow, output: torch.Tensor) -> None:
+        """The same edit by the fused kernels: for ``outer_target="attention"`` the tail's mass per key
+        first (:func:`~sra_rag.kernels.triton_rows.column_mass`), then the edit itself."""
+        kernels = load_triton_rows()
+        edit, config = self.edit, self.config
+        rows = (row.offset + edit.row_start, row.offset + edit.row_stop)
+        targets = edit.targets
+        if edit.loop == "outer" and config.outer_target == "attention":
+            column_mass, _ = kernels.column_mass(
+                row.query, row.key, row.mask, rows=rows, key_start=row.offset, key_count=edit.row_stop,
+                scaling=row.scaling,
+            )  # fmt: skip
+            targets = _attention_target(edit, column_mass, config.begin_length)
+        kernels.edit_rows(
+            row.query, row.key, row.value, row.mask, output, rows=rows, key_start=row.offset,
+            targets=(row.offset + targets.start, row.offset + targets.stop), tau=edit.tau, beta=edit.beta,
+            scaling=row.scaling, renormalize=config.renormalize,
+        )  # fmt: skip
+
+
+def row_units(
+    row: BatchRow,
+    config: SRAConfig,
+    layout: PromptLayout | None,
+    recorder: ReadoutRecorder | None,
+    layer_idx: int,
+    num_layers: int,
+) -> Iterator[RowUnit]:
+    """The units of one batch row at this layer, in the order they run: the readout (stock attention,
+    before any edit), document reattention, then each loop's edit (their rows never overlap, spec
+    "The per-layer schedule"). Built one at a time, after the unit before has run, so the layouts are
+    checked and the readout's ranking is read exactly when the row reaches them."""
+    if recorder is not None:
+        yield ReadoutRecording(recorder, layer_idx)
+    if not config.enabled:
+        return
+    spans = _boosted_spans(config, recorder, layer_idx)
+    if spans and recorder is not None:
+        question_start = _question_start(recorder.layout, row.n, row.batch_index) or 0
+        yield DocumentBoost(tuple(spans), config.document_boost, question_start)
+    for edit in layer_edits(row.n, layer_idx, num_layers, config, _question_start(layout, row.n, row.batch_index)):
+        yield LoopEdit(edit, config)
 
 
 def _is_prefill(query: torch.Tensor, key: torch.Tensor) -> bool:
@@ -448,51 +529,15 @@ def sra_attention_forward(
     layer_idx, num_layers = _layer_position(module)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     length = key.shape[2]
+    kernel = kernel_for(query.device)
     for batch_index, ((config, layout), recorder) in enumerate(zip(rows, readouts, strict=True)):
         if not config.enabled and recorder is None:
             continue
         offset, n = _real_span(attention_mask, batch_index, length, query.device)
-        key_f = key[batch_index].float()
-        if recorder is not None:
-            _record_readout(
-                recorder, query[batch_index], key_f, attention_mask, batch_index, offset, n, layer_idx, scaling
-            )
-        if not config.enabled:
-            continue
-        spans = _boosted_spans(config, recorder, layer_idx)
-        if spans and recorder is not None:
-            question_start = _question_start(recorder.layout, n, batch_index) or 0
-            _boost_sequence(
-                output[batch_index],
-                query[batch_index],
-                key_f,
-                value[batch_index].float(),
-                attention_mask,
-                batch_index,
-                offset,
-                n,
-                question_start,
-                spans,
-                config,
-                scaling,
-            )
-        edits = layer_edits(n, layer_idx, num_layers, config, _question_start(layout, n, batch_index))
-        if not edits:
-            continue
-        value_f = value[batch_index].float()
-        for edit in edits:
-            _edit_sequence(
-                output[batch_index],
-                query[batch_index],
-                key_f,
-                value_f,
-                attention_mask,
-                batch_index,
-                offset,
-                edit,
-                scaling,
-                config,
-            )
+        tensors = query[batch_index], key[batch_index], value[batch_index]
+        row = BatchRow(*tensors, attention_mask, batch_index, offset, n, scaling, kernel=kernel)
+        for unit in row_units(row, config, layout, recorder, layer_idx, num_layers):
+            unit.apply(row, output[batch_index])
     stop_if_read(readouts, layer_idx)
     return output, None
 

@@ -9,6 +9,11 @@ to the OS at once (``MALLOC_MMAP_THRESHOLD_``), and a sampler thread reads the r
 millisecond; the figure is the peak above the resident set before the prefill (the model's own
 weights excluded). Decoding goes through the engine's one generation path.
 
+``--kernels torch triton`` runs every SRA row once per implementation of the edited rows
+(``SRA_RAG_KERNEL``: the chunked torch path, the fused Triton kernels), labelled ``sra@torch``,
+``sra@triton``, ...; on a CPU the kernels need Triton's interpreter (``TRITON_INTERPRET=1``), which only
+checks that the comparison runs.
+
 ``python -m sra_rag.bench.engine --throughput``: requests per second, generated tokens per second,
 latency and time to first token of concurrent requests (short chat requests and ~1k-token RAG-like
 prompts, SRA on and off), as ratios to the same requests run one after another in the same run
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +44,7 @@ from sra_rag.config import SRAConfig
 from sra_rag.engine import SRAEngine, _torch_dtype
 from sra_rag.generation.request import Request, sampling_settings
 from sra_rag.generation.scheduler import DEFAULT_MAX_BATCH_SIZE
+from sra_rag.kernels import KERNEL_ENV
 from sra_rag.layout import PromptLayout, TextLayout
 from sra_rag.readout.recorder import ReadoutComplete, ReadoutRecorder
 
@@ -105,7 +112,39 @@ def benchmark_layout(length: int) -> PromptLayout:
     return PromptLayout(length, question=(stop, stop + 10), documents=tuple(zip(edges, edges[1:], strict=False)))
 
 
+@contextlib.contextmanager
+def kernel_setting(kernel: str) -> Iterator[None]:
+    """``SRA_RAG_KERNEL=kernel`` inside the block (as it was where ``kernel`` is empty)."""
+    previous = os.environ.get(KERNEL_ENV)
+    if kernel:
+        os.environ[KERNEL_ENV] = kernel
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(KERNEL_ENV, None)
+        else:
+            os.environ[KERNEL_ENV] = previous
+
+
+def implementation_rows(args: argparse.Namespace) -> list[str]:
+    """The prefill table's rows: :data:`IMPLEMENTATIONS` (less the reference with ``--no-reference``),
+    each fast-path row once per ``--kernels`` entry as ``"<row>@<kernel>"``."""
+    rows = [i for i in IMPLEMENTATIONS if i != "sra_reference" or not args.no_reference]
+    kernels = getattr(args, "kernels", None)
+    if not kernels:
+        return rows
+    fast = [i for i in rows if i not in ("sdpa", "sra_reference")]
+    return [f"{i}@{kernel}" if i in fast else i for i in rows for kernel in (kernels if i in fast else [""])]
+
+
 def _prefill(engine: SRAEngine, implementation: str, input_ids: torch.Tensor, config: SRAConfig) -> float:
+    implementation, _, kernel = implementation.partition("@")
+    with kernel_setting(kernel):
+        return _prefill_once(engine, implementation, input_ids, config)
+
+
+def _prefill_once(engine: SRAEngine, implementation: str, input_ids: torch.Tensor, config: SRAConfig) -> float:
     extra: dict[str, object] = {}
     if implementation in LAYOUT_VARIANTS:
         layout = benchmark_layout(input_ids.shape[1])
@@ -272,7 +311,7 @@ def measure_memory(args: argparse.Namespace, engine: SRAEngine, implementation: 
 def run(args: argparse.Namespace) -> str:
     engine = _load(args)
     config = SRAConfig()
-    implementations = [i for i in IMPLEMENTATIONS if i != "sra_reference" or not args.no_reference]
+    implementations = implementation_rows(args)
     rows: list[Row] = []
     for length in args.lengths:
         input_ids = prompt_ids(engine, length)
@@ -286,7 +325,7 @@ def run(args: argparse.Namespace) -> str:
         for implementation in implementations:
             peak = measure_memory(args, engine, implementation, length)
             rows.append(Row(length, implementation, statistics.median(times[implementation]), peak))
-            print(f"  {length:>6} {implementation:<14} {rows[-1].prefill_s:8.2f} s {peak:9.1f} MiB", file=sys.stderr)
+            print(f"  {length:>6} {implementation:<20} {rows[-1].prefill_s:8.2f} s {peak:9.1f} MiB", file=sys.stderr)
 
     decode_ids = prompt_ids(engine, args.decode_prompt)
     speeds: dict[str, list[float]] = {"sdpa": [], "sra": []}
@@ -310,7 +349,13 @@ def format_table(rows: list[Row], decode: dict[str, float], engine: SRAEngine, a
         "'documents' preset (the readout plus document reattention after the profile's band); sra+read: "
         "the read-only pass of attention-ordered stuffing (up to the band's end, layers "
         f"{engine.readout_profile.layers[1]} of {engine.readout_profile.num_layers}), which costs it that on top "
-        "of one prefill.",
+        "of one prefill."
+        + (
+            f" <row>@torch / <row>@triton: {KERNEL_ENV}=torch (the chunked torch path) / =triton (the fused "
+            "Triton kernels" + (", under Triton's interpreter" if engine.device.type != "cuda" else "") + ")."
+            if getattr(args, "kernels", None)
+            else ""
+        ),
         "",
         "| tokens | implementation | prefill (s) | time / SDPA | peak extra memory (MiB) | memory / SDPA |",
         "|---:|---|---:|---:|---:|---:|",
@@ -529,6 +574,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-prompt", type=int, default=1024)
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--no-reference", action="store_true", help="skip the literal O(n^2) reference")
+    parser.add_argument(
+        "--kernels",
+        nargs="+",
+        choices=["torch", "triton"],
+        default=None,
+        help=f"run each SRA row with each of these {KERNEL_ENV} settings (default: the environment's)",
+    )
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
     throughput_options = parser.add_argument_group("throughput (--throughput)")
     throughput_options.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 
@@ -64,3 +65,20 @@ def test_random_models_need_no_files() -> None:
     assert engine.complete("Quarry signal.", max_new_tokens=3).completion_tokens <= 3
     with pytest.raises(ValueError, match="llama-1b"):
         random_engine("gpt-2", "cpu", None)
+
+
+def test_kernel_rows_run_each_fast_path_row_per_kernel(tiny_engine, monkeypatch) -> None:
+    from sra_rag.bench.engine import _prefill, implementation_rows, kernel_setting
+
+    rows = implementation_rows(argparse.Namespace(no_reference=False, kernels=["torch", "triton"]))
+    assert rows[:4] == ["sdpa", "sra@torch", "sra@triton", "sra_reference"]
+    assert "sra+documents@triton" in rows and len(rows) == 2 + 2 * 4
+    assert implementation_rows(argparse.Namespace(no_reference=True, kernels=None))[:2] == ["sdpa", "sra"]
+    monkeypatch.setenv("SRA_RAG_KERNEL", "auto")
+    with kernel_setting("torch"):
+        assert os.environ["SRA_RAG_KERNEL"] == "torch"
+    assert os.environ["SRA_RAG_KERNEL"] == "auto"
+    try:
+        assert _prefill(tiny_engine, "sra@torch", prompt_ids(tiny_engine, 200), SRAConfig()) > 0
+    finally:
+        tiny_engine.model.set_attn_implementation("sra")
