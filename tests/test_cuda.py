@@ -1,8 +1,8 @@
 """The CUDA subset: the fast path against the literal reference on a GPU, in bfloat16 and float16, with
 padded batches, and a random model and the engine end to end. The fast path's tests run twice: with
 the fused Triton kernels (``SRA_RAG_KERNEL=triton``, opt-in until these pass on a GPU) and with the
-chunked torch path (``SRA_RAG_KERNEL=torch``). Skipped where no GPU is present (``pytest -m cuda`` selects these on a GPU
-machine)."""
+chunked torch path (``SRA_RAG_KERNEL=torch``). Skipped where no GPU is present (``pytest -m cuda``
+selects these on a GPU machine)."""
 
 from __future__ import annotations
 
