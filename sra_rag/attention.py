@@ -19,6 +19,12 @@ batch, ``sra_config`` may hold one config per row, and ``sra_layout`` one
 :class:`~sra_rag.readout.recorder.ReadoutRecorder` (or None) per row: the prefill records in it the question
 rows' attention mass on each document (stock attention, before this layer's edits), whether SRA is
 enabled or not.
+
+A prefill may continue a cached prefix (``sra_suffix=True``, passed by the engine's prefix cache): the
+query is then the last ``q_len`` rows of a sequence whose ``kv_len`` keys include the cached ones, and
+both paths edit the rows they would edit in a full prefill, in the sequence's coordinates shifted by
+``kv_len - q_len``. The cached rows themselves must be stock (no edit inside them); a call whose edits
+or readout reach into the prefix raises ValueError (the prefix cache never makes one).
 """
 
 from __future__ import annotations
@@ -160,14 +166,19 @@ def _visible(attention_mask: torch.Tensor) -> torch.Tensor:
 def real_positions(
     attention_mask: torch.Tensor | None, batch_index: int, length: int, device: torch.device
 ) -> torch.Tensor:
-    """Indices ``(n,)`` of the real (unpadded) tokens of one sequence in a prefill of ``length``.
+    """Indices ``(n,)`` of the real (unpadded) tokens of one sequence in a prefill of ``length`` keys.
 
     A token is real when it may attend to itself: padding keys are masked for every query, and the
-    diagonal is inside every causal or sliding window.
+    diagonal is inside every causal or sliding window. A query shorter than the keys (a prefill
+    after a cached prefix, left-padded, causal, no window) has no full diagonal: there a key is real
+    when the last query row, the sequence's last token, sees it.
     """
     if attention_mask is None:
         return torch.arange(length, device=device)
-    return _visible(attention_mask[batch_index, 0].diagonal()).nonzero().flatten()
+    mask = attention_mask[batch_index, 0]
+    if mask.shape[-2] != mask.shape[-1]:  # prefix-cache suffix: (q_len, kv_len)
+        return _visible(mask[-1]).nonzero().flatten()
+    return _visible(mask.diagonal()).nonzero().flatten()
 
 
 def _threshold_below(tau: float) -> float:
@@ -205,24 +216,28 @@ def _chunk_probabilities(
     rows: slice,
     keys: slice,
     scaling: float,
+    shift: int = 0,
 ) -> torch.Tensor:
-    """Softmax probabilities in fp32 of query rows ``rows`` over the keys ``keys`` they can see.
+    """Softmax probabilities in fp32 of rows ``rows`` over the keys ``keys`` they can see.
 
-    query: ``(heads, q_len, head_dim)``; key: ``(kv_heads, kv_len, head_dim)`` in fp32.
+    query: ``(heads, q_len, head_dim)``; key: ``(kv_heads, kv_len, head_dim)`` in fp32. ``rows`` and
+    ``keys`` are key positions; query row ``i`` is key position ``shift + i`` (``shift = kv_len -
+    q_len``: 0 in a full prefill, the cached length after a cached prefix).
     Returns ``(heads, rows, keys)``. The rows of each KV head's query group are stacked, so grouped
     heads need neither repeated keys nor a broadcast copy.
     """
     heads, _, head_dim = query.shape
     kv_heads = key.shape[0]
     count = rows.stop - rows.start
-    stacked = (query[:, rows].float() * scaling).reshape(kv_heads, heads // kv_heads * count, head_dim)
+    rows_q = slice(rows.start - shift, rows.stop - shift)
+    stacked = (query[:, rows_q].float() * scaling).reshape(kv_heads, heads // kv_heads * count, head_dim)
     scores = torch.bmm(stacked, key[:, keys].transpose(1, 2)).view(heads, count, -1)
     if attention_mask is None:
         # Causal: only the chunk's own square of keys (the last ``count`` columns) has a hidden part.
         hidden = torch.ones(count, count, dtype=torch.bool, device=scores.device).triu(1)
         scores[..., -count:].masked_fill_(hidden, float("-inf"))
     else:
-        scores.masked_fill_(~_visible(attention_mask[batch_index][:, rows, keys]), float("-inf"))
+        scores.masked_fill_(~_visible(attention_mask[batch_index][:, rows_q, keys]), float("-inf"))
     return torch.softmax(scores, dim=-1)
 
 
@@ -285,17 +300,21 @@ def _edit_sequence(
     edit: Edit,
     scaling: float,
     config: SRAConfig,
+    shift: int = 0,
 ) -> None:
     """Recompute, in place, the output rows of one sequence that ``edit`` changes.
 
-    The sequence's real tokens are ``[offset, offset + n)``. output: ``(q_len, heads, head_dim)``;
-    query: ``(heads, q_len, head_dim)``; key, value: ``(kv_heads, kv_len, head_dim)`` in fp32.
+    The sequence's real tokens are keys ``[offset, offset + n)``. output: ``(q_len, heads, head_dim)``;
+    query: ``(heads, q_len, head_dim)``, query row ``i`` being key ``shift + i``; key, value:
+    ``(kv_heads, kv_len, head_dim)`` in fp32.
     """
     chunks = _row_chunks(edit, offset, query.shape[0], offset + edit.row_stop, query.device)
 
     def probabilities(rows: slice) -> torch.Tensor:
         # A row never sees keys after itself, so the chunk reads only keys up to its last row.
-        return _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
+        return _chunk_probabilities(
+            query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling, shift
+        )
 
     targets = edit.targets
     if edit.loop == "outer" and config.outer_target == "attention":
@@ -314,7 +333,8 @@ def _edit_sequence(
         if query.device.type != "cuda" and not bool(eligible.any()):
             continue
         edited = _chunk_output(probs, value, offset, rows).to(output.dtype)
-        output[rows] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[rows])
+        rows_q = slice(rows.start - shift, rows.stop - shift)
+        output[rows_q] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[rows_q])
 
 
 def _real_span(
@@ -343,20 +363,25 @@ def _record_readout(
     n: int,
     layer_idx: int,
     scaling: float,
+    shift: int = 0,
 ) -> None:
     """Record one row's readout at this layer: the question rows' probabilities, in row chunks,
     summed into a mass per key position and averaged over heads and rows.
 
-    query: ``(heads, q_len, head_dim)``; key: ``(kv_heads, kv_len, head_dim)`` in fp32.
+    query: ``(heads, q_len, head_dim)`` (row ``i`` is key ``shift + i``); key: ``(kv_heads, kv_len,
+    head_dim)`` in fp32.
     """
     layout = recorder.layout
     _question_start(layout, n, batch_index)  # checks the layout's length against the row
     start = offset + int(layout.question_start or 0)
+    _check_after_prefix(start, shift, "the readout's question rows")
     heads = query.shape[0]
     column_mass = torch.zeros(n, dtype=torch.float64, device=key.device)
     class_mass = torch.zeros(3, dtype=torch.float64, device=key.device)
     for rows in _question_chunks(start, offset + n, heads, n, key.device):
-        probs = _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
+        probs = _chunk_probabilities(
+            query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling, shift
+        )
         column_mass[: rows.stop - offset] += probs.sum(dim=(0, 1)).double()
         if recorder.token_classes:
             class_mass += recorder.class_mass(probs)
@@ -397,23 +422,44 @@ def _boost_sequence(
     spans: Sequence[tuple[int, int]],
     config: SRAConfig,
     scaling: float,
+    shift: int = 0,
 ) -> None:
     """Recompute, in place, the question rows' outputs of one sequence with document reattention.
 
-    output: ``(q_len, heads, head_dim)``; query: ``(heads, q_len, head_dim)``; key, value:
-    ``(kv_heads, kv_len, head_dim)`` in fp32.
+    output: ``(q_len, heads, head_dim)``; query: ``(heads, q_len, head_dim)`` (row ``i`` is key
+    ``shift + i``); key, value: ``(kv_heads, kv_len, head_dim)`` in fp32.
     """
+    _check_after_prefix(offset + question_start, shift, "document reattention's question rows")
     for rows in _question_chunks(offset + question_start, offset + n, query.shape[0], n, query.device):
-        probs = _chunk_probabilities(query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling)
+        probs = _chunk_probabilities(
+            query, key, attention_mask, batch_index, rows, slice(offset, rows.stop), scaling, shift
+        )
         boost_documents(probs, spans, config.document_boost)
-        output[rows] = _chunk_output(probs, value, offset, rows).to(output.dtype)
+        output[slice(rows.start - shift, rows.stop - shift)] = _chunk_output(probs, value, offset, rows).to(
+            output.dtype
+        )
 
 
-def _is_prefill(query: torch.Tensor, key: torch.Tensor) -> bool:
+def _is_prefill(query: torch.Tensor, key: torch.Tensor, suffix: bool = False) -> bool:
+    """Whether this call is a prefill that SRA edits: the query covers the whole key, or
+    (``suffix``, a prefill after a cached prefix) is its last ``q_len`` rows. A decoding step (one
+    row, no ``suffix``) is ordinary attention."""
     q_len, kv_len = query.shape[2], key.shape[2]
+    if suffix:
+        return 0 < q_len <= kv_len
     if q_len > 1 and q_len != kv_len:
         logger.debug("SRA skipped: the query (%d) does not cover the whole key (%d)", q_len, kv_len)
     return q_len > 1 and q_len == kv_len
+
+
+def _check_after_prefix(first_row: int, shift: int, what: str) -> None:
+    """Raise ValueError when the key position ``first_row`` lies in a cached prefix of ``shift`` keys:
+    its output was computed (stock) by an earlier prefill and cannot be edited any more."""
+    if first_row < shift:
+        raise ValueError(
+            f"{what} start at token {first_row}, inside the cached prefix of {shift} tokens; "
+            "prefill the whole prompt (the prefix cache bypasses such requests)"
+        )
 
 
 def sra_attention_forward(
@@ -428,26 +474,35 @@ def sra_attention_forward(
     sra_config: RowConfig = None,
     sra_layout: RowLayout = None,
     sra_readout: RowReadout = None,
+    sra_suffix: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SRA attention, fast path. Same signature and result layout as transformers' SDPA function.
 
     query: ``(batch, heads, q_len, head_dim)``; key, value: ``(batch, kv_heads, kv_len, head_dim)``;
     attention_mask: boolean ``(batch, 1, q_len, kv_len)`` or None (causal). ``sra_config``,
-    ``sra_layout`` and ``sra_readout``: one value, or one per batch row.
+    ``sra_layout`` and ``sra_readout``: one value, or one per batch row. ``sra_suffix``: the query is
+    the last ``q_len`` rows of the sequence (a prefill after a cached prefix of ``kv_len - q_len``
+    keys; layouts still describe the whole sequence).
     Returns ``(batch, q_len, heads, head_dim)`` and no attention weights.
     """
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if sra_suffix and attention_mask is None and q_len != kv_len:
+        # SDPA's own causal flag aligns a short query with the first keys; a suffix is the last rows.
+        causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+        attention_mask = causal.expand(query.shape[0], 1, q_len, kv_len)
     output, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
     )
     rows = resolve_rows(sra_config, sra_layout, query.shape[0])
     readouts = resolve_readouts(sra_readout, query.shape[0])
     wanted = any(config.enabled for config, _ in rows) or any(item is not None for item in readouts)
-    if not wanted or not _is_prefill(query, key):
+    if not wanted or not _is_prefill(query, key, sra_suffix):
         return output, None
     layer_idx, num_layers = _layer_position(module)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     length = key.shape[2]
+    shift = length - query.shape[2]  # query row i is key shift + i (0 unless after a cached prefix)
     for batch_index, ((config, layout), recorder) in enumerate(zip(rows, readouts, strict=True)):
         if not config.enabled and recorder is None:
             continue
@@ -455,7 +510,7 @@ def sra_attention_forward(
         key_f = key[batch_index].float()
         if recorder is not None:
             _record_readout(
-                recorder, query[batch_index], key_f, attention_mask, batch_index, offset, n, layer_idx, scaling
+                recorder, query[batch_index], key_f, attention_mask, batch_index, offset, n, layer_idx, scaling, shift
             )
         if not config.enabled:
             continue
@@ -475,12 +530,14 @@ def sra_attention_forward(
                 spans,
                 config,
                 scaling,
+                shift,
             )
         edits = layer_edits(n, layer_idx, num_layers, config, _question_start(layout, n, batch_index))
         if not edits:
             continue
         value_f = value[batch_index].float()
         for edit in edits:
+            _check_after_prefix(offset + edit.row_start, shift, f"the {edit.loop} loop's rows")
             _edit_sequence(
                 output[batch_index],
                 query[batch_index],
@@ -492,6 +549,7 @@ def sra_attention_forward(
                 edit,
                 scaling,
                 config,
+                shift,
             )
     stop_if_read(readouts, layer_idx)
     return output, None
@@ -509,12 +567,14 @@ def sra_reference_attention_forward(
     sra_config: RowConfig = None,
     sra_layout: RowLayout = None,
     sra_readout: RowReadout = None,
+    sra_suffix: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SRA attention, literal path: the spec's steps on full ``(batch, heads, q_len, kv_len)``
     probability matrices in fp32, one selected row at a time. Memory ``O(heads * n^2)``.
 
-    Same shapes as :func:`sra_attention_forward`.
+    Same shapes and arguments as :func:`sra_attention_forward`; with ``sra_suffix`` the sequence's
+    token at key position ``p`` is query row ``p - (kv_len - q_len)``.
     """
     if kwargs.get("softcap") is not None:
         raise ValueError("SRA attention does not support attention logit soft-capping.")
@@ -534,40 +594,44 @@ def sra_reference_attention_forward(
         scores = scores + attention_mask.float()
     # Fully masked rows (padding queries) give NaN; they attend to nothing.
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    shift = kv_len - q_len  # the query's first row is key position `shift` (a cached prefix before it)
+    prefill = _is_prefill(query, key, sra_suffix)
 
-    if _is_prefill(query, key):
+    if prefill:
         for b, recorder in enumerate(readouts):
             if recorder is None:
                 continue
             positions = real_positions(attention_mask, b, kv_len, query.device)
             question_start = _question_start(recorder.layout, len(positions), b)
+            _check_after_prefix(int(positions[question_start or 0]), shift, "the readout's question rows")
             # The question rows (question to the end) over the row's real keys, mean over heads and rows.
-            question_rows = probs[b][:, positions[question_start:]][..., positions]
+            question_rows = probs[b][:, positions[question_start:] - shift][..., positions]
             recorder.record(_layer_position(module)[0], question_rows.double().mean(dim=(0, 1)))
             if recorder.token_classes:
                 recorder.record_classes(_layer_position(module)[0], recorder.class_mass(question_rows))
             spans = _boosted_spans(rows[b][0], recorder, _layer_position(module)[0])
             if spans:  # document reattention: the question rows, every head
-                question, columns = positions[question_start:, None], positions[None, :]
+                question, columns = positions[question_start:, None] - shift, positions[None, :]
                 edited = probs[b][:, question, columns]  # (heads, question rows, real keys): a copy
                 boost_documents(edited, spans, rows[b][0].document_boost)
                 probs[b][:, question, columns] = edited
         stop_if_read(readouts, _layer_position(module)[0])
 
-    if any(config.enabled for config, _ in rows) and _is_prefill(query, key):
+    if any(config.enabled for config, _ in rows) and prefill:
         layer_idx, num_layers = _layer_position(module)
         for b, (config, layout) in enumerate(rows):
             positions = real_positions(attention_mask, b, kv_len, query.device)
             question_start = _question_start(layout, len(positions), b)
             for edit in layer_edits(len(positions), layer_idx, num_layers, config, question_start):
+                _check_after_prefix(int(positions[edit.row_start]), shift, f"the {edit.loop} loop's rows")
                 targets = edit.targets
                 if edit.loop == "outer" and config.outer_target == "attention":
-                    tail = positions[edit.row_start : edit.row_stop]
+                    tail = positions[edit.row_start : edit.row_stop] - shift
                     column_mass = probs[b][:, tail].sum(dim=(0, 1))[positions]
                     targets = _attention_target(edit, column_mass, config.begin_length)
                 columns = positions[targets.start : targets.stop]
                 for i in edit.rows:
-                    row = int(positions[i])
+                    row = int(positions[i]) - shift  # the query row of sequence token i
                     for head in range(query.shape[1]):
                         p = probs[b, head, row]
                         # Step 1: only rows that already attend to the target block are edited.
