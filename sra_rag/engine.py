@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sra_rag.attention import IMPLEMENTATION, register
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.generation.inputs import ContextWindowExceededError, InputProcessor, PreparedPrompt, Prompt, check_fits
+from sra_rag.generation.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCacheStats
 from sra_rag.generation.request import Request
 from sra_rag.generation.scheduler import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_TOKENS, Scheduler
 from sra_rag.generation.streaming import FinishReason, TextStream
@@ -65,7 +66,10 @@ class SRAEngine:
     at most; ``num_threads``: torch's CPU threads (None: at most the CPUs this process may use,
     unless you set torch's threads or ``OMP_NUM_THREADS`` yourself); ``readout_profile``: how the
     question's attention on each document is scored (a :class:`~sra_rag.readout.calibration.ReadoutProfile`
-    or its JSON file; None: the profile shipped for the model, else raw, uncalibrated scores).
+    or its JSON file; None: the profile shipped for the model, else raw, uncalibrated scores);
+    ``prefix_cache_bytes``: the budget of the automatic prefix cache, which keeps the KV of prompt
+    prefixes already run for the next request that starts the same way (0 turns it off; see
+    :mod:`sra_rag.generation.prefix_cache`).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class SRAEngine:
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
         num_threads: int | None = None,
         readout_profile: ReadoutProfile | str | os.PathLike[str] | None = None,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         check_model(model)
         register()
@@ -101,7 +106,12 @@ class SRAEngine:
         eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
         self.eos_token_ids = frozenset(int(token) for token in eos if token is not None)
         self.scheduler = Scheduler(
-            model, tokenizer, self.eos_token_ids, max_batch_size=max_batch_size, prefill_tokens=prefill_tokens
+            model,
+            tokenizer,
+            self.eos_token_ids,
+            max_batch_size=max_batch_size,
+            prefill_tokens=prefill_tokens,
+            prefix_cache_bytes=prefix_cache_bytes,
         )
         self.inputs = InputProcessor(
             tokenizer,
@@ -129,6 +139,7 @@ class SRAEngine:
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
         num_threads: int | None = None,
         readout_profile: ReadoutProfile | str | os.PathLike[str] | None = None,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
         **model_kwargs: Any,
     ) -> SRAEngine:
         """Load a model with SRA attention.
@@ -161,6 +172,7 @@ class SRAEngine:
             prefill_tokens=prefill_tokens,
             num_threads=num_threads,
             readout_profile=readout_profile,
+            prefix_cache_bytes=prefix_cache_bytes,
         )
 
     _shared: dict[tuple[Any, ...], SRAEngine] = {}
@@ -189,6 +201,12 @@ class SRAEngine:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def prefix_cache_stats(self) -> PrefixCacheStats | None:
+        """The prefix cache's counters (hit rate, cached bytes, ...), or None when it is off."""
+        cache = self.scheduler.prefix_cache
+        return None if cache is None else cache.stats
 
     def close(self) -> None:
         """Stop the engine's scheduler (its views from :meth:`with_context_window` share it):
