@@ -60,6 +60,14 @@ def serve(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: CUDA if present).")
     ] = None,
+    prefix_cache_mb: Annotated[
+        int,
+        typer.Option("--prefix-cache-mb", help="Budget of the prefix cache in MiB (0: off).", min=0),
+    ] = 1024,
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", help="CPU weight format: fp32, bf16 or int8 (default: int8 where the CPU has bf16)."),
+    ] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models,
     /health, /metrics."""
@@ -68,7 +76,7 @@ def serve(
     from sra_rag.server.settings import EngineSpec, ServerSettings
 
     try:
-        spec = EngineSpec(model=model, preset=preset, device=device)
+        spec = EngineSpec(model=model, preset=preset, device=device, prefix_cache_mb=prefix_cache_mb, weights=weights)
         settings = ServerSettings(
             max_batch=max_batch,
             queue_size=queue_size,
