@@ -38,18 +38,18 @@ CHAT_QUESTIONS = (
 
 
 def sample_chunks(engine: SRAEngine, tokens: int) -> list[str]:
-    """The bundled sample documents in name order, whole, until about ``tokens`` tokens."""
+    """The bundled sample documents in name order until about ``tokens`` tokens (the last one cut)."""
     from sra_rag.rag.samples import samples_path
 
     chunks: list[str] = []
     total = 0
     for path in sorted(Path(samples_path()).iterdir()):
-        text = path.read_text()
-        size = engine.count_tokens(text)
-        if chunks and total + size > tokens:
+        ids = engine.tokenizer(path.read_text().strip(), add_special_tokens=False)["input_ids"]
+        text = engine.tokenizer.decode(ids[: tokens - total])
+        chunks.append(f"[{len(chunks) + 1}] {path.name}\n{text}")
+        total += min(len(ids), tokens - total)
+        if total >= tokens:
             break
-        chunks.append(f"[{len(chunks) + 1}] {path.name}\n{text.strip()}")
-        total += size
     return chunks
 
 
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chat", action="store_true", help="prefix cache: five questions over the same chunks")
     parser.add_argument("--weights", action="store_true", help="tokens/s and agreement per weight format")
     parser.add_argument("--chat-model", default=None, help="model of --chat (default: the embedded SmolLM2)")
-    parser.add_argument("--chat-tokens", type=int, default=4000)
+    parser.add_argument("--chat-tokens", type=int, default=3900)
     parser.add_argument("--preset", default="recommended")
     parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="model of --weights")
     parser.add_argument("--formats", nargs="+", default=["fp32", "bf16", "int8"])

@@ -217,3 +217,26 @@ def test_a_zero_budget_turns_the_cache_off(tiny_tokenizer, make_tiny_model):
     with pytest.raises(ValueError, match="prefix_cache_bytes"):
         SRAEngine(engine.model, tiny_tokenizer, prefix_cache_bytes=-1)
     engine.close()
+
+
+def test_soak_of_200_mixed_requests_keeps_the_cache_inside_its_budget(tiny_tokenizer, make_tiny_model):
+    """200 requests over four document sets, mixed settings, submitted in waves of eight (so hits and
+    misses share admissions): the held bytes never exceed the budget, which is a few prompts' worth."""
+    engine = SRAEngine(make_tiny_model("llama", len(tiny_tokenizer)), tiny_tokenizer, prefix_cache_bytes=0)
+    engine.scheduler.prefix_cache = cache = PrefixCache(budget_bytes=1, block_tokens=16)
+    block_bytes = 4 * 2 * 2 * 16 * 16 * 4  # layers, K and V, KV heads, tokens, head_dim, fp32
+    cache.budget_bytes = cache.stats.budget_bytes = 40 * block_bytes  # about two prompts
+    rng = random.Random(3)
+    pool = [documents(seed=seed, count=2, words=40) for seed in range(4)]
+    configs = [QUESTION_TAIL, SRAConfig.preset("off"), SRAConfig(begin_length=4, tail_length=8)]
+    for _ in range(25):
+        streams = [
+            engine.stream(chat(rng.choice(QUESTIONS), rng.choice(pool)), sra=rng.choice(configs), max_new_tokens=2)
+            for _ in range(8)
+        ]
+        for stream in streams:
+            finished(stream)
+            assert stream.finish_reason is not None
+        assert cache.stats.bytes <= cache.budget_bytes
+    assert cache.stats.lookups >= 200 and cache.stats.hits > 50 and cache.stats.evictions > 0
+    engine.close()
