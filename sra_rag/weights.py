@@ -58,19 +58,12 @@ class LowPrecisionLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, weights={self.weights}"
 
 
-def bf16_supported() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as oneDNN reports it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def default_weights(device: torch.device, dtype: torch.dtype) -> WeightFormat:
-    """The weight format of a model loaded without ``weights=``: int8 on a CPU with native bf16
-    (measured in docs/bench/cpu-weights.md), else the loading dtype's fp32 (or a GPU's own dtype)."""
-    if device.type == "cpu" and dtype == torch.float32 and bf16_supported():
-        return "int8"
+    """The weight format of a model loaded without ``weights=``: fp32 (the format every measured
+    answer table of the project was made with). int8 decodes 2.2x faster on a CPU with native bf16
+    but rounds each linear layer's output to bf16, so its greedy answers differ from fp32's on some
+    prompts (docs/bench/cpu-weights.md); it is opt-in until the held-out suites are re-run on it."""
+    del device, dtype
     return "fp32"
 
 

@@ -80,5 +80,5 @@ def test_loading_option_is_checked():
         apply_weights(nn.Sequential(nn.Linear(2, 2)), "int4")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="CPU option for fp32 models"):
         SRAEngine.from_pretrained(weights="int8", dtype="bfloat16")
-    assert default_weights(torch.device("cuda"), torch.bfloat16) == "fp32"
+    assert default_weights(torch.device("cpu"), torch.float32) == "fp32"
     assert default_weights(torch.device("cpu"), torch.bfloat16) == "fp32"

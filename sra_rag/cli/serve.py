@@ -66,7 +66,7 @@ def serve(
     ] = 1024,
     weights: Annotated[
         str | None,
-        typer.Option("--weights", help="CPU weight format: fp32, bf16 or int8 (default: int8 where the CPU has bf16)."),
+        typer.Option("--weights", help="CPU weight format: fp32 (default), bf16 or int8 (about 2x faster decoding)."),
     ] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models,
