@@ -31,6 +31,7 @@ bench: install
 	$(PYTHON) -m sra_rag.bench.engine
 	$(PYTHON) -m sra_rag.bench.engine --throughput
 	$(PYTHON) -m sra_rag.bench.server
+	$(PYTHON) -m sra_rag.bench.cpu
 
 # Concurrent requests only; a reduced run takes a few minutes, e.g.
 # make bench-throughput ARGS="--requests 8 --concurrency 1 8 --new-tokens 32"

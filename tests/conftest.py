@@ -79,5 +79,7 @@ def make_tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_tokenizer) -> SRAEngine:
-    """A tiny random Llama with SRA behind an engine (batches of up to 16)."""
-    return SRAEngine(tiny_model("llama", len(tiny_tokenizer)), tiny_tokenizer, name="tiny-llama")
+    """A tiny random Llama with SRA behind an engine (batches of up to 16). Its prefix cache is off:
+    the batching tests count prefills, and a repeated prompt would be prefilled alone from the cache
+    (tests/generation/test_prefix_cache.py tests the cache)."""
+    return SRAEngine(tiny_model("llama", len(tiny_tokenizer)), tiny_tokenizer, name="tiny-llama", prefix_cache_bytes=0)

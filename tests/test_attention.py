@@ -272,3 +272,115 @@ def test_per_row_arguments_are_checked():
         sra_attention_forward(module(2), query, key, value, None, sra_config=SMALL, sra_layout=PromptLayout(50))
     with pytest.raises(TypeError, match="PromptLayout"):
         sra_attention_forward(module(2), query, key, value, None, sra_config=SMALL, sra_layout=["x", None])
+
+
+# A prefill after a cached prefix (sra_suffix=True): the query is the last rows of the sequence. The
+# question-tail settings edit only rows after the prefix, so the suffix's rows equal the full prefill's.
+SUFFIX_CONFIGS = [
+    SMALL.model_copy(update={"tail": "question", "inner": False}),
+    SRAConfig.preset("recommended"),
+    SMALL.model_copy(update={"tail": "question", "inner": False, "outer_target": "attention", "renormalize": True}),
+]
+
+
+def _suffix_call(fn, layer, qkv, cached, config, layout, mask=None, readout=None):
+    query, key, value = qkv
+    output, _ = fn(
+        module(layer),
+        query[:, :, cached:],
+        key,
+        value,
+        mask,
+        scaling=0.25,
+        sra_config=config,
+        sra_layout=layout,
+        sra_readout=readout,
+        sra_suffix=True,
+    )
+    return output
+
+
+@pytest.mark.parametrize("layer", [1, 3, 4])
+@pytest.mark.parametrize("config", SUFFIX_CONFIGS, ids=["question-tail", "recommended", "attention-renormalize"])
+@pytest.mark.parametrize("cached", [1, 40, 70])
+def test_suffix_after_a_cached_prefix_equals_the_full_prefill(layer, config, cached):
+    n = 96
+    qkv = random_qkv(n=n, seed=layer)
+    layout = PromptLayout(n, question=(70, 80))
+    for fn in (sra_attention_forward, sra_reference_attention_forward):
+        query, key, value = qkv
+        full, _ = fn(module(layer), query, key, value, None, scaling=0.25, sra_config=config, sra_layout=layout)
+        suffix = _suffix_call(fn, layer, qkv, cached, config, layout)
+        torch.testing.assert_close(suffix[0], full[0, cached:], atol=1e-5, rtol=1e-4)
+    fast = _suffix_call(sra_attention_forward, layer, qkv, cached, config, layout)
+    reference = _suffix_call(sra_reference_attention_forward, layer, qkv, cached, config, layout)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_suffix_with_left_padding_and_per_row_settings():
+    """A left-padded batch of two suffixes over keys of 96 positions (row 1 has 10 padding keys)."""
+    n, cached, layer = 96, 60, 2
+    qkv = random_qkv(batch=2, n=n, seed=5)
+    q_len = n - cached
+    real = torch.ones(2, n, dtype=torch.bool)
+    real[1, :10] = False
+    causal = torch.ones(q_len, n, dtype=torch.bool).tril(cached)
+    mask = (causal[None] & real[:, None, :])[:, None]
+    configs = [SUFFIX_CONFIGS[0], SUFFIX_CONFIGS[2]]
+    layouts = [PromptLayout(n, question=(70, 80)), PromptLayout(n - 10, question=(64, 70))]
+    outputs = {
+        fn: _suffix_call(fn, layer, qkv, cached, configs, layouts, mask=mask)
+        for fn in (sra_attention_forward, sra_reference_attention_forward)
+    }
+    torch.testing.assert_close(
+        outputs[sra_attention_forward], outputs[sra_reference_attention_forward], atol=1e-5, rtol=1e-4
+    )
+    query, key, value = (t[1:, :, 10:] for t in qkv)
+    alone, _ = sra_attention_forward(
+        module(layer), query, key, value, None, scaling=0.25, sra_config=configs[1], sra_layout=layouts[1]
+    )
+    torch.testing.assert_close(outputs[sra_attention_forward][1], alone[0, cached - 10 :], atol=1e-5, rtol=1e-4)
+
+
+def test_suffix_readout_and_document_reattention_equal_the_full_prefill():
+    from sra_rag.readout.calibration import ReadoutProfile
+    from sra_rag.readout.recorder import ReadoutRecorder
+
+    n, cached = 96, 64
+    layout = PromptLayout(n, question=(70, 80), documents=((4, 30), (30, 64)))
+    profile = ReadoutProfile.uncalibrated("tiny", NUM_LAYERS)
+    config = SRAConfig.preset("documents")
+    for fn in (sra_attention_forward, sra_reference_attention_forward):
+        recorders = {
+            "full": ReadoutRecorder(layout, profile=profile),
+            "suffix": ReadoutRecorder(layout, profile=profile),
+        }
+        for layer in range(NUM_LAYERS):
+            qkv = random_qkv(n=n, seed=layer)
+            query, key, value = qkv
+            full, _ = fn(
+                module(layer),
+                query,
+                key,
+                value,
+                None,
+                scaling=0.25,
+                sra_config=config,
+                sra_layout=layout,
+                sra_readout=recorders["full"],
+            )
+            suffix = _suffix_call(fn, layer, qkv, cached, config, layout, readout=recorders["suffix"])
+            torch.testing.assert_close(suffix[0], full[0, cached:], atol=1e-5, rtol=1e-4)
+        full_readout, suffix_readout = recorders["full"].readout(), recorders["suffix"].readout()
+        assert full_readout is not None and suffix_readout is not None
+        assert full_readout.num_layers == suffix_readout.num_layers
+
+
+def test_suffix_whose_edits_reach_into_the_prefix_is_refused():
+    n, layer = 96, 2
+    qkv = random_qkv(n=n)
+    for fn in (sra_attention_forward, sra_reference_attention_forward):
+        with pytest.raises(ValueError, match="cached prefix"):
+            _suffix_call(fn, layer, qkv, 60, SMALL, None)  # the inner loop edits rows 52-61 here
+        with pytest.raises(ValueError, match="cached prefix"):
+            _suffix_call(fn, layer, qkv, 75, SUFFIX_CONFIGS[0], PromptLayout(n, question=(70, 80)))

@@ -72,6 +72,14 @@ def serve(
             min=1024,
         ),
     ] = DEFAULT_MAX_BODY_BYTES,
+    prefix_cache_mb: Annotated[
+        int,
+        typer.Option("--prefix-cache-mb", help="Budget of the prefix cache in MiB (0: off).", min=0),
+    ] = 1024,
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", help="CPU weight format: fp32 (default), bf16 or int8 (about 2x faster decoding)."),
+    ] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models,
     /health, /metrics."""
@@ -80,7 +88,7 @@ def serve(
     from sra_rag.server.settings import EngineSpec, ServerSettings
 
     try:
-        spec = EngineSpec(model=model, preset=preset, device=device)
+        spec = EngineSpec(model=model, preset=preset, device=device, prefix_cache_mb=prefix_cache_mb, weights=weights)
         settings = ServerSettings(
             max_batch=max_batch,
             queue_size=queue_size,

@@ -5,6 +5,10 @@ layout and readout recorder (``sra_config``, ``sra_layout`` and ``sra_readout`` 
 row); a decoding step feeds one token per row at the row's own position. Caches of plain
 ``DynamicLayer`` s can be narrowed to some of their rows and merged with another batch's (both
 left-padded to the longer length); what to run, and when, is the scheduler's business.
+
+With a prefix cache (:mod:`sra_rag.generation.prefix_cache`), :meth:`ModelRunner.prefill_cached`
+prefills one prompt after the cached KV of its first tokens, and :meth:`ModelRunner.row_kv` copies a
+prefilled row's KV out for the cache.
 """
 
 from __future__ import annotations
@@ -91,6 +95,46 @@ class ModelRunner:
                 **padding,
             )
         return Prefill(outputs, PaddedCache(cache, pads), time.perf_counter() - start)
+
+    def prefill_cached(self, request: Request, recorder: ReadoutRecorder | None, prefix: torch.Tensor) -> Prefill:
+        """The prefill of one ``request`` whose first ``k`` tokens' KV is ``prefix (layers, 2,
+        kv_heads, k, head_dim)`` (from the prefix cache; ``k`` < the prompt's length): only the other
+        tokens run, at positions ``k..n-1``, and SRA edits their rows as a full prefill would
+        (``sra_suffix``). The new cache starts from a copy of ``prefix``."""
+        cached = prefix.shape[3]
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(prefix.shape[0]):
+            # DynamicLayer.update concatenates, so the cache gets a copy and the blocks stay as they are
+            cache.update(prefix[layer, 0][None], prefix[layer, 1][None], layer)
+        suffix = torch.tensor([request.prompt_ids[cached:]], device=self.device)
+        positions = torch.arange(cached, request.num_prompt_tokens, device=self.device)[None]
+        start = time.perf_counter()
+        outputs = None
+        with torch.inference_mode(), contextlib.suppress(ReadoutComplete):
+            outputs = self.model(
+                input_ids=suffix,
+                cache=cache,
+                use_cache=True,
+                position_ids=positions,
+                logits_to_keep=1,
+                sra_config=[request.sra],
+                sra_layout=[request.layout],
+                sra_readout=[recorder],
+                sra_suffix=True,
+            )
+        return Prefill(outputs, PaddedCache(cache, [0]), time.perf_counter() - start)
+
+    def row_kv(self, kv: PaddedCache, row: int, start: int, stop: int) -> torch.Tensor:
+        """A copy of row ``row``'s KV at its real tokens ``[start, stop)``, every layer:
+        ``(layers, 2, kv_heads, stop - start, head_dim)``."""
+        first = kv.pads[row] + start
+        last = first + (stop - start)
+        return torch.stack(
+            [
+                torch.stack([layer.keys[row, :, first:last], layer.values[row, :, first:last]])
+                for layer in kv.cache.layers
+            ]
+        )
 
     def decode(self, kv: PaddedCache, tokens: Sequence[int]) -> torch.Tensor:
         """One decoding step: row ``i`` feeds ``tokens[i]`` at its own next position. Returns the

@@ -17,11 +17,17 @@ batch of its own too; every decoding step then makes one forward pass per batch.
 An error is confined to the requests it concerns: a failing prefill is retried one request at a
 time, a failing logits processor fails its own request; only a failing decoding forward pass fails
 the requests of that batch. The worker thread itself survives every error.
+
+Prefix caching (:mod:`sra_rag.generation.prefix_cache`, batchable models only): before a prefill,
+each request looks up the longest cached prefix it may take (never rows its SRA settings edit or its
+readout reads); a request with a hit is prefilled alone, from a copy of the cached KV, and runs only
+the rest of its prompt. After every generating prefill, the stock prefix of each row's KV is stored.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import weakref
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sra_rag.generation.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCache, stock_prefix
 from sra_rag.generation.request import Request
 from sra_rag.generation.runner import ModelRunner, PaddedCache, Prefill
 from sra_rag.generation.sampling import LoopGuard, Sampler, check_scores
@@ -90,7 +97,8 @@ class Scheduler:
 
     ``max_batch_size``: requests decoded together at most (the others wait);
     ``prefill_tokens``: padded prompt tokens prefilled together at most (a longer prompt is
-    prefilled alone), between two decoding steps of the running batch.
+    prefilled alone), between two decoding steps of the running batch; ``prefix_cache_bytes``: the
+    budget of the prefix cache (0: off; models that cannot be batched have none).
     """
 
     def __init__(
@@ -101,10 +109,13 @@ class Scheduler:
         *,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
         for name, value in (("max_batch_size", max_batch_size), ("prefill_tokens", prefill_tokens)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(prefix_cache_bytes, int) or isinstance(prefix_cache_bytes, bool) or prefix_cache_bytes < 0:
+            raise ValueError(f"prefix_cache_bytes must be a non-negative integer, got {prefix_cache_bytes!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
@@ -113,6 +124,8 @@ class Scheduler:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.runner = ModelRunner(model, int(pad) if pad is not None else 0)
         self.batchable = self.runner.batchable
+        self.num_layers = int(model.config.get_text_config().num_hidden_layers)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 and self.batchable else None
         self._waiting: deque[tuple[Request, Channel]] = deque()
         self._batches: list[_Batch] = []
         self._wakeup = threading.Condition()
@@ -218,15 +231,44 @@ class Scheduler:
     # -- prefill ---------------------------------------------------------------------------------
 
     def _prefill(self, group: list[tuple[Request, Channel]]) -> None:
+        """Prefill an admitted group: each request with a cached prefix alone, the others together."""
+        if self.prefix_cache is not None:
+            cold = []
+            for item in group:
+                prefix = self._cached_prefix(item[0])
+                if prefix is None:
+                    cold.append(item)
+                else:
+                    self._prefill_group([item], prefix)
+            group = cold
+        if group:
+            self._prefill_group(group)
+
+    def _cached_prefix(self, request: Request) -> torch.Tensor | None:
+        """The cached KV ``(layers, 2, kv_heads, k, head_dim)`` of the longest prefix ``request`` may
+        take: whole blocks before its first edited or read row, leaving at least one token to run."""
+        assert self.prefix_cache is not None
+        limit = min(stock_prefix(request, self.num_layers), request.num_prompt_tokens - 1)
+        return self.prefix_cache.lookup(request.prompt_ids, limit)
+
+    def _remember(self, requests: list[Request], kv: PaddedCache) -> None:
+        """Store the stock prefix of each prefilled row's KV in the prefix cache."""
+        if self.prefix_cache is None:
+            return
+        for row, request in enumerate(requests):
+            limit = stock_prefix(request, self.num_layers)
+            self.prefix_cache.insert(request.prompt_ids, limit, functools.partial(self.runner.row_kv, kv, row))
+
+    def _prefill_group(self, group: list[tuple[Request, Channel]], prefix: torch.Tensor | None = None) -> None:
         try:
             if group[0][0].read_only:
-                self._read(group)
+                self._read(group, prefix)
                 return
-            batch, logits = self._prefill_batch(group)
+            batch, logits = self._prefill_batch(group, prefix)
         except Exception as error:
             if len(group) > 1:  # find the request that fails; the others go on
                 for item in group:
-                    self._prefill([item])
+                    self._prefill_group([item])
             else:
                 group[0][1].put(Update(error=error))
             return
@@ -239,9 +281,13 @@ class Scheduler:
             for row in batch.rows:
                 row.channel.put(Update(error=error))
 
-    def _prefill_batch(self, group: list[tuple[Request, Channel]]) -> tuple[_Batch, torch.Tensor]:
+    def _prefill_batch(
+        self, group: list[tuple[Request, Channel]], prefix: torch.Tensor | None = None
+    ) -> tuple[_Batch, torch.Tensor]:
         """One forward pass over the group's prompts, left-padded, with each row's SRA settings and
-        layout. Returns the batch (its cache filled) and the next-token logits ``(rows, vocab)``."""
+        layout (or, with a cached ``prefix``, over the rest of one prompt). Returns the batch (its
+        cache filled, its stock prefixes stored in the prefix cache) and the next-token logits
+        ``(rows, vocab)``."""
         requests = [request for request, _ in group]
         recorders = [
             ReadoutRecorder(request.layout, profile=request.readout)
@@ -249,9 +295,10 @@ class Scheduler:
             else None
             for request in requests
         ]
-        prefill = self._run_prefill(requests, recorders)
+        prefill = self._run_prefill(requests, recorders, prefix)
         assert prefill.outputs is not None  # only a read-only pass stops early
         logits = prefill.outputs.logits[:, -1, :].float()
+        self._remember(requests, prefill.kv)
         rows = [self._start(request, channel) for request, channel in group]
         for sequence, recorder in zip(rows, recorders, strict=True):
             sequence.update.prefill_seconds = prefill.seconds
@@ -260,7 +307,7 @@ class Scheduler:
                 sequence.update.document_attention = sequence.request.readout.score(readout)
         return _Batch(prefill.kv, rows), logits
 
-    def _read(self, group: list[tuple[Request, Channel]]) -> None:
+    def _read(self, group: list[tuple[Request, Channel]], prefix: torch.Tensor | None = None) -> None:
         """A group of read-only requests: the prompts run as far as their readout needs (the
         profile's layer band), then each stream ends with its document attention and no text."""
         requests = [request for request, _ in group]
@@ -268,7 +315,7 @@ class Scheduler:
         for request in requests:
             assert request.readout is not None and request.layout is not None  # checked by Request
             recorders.append(ReadoutRecorder(request.layout, profile=request.readout, until=request.readout.layers[1]))
-        seconds = self._run_prefill(requests, recorders).seconds
+        seconds = self._run_prefill(requests, recorders, prefix).seconds
         for (request, channel), recorder in zip(group, recorders, strict=True):
             assert request.readout is not None and recorder is not None
             readout = recorder.readout()
@@ -277,8 +324,14 @@ class Scheduler:
             attention = request.readout.score(readout)
             channel.put(Update(prefill_seconds=seconds, document_attention=attention, finish_reason="stop"))
 
-    def _run_prefill(self, requests: list[Request], recorders: list[ReadoutRecorder | None]) -> Prefill:
-        prefill = self.runner.prefill(requests, recorders)
+    def _run_prefill(
+        self, requests: list[Request], recorders: list[ReadoutRecorder | None], prefix: torch.Tensor | None = None
+    ) -> Prefill:
+        if prefix is not None:
+            (request,), (recorder,) = requests, recorders
+            prefill = self.runner.prefill_cached(request, recorder, prefix)
+        else:
+            prefill = self.runner.prefill(requests, recorders)
         self.stats.prefills += 1
         self.stats.prefilled_rows += len(requests)
         return prefill

@@ -101,7 +101,11 @@ def create_app(engine: SRAEngine, settings: ServerSettings | None = None) -> Fas
         settings=settings,
         model_name=settings.model_name or engine.name,
         admission=admission,
-        metrics=Metrics(running=lambda: admission.running, waiting=lambda: admission.waiting),
+        metrics=Metrics(
+            running=lambda: admission.running,
+            waiting=lambda: admission.waiting,
+            prefix_cache=lambda: engine.prefix_cache_stats,
+        ),
         created=now(),
         token_chars=max_token_chars(engine),
     )

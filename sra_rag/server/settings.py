@@ -4,7 +4,7 @@ here, and are plain picklable data, so the command line and every Ray Serve repl
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -49,14 +49,17 @@ class ServerSettings(BaseModel):
 class EngineSpec(BaseModel):
     """Which engine to load: ``model`` as :meth:`SRAEngine.from_pretrained` reads it (``None``: the
     embedded SmolLM2-135M-Instruct), the SRA ``preset`` requests get unless they send their own
-    (``None``: the model's default, :attr:`SRAEngine.defaults`), and the ``device`` (``None``: CUDA
-    when present)."""
+    (``None``: the model's default, :attr:`SRAEngine.defaults`), the ``device`` (``None``: CUDA when
+    present), the prefix cache's budget ``prefix_cache_mb`` (0: off) and the CPU ``weights`` format
+    (None: the engine's default)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str | None = None
     preset: str | None = None
     device: str | None = None
+    prefix_cache_mb: int = Field(1024, ge=0)
+    weights: Literal["fp32", "bf16", "int8"] | None = None
 
     @field_validator("preset")
     @classmethod
@@ -71,6 +74,7 @@ class EngineSpec(BaseModel):
         from sra_rag.engine import SRAEngine
 
         sra = None if self.preset is None else SRAConfig.preset(self.preset)
-        if max_batch_size is None:
-            return SRAEngine.from_pretrained(self.model, sra=sra, device=self.device)
-        return SRAEngine.from_pretrained(self.model, sra=sra, device=self.device, max_batch_size=max_batch_size)
+        options: dict[str, Any] = {"prefix_cache_bytes": self.prefix_cache_mb * 2**20, "weights": self.weights}
+        if max_batch_size is not None:
+            options["max_batch_size"] = max_batch_size
+        return SRAEngine.from_pretrained(self.model, sra=sra, device=self.device, **options)

@@ -455,6 +455,7 @@ def test_health_metrics_and_replica_header(server_engine, live_server) -> None:
     assert "sra_rag_queue_depth 0.0" in metrics and "sra_rag_requests_running 0.0" in metrics
     assert 'sra_rag_request_duration_seconds_count{route="/v1/chat/completions"} 3.0' in metrics
     assert "sra_rag_time_to_first_token_seconds_count 2.0" in metrics
+    assert "sra_rag_prefix_cache_hit_rate" in metrics and "sra_rag_prefix_cache_bytes" in metrics
     # a second app in the same process keeps its own registry
     assert "sra_rag_requests_total{" not in httpx.get(other + "/metrics").text.split("/metrics")[0]
     assert 'route="/v1/chat/completions"' not in httpx.get(other + "/metrics").text

@@ -1,0 +1,89 @@
+"""Lower-precision weights for CPU decoding: every linear layer's weight in bf16 or int8, activations
+(and so attention, which SRA edits in fp32) left in the model's fp32.
+
+A decoding step reads every weight once for one token, so on a CPU its time is the weights' bytes
+over the memory bandwidth: fp32 weights de-quantised from a 4-bit GGUF file read four times the
+bytes they need. ``weights="bf16"`` halves them (bf16 matrix products, native on CPUs with
+AVX512-BF16 or AMX); ``weights="int8"`` quarters them: per-output-channel symmetric int8 with fp32
+scales, multiplied by ATen's ``_weight_int8pack_mm`` kernel (the one torchao's and gpt-fast's int8
+weight-only modes call on the CPU) on bf16 activations. Each layer casts its input to the kernel's
+type and its output back, so the residual stream, the norms, the rotary embedding and attention keep
+fp32. Measured in docs/bench/cpu-weights.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+WeightFormat = Literal["fp32", "bf16", "int8"]
+WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "bf16", "int8")
+
+
+class LowPrecisionLinear(nn.Module):
+    """A linear layer whose weight is bf16, or int8 with one fp32 scale per output channel.
+
+    ``forward``: ``x (..., in_features)`` in any float dtype to ``(..., out_features)`` in ``x``'s dtype.
+    """
+
+    def __init__(self, linear: nn.Linear, weights: WeightFormat) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weights = weights
+        weight = linear.weight.detach().float()
+        if weights == "bf16":
+            self.register_buffer("weight", weight.to(torch.bfloat16))
+            self.register_buffer("scales", None)
+        elif weights == "int8":
+            scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # (out,)
+            self.register_buffer("weight", (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
+            self.register_buffer("scales", scales.to(torch.bfloat16))
+        else:
+            raise ValueError(f"LowPrecisionLinear takes 'bf16' or 'int8' weights, got {weights!r}")
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.weights == "int8":
+            out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.weight, self.scales)
+        else:
+            out = torch.nn.functional.linear(flat, self.weight)  # type: ignore[arg-type]
+        out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weights={self.weights}"
+
+
+def default_weights(device: torch.device, dtype: torch.dtype) -> WeightFormat:
+    """The weight format of a model loaded without ``weights=``: fp32 (the format every measured
+    answer table of the project was made with). int8 decodes 2.2x faster on a CPU with native bf16
+    but rounds each linear layer's output to bf16, so its greedy answers differ from fp32's on some
+    prompts (docs/bench/cpu-weights.md); it is opt-in until the held-out suites are re-run on it."""
+    del device, dtype
+    return "fp32"
+
+
+def apply_weights(model: nn.Module, weights: WeightFormat) -> nn.Module:
+    """Replace, in place, every ``nn.Linear`` of an fp32 ``model`` (its output layer included: a
+    tied embedding keeps its fp32 copy) by a :class:`LowPrecisionLinear` of ``weights``; "fp32"
+    leaves the model as it is. Returns the model."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {list(WEIGHT_FORMATS)}, got {weights!r}")
+    if weights == "fp32":
+        return model
+    targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
+    for name, linear in targets:
+        if linear.weight.dtype != torch.float32:
+            raise ValueError(f"weights={weights!r} converts fp32 models; {name} is {linear.weight.dtype}")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, LowPrecisionLinear(linear, weights))
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "tie_word_embeddings", False):
+        # The output layer is no longer the embedding's weight; keep transformers from re-tying them.
+        config.tie_word_embeddings = False
+    return model

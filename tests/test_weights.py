@@ -1,0 +1,84 @@
+"""Lower-precision weights (sra_rag/weights.py): what each format costs against fp32 on tiny random
+models, attention left in fp32 (the literal SRA reference still matches the fast path), the loading
+option's checks."""
+
+import pytest
+import torch
+from torch import nn
+
+from sra_rag import SRAConfig, SRAEngine
+from sra_rag.weights import LowPrecisionLinear, apply_weights, default_weights
+
+
+def _copy(model: nn.Module, make) -> nn.Module:
+    clone = make()
+    clone.load_state_dict(model.state_dict())
+    return clone.eval()
+
+
+@pytest.fixture()
+def tiny_pair(tiny_tokenizer, make_tiny_model):
+    return lambda: make_tiny_model("llama", len(tiny_tokenizer), logit_scale=1.0)
+
+
+@pytest.mark.parametrize("weights, tolerance", [("bf16", 0.05), ("int8", 0.08)])
+def test_low_precision_logits_stay_close_to_fp32(tiny_pair, weights, tolerance):
+    reference = tiny_pair()
+    low = apply_weights(_copy(reference, tiny_pair), weights)
+    linears = [module for module in low.modules() if isinstance(module, LowPrecisionLinear)]
+    assert len(linears) == 4 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the output layer
+    assert not any(type(module) is nn.Linear for module in low.modules())
+    assert low.model.embed_tokens.weight.dtype == torch.float32  # the embedding and norms stay fp32
+    ids = torch.randint(3, 300, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = reference(ids).logits, low(ids).logits
+    assert got.dtype == torch.float32
+    error = (got - want).norm() / want.norm()
+    assert error < tolerance
+    # A random model's top logits are close; a trained one's agree more (docs/bench/cpu-weights.md).
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.8
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_fast_path_equals_the_literal_reference_with_low_precision_weights(tiny_pair, weights):
+    model = apply_weights(tiny_pair(), weights)
+    from sra_rag.attention import register
+
+    register()
+    config = SRAConfig(begin_length=4, tail_length=12)
+    ids = torch.randint(3, 300, (1, 96), generator=torch.Generator().manual_seed(1))
+    results = {}
+    for implementation in ("sra", "sra_reference", "sdpa"):
+        model.set_attn_implementation(implementation)
+        with torch.inference_mode():
+            results[implementation] = model(ids, sra_config=config).logits[0, -20:]
+    torch.testing.assert_close(results["sra"], results["sra_reference"], atol=1e-4, rtol=1e-4)
+    assert (results["sdpa"] - results["sra"]).abs().mean() > 1e-3  # SRA changed something
+
+
+def test_tied_output_layer_is_untied_and_the_embedding_kept(tiny_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tiny_tokenizer),
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    apply_weights(model, "int8")
+    assert isinstance(model.lm_head, LowPrecisionLinear) and model.lm_head.weight.dtype == torch.int8
+    assert model.model.embed_tokens.weight.dtype == torch.float32 and not model.config.tie_word_embeddings
+
+
+def test_loading_option_is_checked():
+    with pytest.raises(ValueError, match="weights must be one of"):
+        apply_weights(nn.Sequential(nn.Linear(2, 2)), "int4")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="CPU option for fp32 models"):
+        SRAEngine.from_pretrained(weights="int8", dtype="bfloat16")
+    assert default_weights(torch.device("cpu"), torch.float32) == "fp32"
+    assert default_weights(torch.device("cpu"), torch.bfloat16) == "fp32"
