@@ -34,11 +34,11 @@ from sra_rag.generation.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCa
 from sra_rag.generation.request import Request
 from sra_rag.generation.scheduler import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_TOKENS, Scheduler
 from sra_rag.generation.streaming import FinishReason, TextStream
+from sra_rag.generation.weights import WeightFormat, apply_weights, default_weights
 from sra_rag.layout import PromptLayout, TextLayout
 from sra_rag.models import ModelSource, check_model, load, resolve_source, shipped_defaults, shipped_profile
 from sra_rag.readout.calibration import ReadoutProfile
 from sra_rag.readout.recorder import DocumentAttention
-from sra_rag.weights import WeightFormat, apply_weights, default_weights
 
 __all__ = ["Completion", "ContextWindowExceededError", "PreparedPrompt", "SRAEngine", "TextStream"]
 
@@ -158,7 +158,7 @@ class SRAEngine:
         id (read from the local cache), a local folder or a ``.gguf`` file. ``device=None`` picks CUDA
         when available, else the CPU; ``dtype=None`` picks bfloat16 on CUDA and float32 on the CPU.
         ``weights``: the linear layers' weights on the CPU, ``"fp32"``, ``"bf16"`` or ``"int8"``
-        (activations and attention stay fp32; :mod:`sra_rag.weights`); None is fp32. int8 decodes
+        (activations and attention stay fp32; :mod:`sra_rag.generation.weights`); None is fp32. int8 decodes
         about 2x faster on CPUs with native bf16 (docs/bench/cpu-weights.md).
         """
         source: ModelSource = resolve_source(model, gguf_file)

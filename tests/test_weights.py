@@ -1,4 +1,4 @@
-"""Lower-precision weights (sra_rag/weights.py): what each format costs against fp32 on tiny random
+"""Lower-precision weights (sra_rag/generation/weights.py): what each format costs against fp32 on tiny random
 models, attention left in fp32 (the literal SRA reference still matches the fast path), the loading
 option's checks."""
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sra_rag import SRAConfig, SRAEngine
-from sra_rag.weights import LowPrecisionLinear, apply_weights, default_weights
+from sra_rag.generation.weights import LowPrecisionLinear, apply_weights, default_weights
 
 
 def _copy(model: nn.Module, make) -> nn.Module:
