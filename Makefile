@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install install-qwen demo test test-fast test-cuda bench bench-gpu bench-throughput bench-ingest lint format
+.PHONY: install install-qwen demo test test-fast test-cuda bench bench-gpu gpu-check bench-throughput bench-ingest lint format
 
 install: .install.stamp
 
@@ -59,3 +59,14 @@ bench-gpu: install
 		--decode-prompt 8192 --decode-tokens 64
 	$(PYTHON) -m sra_rag.bench.engine --throughput --random-model llama-1b --requests 16 --concurrency 1 8 16 \
 		--new-tokens 32 --rag-tokens 4096
+
+# The one prepared script for a lent GPU (run it first, in one call): the CUDA tests, then the prefill and
+# memory table at 8k-32k with the torch path and the fused kernels side by side, decode tokens/s at
+# batch 1, and batched throughput at 1/8/16 concurrent requests, all into docs/bench/gpu-check.md.
+gpu-check: install
+	( echo "# make gpu-check, $$(date -u +%F)"; echo; echo '```'; \
+	  $(PYTHON) -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider 2>&1 | tail -5; echo '```'; echo; \
+	  $(PYTHON) -m sra_rag.bench.engine --random-model llama-1b --lengths 8192 16384 32768 --no-reference \
+		--kernels torch triton --decode-prompt 8192 --decode-tokens 64; echo; \
+	  $(PYTHON) -m sra_rag.bench.engine --throughput --random-model llama-1b --requests 16 --concurrency 1 8 16 \
+		--new-tokens 32 --rag-tokens 4096 ) 2>&1 | tee docs/bench/gpu-check.md
