@@ -198,7 +198,7 @@ def build(
     questions with the bundled all-MiniLM-L6-v2 (a few minutes on a CPU); deterministic."""
     import numpy as np
 
-    from sra_rag.embeddings import embed
+    from sra_rag.rag.embeddings import embed
 
     questions = read_oracle(oracle)
     ids = split_questions(len(questions), seed, dev, test)

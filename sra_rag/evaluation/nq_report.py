@@ -43,7 +43,7 @@ def recall_at(ranks: Iterable[int], k: int) -> tuple[int, int]:
 
 def minilm_scores(examples: Sequence[Example]) -> list[list[float]]:
     """Cosine similarity of each question to each of its passages (title and text), as the suite was built."""
-    from sra_rag.embeddings import embed
+    from sra_rag.rag.embeddings import embed
 
     questions = embed([example.question for example in examples])
     scores = []
