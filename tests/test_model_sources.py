@@ -135,6 +135,9 @@ def test_a_single_package_model_is_checked_too(tmp_path, monkeypatch):
 def test_the_installed_packages_are_the_pinned_files(key, tmp_path, monkeypatch):
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))  # no remembered checks: read them all
     for package, expected in zip(models.PACKAGED_MODELS[key].packages, models.PACKAGED_MODELS[key].sha256, strict=True):
-        folder = models._package_folder(package, models.PACKAGED_MODELS[key])
+        try:
+            folder = models._package_folder(package, models.PACKAGED_MODELS[key])
+        except FileNotFoundError as error:  # the second model is installed by `make install-qwen` only
+            pytest.skip(f"{key} is not installed: {error}")
         files = sorted(folder.rglob("*.gguf")) or sorted(folder.rglob("*.bin"))
         assert models.file_sha256(files[0]) == expected
