@@ -78,7 +78,7 @@ def json_schema_dict(schema: JsonSchema) -> dict[str, Any]:
 
 
 class JsonSchemaCompiler:
-    """Compiles JSON schemas for one tokenizer into :class:`JsonSchemaLogitsProcessor`\ s.
+    """Compiles JSON schemas for one tokenizer into :class:`JsonSchemaLogitsProcessor` objects.
 
     ``vocab_size`` is the width of the model's logits (``model.config.vocab_size``; it may exceed
     the tokenizer's vocabulary), ``stop_token_ids`` the tokens that end generation (default: the

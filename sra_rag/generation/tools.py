@@ -202,7 +202,7 @@ def render_tool_result(name: str | None, content: str, *, error: bool = False) -
 
 
 def parse_tool_call(text: str, tools: Iterable[Tool | Mapping[str, Any]]) -> ToolCall | None:
-    """The call in a reply generated with ``tools`` (:class:`Tool`\ s or OpenAI tool dicts), or None for
+    """The call in a reply generated with ``tools`` (:class:`Tool` objects or OpenAI tool dicts), or None for
     a plain-text answer (a reply that does not begin with ``{``). An incomplete or foreign call is a
     ``ValueError``."""
     if not text.startswith("{"):
