@@ -54,7 +54,7 @@ class DeploymentArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
-    preset: str = "recommended"
+    preset: str | None = None  # None: the model's default (SRAEngine.defaults)
     device: str | None = None
     replicas: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
