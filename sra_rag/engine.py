@@ -34,6 +34,7 @@ from sra_rag.generation.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCa
 from sra_rag.generation.request import Request
 from sra_rag.generation.scheduler import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_TOKENS, Scheduler
 from sra_rag.generation.streaming import FinishReason, TextStream
+from sra_rag.generation.structured import JsonSchemaCompiler
 from sra_rag.generation.weights import WeightFormat, apply_weights, default_weights
 from sra_rag.layout import PromptLayout, TextLayout
 from sra_rag.models import ModelSource, check_model, load, resolve_source, shipped_defaults, shipped_profile
@@ -126,7 +127,6 @@ class SRAEngine:
             eos_token_ids=self.eos_token_ids,
             readout_profile=self.readout_profile,
         )
-        self.json_schemas = self.inputs.json_schemas
         self.weights: WeightFormat = "fp32"  # the linear layers' weights (from_pretrained's ``weights``)
 
     @classmethod
@@ -219,6 +219,11 @@ class SRAEngine:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def json_schemas(self) -> JsonSchemaCompiler:
+        """The compiler of structured output's grammars (the input side's)."""
+        return self.inputs.json_schemas
 
     @property
     def prefix_cache_stats(self) -> PrefixCacheStats | None:

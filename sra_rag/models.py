@@ -114,25 +114,24 @@ def profile_key(model: str) -> str | None:
 def shipped_profile(model: str) -> ReadoutProfile | None:
     """The readout profile shipped for ``model`` (a PyPI model key such as ``"smollm2-135m"`` or its
     engine name, ``"SmolLM2-135M-Instruct"``), or None."""
-    key = profile_key(model)
-    if key is None:
-        return None
-    resource = resources.files("sra_rag").joinpath(f"{PROFILE_FOLDER}/{key}.json")
-    if not resource.is_file():
-        return None
-    return ReadoutProfile.model_validate(json.loads(resource.read_text()))
+    data = _shipped_json(PROFILE_FOLDER, model)
+    return None if data is None else ReadoutProfile.model_validate(data)
 
 
 def shipped_defaults(model: str) -> ModelDefaults:
     """The defaults measured for ``model`` (a PyPI model key or its engine name), shipped as
     ``sra_rag/data/defaults/<model>.json``; :data:`~sra_rag.config.SAFE_DEFAULTS` for any other model."""
+    data = _shipped_json(DEFAULTS_FOLDER, model)
+    return SAFE_DEFAULTS if data is None else ModelDefaults.model_validate(data)
+
+
+def _shipped_json(folder: str, model: str) -> Any:
+    """The parsed ``sra_rag/<folder>/<key>.json`` of the PyPI model ``model`` names, or None."""
     key = profile_key(model)
     if key is None:
-        return SAFE_DEFAULTS
-    resource = resources.files("sra_rag").joinpath(f"{DEFAULTS_FOLDER}/{key}.json")
-    if not resource.is_file():
-        return SAFE_DEFAULTS
-    return ModelDefaults.model_validate(json.loads(resource.read_text()))
+        return None
+    resource = resources.files("sra_rag").joinpath(f"{folder}/{key}.json")
+    return json.loads(resource.read_text()) if resource.is_file() else None
 
 
 def _package_folder(package: str, model: PackagedModel) -> Path:
