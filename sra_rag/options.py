@@ -6,8 +6,9 @@ of per-call settings are written once, here, and cannot drift between ecosystems
 
     class ChatSRA(SRAOptions, BaseChatModel): ...
 
-The SRA fields are derived from :class:`~sra_rag.SRAConfig` (same names, types, defaults and
-descriptions: :data:`SRAFields`) and are checked by building the config at construction.
+The SRA fields are derived from :class:`~sra_rag.SRAConfig` (same names, types and descriptions:
+:data:`SRAFields`); left unset (None) they are the model's default, and they are checked by building
+the config at construction.
 """
 
 from __future__ import annotations
