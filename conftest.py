@@ -15,6 +15,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # kernels compile and the same tests run on it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The tests run on the small, fast SmolLM2-135M wherever a model is left unnamed (the library's
+# default is Qwen2.5-Coder-0.5B; tests/test_model_sources.py checks that default itself).
+os.environ["SRA_RAG_MODEL"] = "smollm2-135m"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,7 +34,7 @@ def private_default_store(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def embedded_engine():
-    """The embedded SmolLM2-135M-Instruct with SRA, loaded once per test session."""
+    """SmolLM2-135M-Instruct with SRA, loaded once per test session."""
     from sra_rag import SRAEngine
 
-    return SRAEngine.shared()
+    return SRAEngine.shared("smollm2-135m")

@@ -37,7 +37,9 @@ def main() -> None:
     sra = SRAConfig(enabled=False) if args.no_sra else None  # None: the model's default settings
     chain = create_stuffed_rag_chain(
         ChunkRetriever(store=store, top_k=args.top_k),
-        ChatSRA(max_new_tokens=args.max_new_tokens),  # the embedded SmolLM2-135M-Instruct
+        ChatSRA(
+            max_new_tokens=args.max_new_tokens
+        ),  # the default model (Qwen2.5-Coder-0.5B; $SRA_RAG_MODEL names another)
         sra=sra,
     )
     sources: list[str] = []

@@ -38,7 +38,9 @@ def main() -> None:
     sra = SRAConfig(enabled=False) if args.no_sra else None  # None: the model's default settings
     query_engine = SRAQueryEngine(
         retriever=index.as_retriever(similarity_top_k=args.top_k),
-        llm=SRALLM(max_new_tokens=args.max_new_tokens),  # the embedded SmolLM2-135M-Instruct
+        llm=SRALLM(
+            max_new_tokens=args.max_new_tokens
+        ),  # the default model (Qwen2.5-Coder-0.5B; $SRA_RAG_MODEL names another)
         sra=sra,
         streaming=True,
     )

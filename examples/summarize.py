@@ -5,8 +5,8 @@ Run it (the bundled ~3,000-token report by default, or any .txt/.md file):
     python examples/summarize.py
     python examples/summarize.py path/to/document.md --max-new-tokens 200 --no-sra
 
-The document is read in one prompt when it fits the model's context window (8,192 tokens for the
-embedded SmolLM2); a longer one falls back to map-reduce, and the script says so.
+The document is read in one prompt when it fits the model's context window (32,768 tokens for the
+default Qwen2.5-Coder-0.5B, 8,192 for SmolLM2); a longer one falls back to map-reduce, and the script says so.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--no-sra", action="store_true", help="stock attention, for comparison")
     args = parser.parse_args()
 
-    engine = SRAEngine.shared()  # the embedded SmolLM2-135M-Instruct
+    engine = SRAEngine.shared()  # the default model (Qwen2.5-Coder-0.5B; $SRA_RAG_MODEL names another)
     sra = SRAConfig(enabled=False) if args.no_sra else None  # None: the model's default settings
     summarizer = Summarizer(engine, sra=sra, max_new_tokens=args.max_new_tokens)
     summary = summarizer.stream(args.file.read_text(encoding="utf-8"), title=args.file.name)

@@ -37,7 +37,15 @@ from sra_rag.generation.streaming import FinishReason, TextStream
 from sra_rag.generation.structured import JsonSchemaCompiler
 from sra_rag.generation.weights import WeightFormat, apply_weights, default_weights
 from sra_rag.layout import PromptLayout, TextLayout
-from sra_rag.models import ModelSource, check_model, load, resolve_source, shipped_defaults, shipped_profile
+from sra_rag.models import (
+    ModelSource,
+    check_model,
+    default_model,
+    load,
+    resolve_source,
+    shipped_defaults,
+    shipped_profile,
+)
 from sra_rag.readout.calibration import ReadoutProfile
 from sra_rag.readout.recorder import DocumentAttention
 
@@ -153,8 +161,9 @@ class SRAEngine:
     ) -> SRAEngine:
         """Load a model with SRA attention.
 
-        ``model=None`` loads the embedded SmolLM2-135M-Instruct; otherwise a model installed from
-        PyPI (a key of :data:`sra_rag.models.PACKAGED_MODELS`, e.g. ``"qwen2.5-coder-0.5b"``), a hub
+        ``model=None`` loads the default model, Qwen2.5-Coder-0.5B-Instruct (``$SRA_RAG_MODEL`` names
+        another; :func:`sra_rag.models.default_model`); otherwise a model installed from PyPI (a key of
+        :data:`sra_rag.models.PACKAGED_MODELS`: ``"qwen2.5-coder-0.5b"``, ``"smollm2-135m"``), a hub
         id (read from the local cache), a local folder or a ``.gguf`` file. ``device=None`` picks CUDA
         when available, else the CPU; ``dtype=None`` picks bfloat16 on CUDA and float32 on the CPU.
         ``weights``: the linear layers' weights on the CPU, ``"fp32"``, ``"bf16"`` or ``"int8"``
@@ -199,8 +208,12 @@ class SRAEngine:
     @classmethod
     def shared(cls, model: str | os.PathLike[str] | None = None, **kwargs: Any) -> SRAEngine:
         """Like :meth:`from_pretrained`, but one engine per distinct set of arguments is loaded once
-        per process and reused (framework adapters share models this way)."""
-        key = (None if model is None else os.fspath(model), tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        per process and reused (framework adapters share models this way); ``None`` is the default
+        model's name, so it shares that model's engine."""
+        key = (
+            os.fspath(default_model() if model is None else model),
+            tuple(sorted((k, repr(v)) for k, v in kwargs.items())),
+        )
         with cls._shared_lock:
             if key not in cls._shared:
                 cls._shared[key] = cls.from_pretrained(model, **kwargs)

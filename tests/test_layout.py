@@ -68,11 +68,19 @@ def test_stuffed_prompts_give_their_question_and_source_blocks(tiny_engine) -> N
     stuffed = stuff_prompt(tiny_engine, "Who approves leave?", chunks, max_new_tokens=8)
     assert stuffed.layout.question == stuffed.tail_from
     assert stuffed.layout.documents == (
+        "Document [1]\nLeave is approved by the team lead.",
+        "Document [2]\nThe ferry leaves at noon.",
+        "Document [3]\nRequests go through the portal.",
+    )
+    grouped = stuff_prompt(tiny_engine, "Who approves leave?", chunks, max_new_tokens=8, group_by_source=True)
+    assert grouped.layout.documents == (
         "Document [1]\nLeave is approved by the team lead.\n\nRequests go through the portal.",
         "Document [2]\nThe ferry leaves at noon.",
     )
-    prepared = tiny_engine.prepare(stuffed.messages, layout=stuffed.layout)
-    assert [decode(tiny_engine, prepared, span) for span in prepared.layout.documents] == list(stuffed.layout.documents)
+    for prompt in (stuffed, grouped):
+        prepared = tiny_engine.prepare(prompt.messages, layout=prompt.layout)
+        spans = [decode(tiny_engine, prepared, span) for span in prepared.layout.documents]
+        assert spans == list(prompt.layout.documents)
 
 
 def test_layout_values_are_checked() -> None:

@@ -77,8 +77,22 @@ def test_single_package_model_is_its_gguf_file(tmp_path, monkeypatch):
     assert (source.path, source.gguf_file) == (str(tmp_path / "fake_single"), "model.Q4.gguf")
 
 
-def test_embedded_model_is_the_default():
-    source = models.resolve_source(None)
+def test_qwen_is_the_default_model_and_the_environment_names_another(monkeypatch):
+    monkeypatch.delenv(models.MODEL_ENV, raising=False)
+    assert models.default_model() == models.DEFAULT_MODEL == "qwen2.5-coder-0.5b"
+    named: list[str] = []
+    monkeypatch.setattr(models, "packaged_source", lambda key: named.append(key) or models.ModelSource(key))
+    models.resolve_source(None)
+    monkeypatch.setenv(models.MODEL_ENV, " smollm2-135m ")
+    assert models.default_model() == "smollm2-135m"
+    models.resolve_source(None)
+    monkeypatch.setenv(models.MODEL_ENV, "")
+    assert models.default_model() == models.DEFAULT_MODEL
+    assert named == ["qwen2.5-coder-0.5b", "smollm2-135m"]
+
+
+def test_the_tests_default_is_the_small_model():
+    source = models.resolve_source(None)  # conftest.py names smollm2-135m for the whole suite
     assert source.display_name == models.EMBEDDED_NAME
     assert source.gguf_file is not None and source.gguf_file.endswith(".gguf")
 
@@ -137,7 +151,7 @@ def test_the_installed_packages_are_the_pinned_files(key, tmp_path, monkeypatch)
     for package, expected in zip(models.PACKAGED_MODELS[key].packages, models.PACKAGED_MODELS[key].sha256, strict=True):
         try:
             folder = models._package_folder(package, models.PACKAGED_MODELS[key])
-        except FileNotFoundError as error:  # the second model is installed by `make install-qwen` only
+        except FileNotFoundError as error:  # installed by `make install`
             pytest.skip(f"{key} is not installed: {error}")
         files = sorted(folder.rglob("*.gguf")) or sorted(folder.rglob("*.bin"))
         assert models.file_sha256(files[0]) == expected

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chat", action="store_true", help="prefix cache: five questions over the same chunks")
     parser.add_argument("--weights", action="store_true", help="tokens/s and agreement per weight format")
-    parser.add_argument("--chat-model", default=None, help="model of --chat (default: the embedded SmolLM2)")
+    parser.add_argument("--chat-model", default="smollm2-135m", help="model of --chat (default: smollm2-135m)")
     parser.add_argument("--chat-tokens", type=int, default=3900)
     parser.add_argument("--preset", default="recommended")
     parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="model of --weights")

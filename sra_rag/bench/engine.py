@@ -558,8 +558,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model",
-        default=None,
-        help="hub id, folder, .gguf or smollm2-135m / qwen2.5-coder-0.5b (default: the embedded model)",
+        default="smollm2-135m",
+        help="hub id, folder, .gguf or smollm2-135m / qwen2.5-coder-0.5b (default: smollm2-135m)",
     )
     parser.add_argument(
         "--random-model",

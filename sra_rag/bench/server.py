@@ -207,7 +207,7 @@ def format_table(rows: list[Row], engine: SRAEngine, args: argparse.Namespace) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="as for sra-rag serve (default: the embedded model)")
+    parser.add_argument("--model", default="smollm2-135m", help="as for sra-rag serve (default: smollm2-135m)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--preset", default="recommended", help="the SRA preset of every request")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])

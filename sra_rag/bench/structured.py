@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model to load (default: the embedded SmolLM2-135M)")
+    parser.add_argument("--model", default="smollm2-135m", help="model to load (default: smollm2-135m)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--tokens", type=int, default=64, help="tokens each request decodes")

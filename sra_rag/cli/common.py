@@ -22,7 +22,7 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         help="Hub id (from the local cache), folder, .gguf file, or a model installed from PyPI: "
-        "smollm2-135m (the default) or qwen2.5-coder-0.5b.",
+        "qwen2.5-coder-0.5b (the default; $SRA_RAG_MODEL names another) or smollm2-135m (small and fast).",
     ),
 ]
 

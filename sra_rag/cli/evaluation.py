@@ -233,6 +233,7 @@ def calibrate_command(
     position bias to subtract), without labels; load it with SRAEngine(..., readout_profile=FILE)."""
     from sra_rag.engine import SRAEngine
     from sra_rag.evaluation.readout import calibrate
+    from sra_rag.models import default_model
 
     engine = SRAEngine.shared(model)
     profile = calibrate(
@@ -243,7 +244,7 @@ def calibrate_command(
         length_exponent=length_exponent,
         progress=lambda line: typer.echo(line),
     )
-    target = out or Path(f"readout-{(model or 'smollm2-135m').replace('/', '--')}.json")
+    target = out or Path(f"readout-{(model or default_model()).replace('/', '--')}.json")
     profile.save(target)
     low, high = profile.layers
     typer.echo(f"Wrote {target}: layers {low}-{high - 1} of {profile.num_layers}.")

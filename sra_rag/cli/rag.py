@@ -170,7 +170,15 @@ def ask(
             "prefill); 'off' leaves the answer as the model wrote it.",
         ),
     ] = "attention",
-    preset: PresetOption = "recommended",
+    group_by_source: Annotated[
+        bool,
+        typer.Option(
+            "--group-by-source",
+            help="Put the chunks of one file together as one numbered document, at the rank of its best chunk "
+            "(default: every chunk is its own document, in retrieved order).",
+        ),
+    ] = False,
+    preset: PresetOption = None,
     sra: SraSwitch = None,
     begin_length: BeginOption = None,
     tail_length: TailOption = None,
@@ -205,7 +213,20 @@ def ask(
     engine = _engine(model)
     config = _sra_config(preset, sra, overrides, engine.sra)
     mode = None if cite == "off" else cite
-    _answer(engine, opened, question, config, top_k, max_new_tokens, overflow, sampling, order, attribute, mode)
+    _answer(
+        engine,
+        opened,
+        question,
+        config,
+        top_k,
+        max_new_tokens,
+        overflow,
+        sampling,
+        order,
+        attribute,
+        mode,
+        group_by_source,
+    )
 
 
 @app.command()
@@ -386,6 +407,7 @@ def _answer(
     order: str | None = None,
     attribute: bool = False,
     cite: str | None = "attention",
+    group_by_source: bool = False,
 ) -> None:
     from sra_rag.rag.citing import citation_to_check, most_read
     from sra_rag.rag.reader import Reader
@@ -401,6 +423,7 @@ def _answer(
         order=order,  # type: ignore[arg-type]  # validated above
         attribute=attribute,  # the citation by attention and the answer's column share one read-only pass
         cite=cite,  # type: ignore[arg-type]  # validated above
+        group_by_source=group_by_source,
     )
     with _warnings_to_stderr():
         answer = reader.stream(question)
@@ -408,9 +431,10 @@ def _answer(
     by_answer = reader.attribute(answer) if attribute else None
     typer.echo("\nSources:" + _attention_heading(answer, by_answer is not None))
     columns = [scores for scores in (answer.source_attention, by_answer) if scores is not None]
-    for number, source in enumerate(answer.sources, start=1):
+    for number, document in enumerate(answer.stuffed.documents, start=1):
         read = "".join(f"{scores[number - 1]:+7.2f}  " for scores in columns)
-        typer.echo(f"{read}[{number}] {source}")
+        pieces = ",".join(str(chunk.chunk_index) for chunk in document if chunk.chunk_index is not None)
+        typer.echo(f"{read}[{number}] {document[0].source}" + (f"#{pieces}" if pieces else ""))
     to_check = citation_to_check(answer.text, by_answer)
     if to_check is not None:
         cited = ", ".join(f"[{number}]" for number in answer.citations)

@@ -190,7 +190,9 @@ def report(outcomes: Sequence[Outcome], title: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="as for SRAEngine.from_pretrained (default: the embedded model)")
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="as for SRAEngine.from_pretrained (default: smollm2-135m)"
+    )
     parser.add_argument("--seed", type=int, default=11, help="prompt seed (keep choices on another one)")
     parser.add_argument(
         "--documents", type=int, nargs="+", default=list(DEFAULT_DOCUMENTS), help="retrieved sources per prompt"

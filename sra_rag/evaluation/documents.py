@@ -464,7 +464,9 @@ def chroma_report(outcomes: Sequence[ChromaOutcome], title: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="as for SRAEngine.from_pretrained (default: the embedded model)")
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="as for SRAEngine.from_pretrained (default: smollm2-135m)"
+    )
     parser.add_argument("--length", type=int, default=2048, help="prompt tokens (about)")
     parser.add_argument("--count", type=int, default=100, help="prompts")
     parser.add_argument("--seed", type=int, default=11, help="prompt seed (settings were chosen on others)")

@@ -90,16 +90,24 @@ def prepare_stuffed_prompt(
     max_new_tokens: int,
     overflow: OverflowPolicy = "error",
     system_prompt: str | None = None,
+    group_by_source: bool = False,
     order: Placement | None = None,
     sra: SRAConfig | None = None,
 ) -> StuffedPrompt:
     """The prompt every reader answers from: ``chunks`` stuffed for ``question``
-    (:func:`~sra_rag.rag.stuffing.stuff_prompt`), then, with ``order``, re-ordered by one readout
+    (:func:`~sra_rag.rag.stuffing.stuff_prompt`; each chunk its own document at its rank, or grouped
+    by source with ``group_by_source``), then, with ``order``, re-ordered by one readout
     prefill under ``sra`` (:func:`order_by_attention`). ``order`` is checked here, for the reader,
     the server and both adapters."""
     placement = None if order is None else check_placement(order)
     stuffed = stuff_prompt(
-        engine, question, list(chunks), max_new_tokens=max_new_tokens, overflow=overflow, system_prompt=system_prompt
+        engine,
+        question,
+        list(chunks),
+        max_new_tokens=max_new_tokens,
+        overflow=overflow,
+        system_prompt=system_prompt,
+        group_by_source=group_by_source,
     )
     if placement is None:
         return stuffed

@@ -107,8 +107,8 @@ class AnswerStream:
 class Answer:
     """A finished answer with the numbered sources it may cite (``sources[0]`` is ``[1]``).
 
-    ``source_attention``: one score per source, in the order of ``sources`` (higher = the question
-    read that source more; a source's chunks form one block, scored together), calibrated for
+    ``source_attention``: one score per document, in the order of ``sources`` (higher = the question
+    read that document more; with ``group_by_source``, a source's chunks form one block), calibrated for
     position when ``source_attention_calibrated`` (the model has a readout profile); None when the
     readout was off. ``answer_attention``: the same scores read from the answer's own tokens
     (``Reader(attribute=True)``, one more read-only pass; None otherwise or when the answer is
@@ -158,7 +158,9 @@ class Reader:
     ``" (Document [n])"`` with ``n`` the source the answer's tokens read most (``"attention"``, the
     default: the ``attribute`` pass, shared with it) or the number the model writes after
     ``" (Document ["`` (``"model"``: one more prefill; positional on small models), or nothing
-    (None); see :mod:`sra_rag.rag.citing`. The SRA tail
+    (None); see :mod:`sra_rag.rag.citing`. ``group_by_source``: every chunk is its own numbered
+    document at its retrieved rank (the default), or the chunks of one source form one document at
+    its best rank (True; :attr:`StuffedPrompt.moved` lists the chunks that moved). The SRA tail
     follows the config's ``tail`` (``"question"``: exactly the question and instruction); the
     prompt's layout is always passed.
     """
@@ -178,6 +180,7 @@ class Reader:
         order: Placement | None = None,
         attribute: bool = False,
         cite: CiteMode | None = "attention",
+        group_by_source: bool = False,
     ) -> None:
         if retriever is not None and not callable(getattr(retriever, "retrieve", None)):
             raise TypeError(f"retriever must have a retrieve(question, top_k) method, got {type(retriever).__name__}")
@@ -188,6 +191,9 @@ class Reader:
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
         self.order = None if order is None else check_placement(order)
+        if not isinstance(group_by_source, bool):
+            raise TypeError(f"group_by_source must be True or False, got {group_by_source!r}")
+        self.group_by_source = group_by_source
         if not isinstance(attribute, bool):
             raise TypeError(f"attribute must be True or False, got {attribute!r}")
         self.attribute_answers = attribute
@@ -227,6 +233,7 @@ class Reader:
             max_new_tokens=self.max_new_tokens,
             overflow=self.overflow,
             system_prompt=self.system_prompt,
+            group_by_source=self.group_by_source,
             order=order,
             sra=self.sra,
         )

@@ -7,13 +7,14 @@ instruction and the generation prompt)::
 
             Documents:
 
-            Document [1]
-            <chunk 0 of handbook.md>
-
-            <chunk 3 of handbook.md>
+            Document [1] (Title: Employee handbook)
+            <chunk 3 of handbook.md, the best match>
 
             Document [2]
             <chunk 1 of history.txt>
+
+            Document [3] (Title: Employee handbook)
+            <chunk 0 of handbook.md>
     user:   Question: <question>
             Answer in one or two sentences and name the document you used by its number.
 
@@ -23,14 +24,17 @@ sources instead of answering once there are about ten ("[1] registry/record-5979
 and when told to cite they cite file names or copy the example number. With the documents in the
 system message and the question alone in the user's turn, they answer it, and naming the document
 "Document [n]" gets the number cited. File names are left out of the prompt (they drew citations
-by name and cost the smallest model answers); ``StuffedPrompt.sources`` maps numbers to sources.
+by name and cost the smallest model answers); a chunk's ``title``, when it has one, is shown in its
+header as in the "Lost in the Middle" prompts. ``StuffedPrompt.sources`` maps numbers to sources.
 With ``system_prompt=""`` (for chat templates without a system role) everything goes in one user
 message, the question last.
 
 Ranking and order: chunks are ranked in the order they are given (retrievers return the best match
-first). Duplicates (same id, or same text) keep their best-ranked copy. Sources are numbered in the
-order of their best-ranked chunk, so ``[1]`` is the most relevant document; inside a source, chunks
-appear in document order (by ``chunk_index``), so neighbouring chunks read as continuous text.
+first). Duplicates (same id, or same text) keep their best-ranked copy. By default every chunk is its
+own ``Document [n]`` at its rank, so ``[1]`` is the best match and no chunk moves. With
+``group_by_source=True`` the chunks of one source form one document, placed at the rank of its
+best-ranked chunk, its chunks in document order (by ``chunk_index``) so neighbouring chunks read as
+continuous text; ``StuffedPrompt.moved`` then lists the chunks that grouping moved.
 When chunks must be dropped (``overflow="drop"``), the lowest-ranked go first.
 """
 
@@ -66,7 +70,8 @@ class Chunk:
     ``source`` names the document (a path or title, shown in citations); ``chunk_index`` is the
     piece's position in that document (orders pieces of one source); ``score`` is the retriever's
     relevance (informational; ranking is the order chunks are given in); ``id`` is a stable
-    identifier (used for deduplication).
+    identifier (used for deduplication); ``title`` is shown in the document's header
+    (``Document [n] (Title: ...)``; None: no title).
     """
 
     text: str
@@ -74,6 +79,7 @@ class Chunk:
     chunk_index: int | None = None
     score: float | None = None
     id: str | None = None
+    title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,9 @@ class StuffedPrompt:
     question and the instruction after it); ``prompt_tokens``: ``engine.count_tokens(messages)``;
     ``chunks``: the chunks included, in prompt order; ``dropped``: chunks left out (only with
     ``overflow="drop"``), best-ranked first; ``system``: the system prompt above the documents
-    (``""``: none, everything in one user message).
+    (``""``: none, everything in one user message); ``group_by_source``: the chunks of one source
+    form one document (see the module docstring); ``moved``: the chunks that grouping placed
+    elsewhere than their retrieved rank (empty without ``group_by_source``).
     """
 
     messages: list[dict[str, str]]
@@ -93,17 +101,25 @@ class StuffedPrompt:
     chunks: list[Chunk]
     dropped: list[Chunk] = field(default_factory=list)
     system: str = DEFAULT_SYSTEM_PROMPT
+    group_by_source: bool = False
+    moved: list[Chunk] = field(default_factory=list)
+
+    @property
+    def documents(self) -> list[list[Chunk]]:
+        """The numbered documents in prompt order, each the chunks it holds: ``documents[0]`` is ``[1]``."""
+        return group_documents(self.chunks, self.group_by_source)
 
     @property
     def sources(self) -> list[str]:
-        """The cited sources in citation order: ``sources[0]`` is ``[1]`` in the prompt."""
-        return list(dict.fromkeys(chunk.source for chunk in self.chunks))
+        """Each document's source in citation order: ``sources[0]`` is ``[1]`` in the prompt (a source
+        appears once per chunk of it unless ``group_by_source``)."""
+        return [document[0].source for document in self.documents]
 
     @property
     def layout(self) -> TextLayout:
         """The prompt's parts as text markers for the engine (``engine.stream(..., layout=...)``):
-        the question (the question and instruction: ``tail_from``) and each numbered source block."""
-        return TextLayout(question=self.tail_from, documents=tuple(source_blocks(self.chunks)))
+        the question (the question and instruction: ``tail_from``) and each numbered document block."""
+        return TextLayout(question=self.tail_from, documents=tuple(document_blocks(self.documents)))
 
 
 class ContextOverflowError(ContextWindowExceededError):
@@ -136,10 +152,11 @@ def stuff_prompt(
     max_new_tokens: int,
     overflow: OverflowPolicy = "error",
     system_prompt: str | None = None,
+    group_by_source: bool = False,
 ) -> StuffedPrompt:
-    """Build one prompt holding every chunk (deduplicated, ordered, sources numbered) and the
-    question last, sized with ``engine.count_tokens`` so that ``prompt_tokens + max_new_tokens <=
-    engine.context_window``.
+    """Build one prompt holding every chunk (deduplicated, in rank order or grouped by source with
+    ``group_by_source``, documents numbered) and the question last, sized with
+    ``engine.count_tokens`` so that ``prompt_tokens + max_new_tokens <= engine.context_window``.
 
     ``overflow="error"`` raises :class:`ContextOverflowError` (a :class:`ContextWindowExceededError`)
     with the token counts and how many chunks would fit; ``overflow="drop"`` leaves out the
@@ -152,6 +169,8 @@ def stuff_prompt(
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
+    if not isinstance(group_by_source, bool):
+        raise TypeError(f"group_by_source must be True or False, got {group_by_source!r}")
     if isinstance(chunks, (str, Chunk)) or not all(isinstance(chunk, Chunk) for chunk in chunks):
         raise TypeError("chunks must be a list of sra_rag.rag.stuffing.Chunk")
     ranked = deduplicate(list(chunks))
@@ -162,13 +181,15 @@ def stuff_prompt(
     budget = engine.context_window - max_new_tokens
 
     def build(count: int) -> tuple[list[dict[str, str]], list[Chunk], int]:
-        included = order_chunks(ranked[:count])
-        messages = _messages(system, included, tail_from)
+        included = order_chunks(ranked[:count]) if group_by_source else ranked[:count]
+        messages = _messages(system, group_documents(included, group_by_source), tail_from)
         return messages, included, engine.count_tokens(messages)
 
     messages, included, prompt_tokens = build(len(ranked))
     if prompt_tokens <= budget:
-        return StuffedPrompt(messages, tail_from, prompt_tokens, included, system=system)
+        return StuffedPrompt(
+            messages, tail_from, prompt_tokens, included, [], system, group_by_source, moved_chunks(ranked, included)
+        )
 
     fitting = _largest_fitting(lambda count: build(count)[2] <= budget, len(ranked))
     if overflow == "error" or fitting == 0:
@@ -183,19 +204,21 @@ def stuff_prompt(
         UserWarning,
         stacklevel=2,
     )
-    return StuffedPrompt(messages, tail_from, kept_tokens, included, dropped, system)
+    return StuffedPrompt(
+        messages, tail_from, kept_tokens, included, dropped, system, group_by_source, moved_chunks(ranked, included)
+    )
 
 
 def reorder(engine: SRAEngine, stuffed: StuffedPrompt, order: Sequence[int]) -> StuffedPrompt:
-    """The same prompt with its sources in a new order: ``order[i]`` is the index (in ``stuffed.sources``)
-    of the source that becomes ``Document [i + 1]``. Every chunk stays, whole, with its source; chunks
-    of one source keep their order; the sources are renumbered by their new position."""
-    sources = stuffed.sources
-    if sorted(order) != list(range(len(sources))):
-        raise ValueError(f"order must list each of the {len(sources)} source indices once, got {list(order)}")
-    rank = {sources[index]: position for position, index in enumerate(order)}
-    chunks = sorted(stuffed.chunks, key=lambda chunk: rank[chunk.source])  # stable: keeps chunk order
-    messages = _messages(stuffed.system, chunks, stuffed.tail_from)
+    """The same prompt with its documents in a new order: ``order[i]`` is the index (in
+    ``stuffed.documents``) of the document that becomes ``Document [i + 1]``. Every chunk stays, whole,
+    in its document; chunks of one document keep their order; documents are renumbered by position."""
+    documents = stuffed.documents
+    if sorted(order) != list(range(len(documents))):
+        raise ValueError(f"order must list each of the {len(documents)} document indices once, got {list(order)}")
+    placed = [documents[index] for index in order]
+    chunks = [chunk for document in placed for chunk in document]
+    messages = _messages(stuffed.system, placed, stuffed.tail_from)
     return replace(stuffed, messages=messages, prompt_tokens=engine.count_tokens(messages), chunks=chunks)
 
 
@@ -217,7 +240,7 @@ def deduplicate(chunks: list[Chunk]) -> list[Chunk]:
 
 
 def order_chunks(ranked: list[Chunk]) -> list[Chunk]:
-    """Prompt order: sources by their best rank, chunks of one source by ``chunk_index`` (chunks
+    """Prompt order when grouping by source: sources by their best rank, chunks of one source by ``chunk_index`` (chunks
     without an index keep their rank order after the indexed ones)."""
     first_rank: dict[str, int] = {}
     for rank, chunk in enumerate(ranked):
@@ -234,30 +257,51 @@ def order_chunks(ranked: list[Chunk]) -> list[Chunk]:
     )
 
 
-def format_sources(chunks: list[Chunk]) -> str:
-    """The ``Documents:`` block for chunks already in prompt order: each source once, headed
-    ``Document [n]`` (``n`` its citation number), its chunks below it, each chunk's text whole."""
-    return "Documents:\n\n" + "\n\n".join(source_blocks(chunks))
-
-
-def source_blocks(chunks: list[Chunk]) -> list[str]:
-    """One text block per source, in citation order: its numbered header and its chunks."""
-    blocks: dict[str, list[str]] = {}
+def group_documents(chunks: list[Chunk], group_by_source: bool = False) -> list[list[Chunk]]:
+    """The numbered documents of chunks already in prompt order: each chunk alone, or with
+    ``group_by_source`` the chunks of one source together (at its first chunk's place)."""
+    if not group_by_source:
+        return [[chunk] for chunk in chunks]
+    grouped: dict[str, list[Chunk]] = {}
     for chunk in chunks:
-        if chunk.source not in blocks:
-            blocks[chunk.source] = [f"Document [{len(blocks) + 1}]\n{chunk.text.strip()}"]
-        else:
-            blocks[chunk.source].append(chunk.text.strip())
-    return ["\n\n".join(parts) for parts in blocks.values()]
+        grouped.setdefault(chunk.source, []).append(chunk)
+    return list(grouped.values())
 
 
-def _messages(system: str, chunks: list[Chunk], tail_from: str) -> list[dict[str, str]]:
+def moved_chunks(ranked: list[Chunk], chunks: list[Chunk]) -> list[Chunk]:
+    """The chunks of ``chunks`` (prompt order) that are not at their place in ``ranked`` (retrieved
+    order, deduplicated): what grouping by source moved."""
+    rank = {id(chunk): position for position, chunk in enumerate(ranked)}
+    order = sorted(rank[id(chunk)] for chunk in chunks)
+    return [chunk for place, chunk in zip(order, chunks, strict=True) if rank[id(chunk)] != place]
+
+
+def format_sources(documents: list[list[Chunk]]) -> str:
+    """The ``Documents:`` block: each document headed ``Document [n]`` (``n`` its citation number,
+    with its title when its first chunk has one), its chunks below it, each chunk's text whole."""
+    return "Documents:\n\n" + "\n\n".join(document_blocks(documents))
+
+
+def document_blocks(documents: list[list[Chunk]]) -> list[str]:
+    """One text block per document, in citation order: its numbered header and its chunks."""
+    return [
+        "\n\n".join([_header(number, document[0]) + document[0].text.strip()] + [c.text.strip() for c in document[1:]])
+        for number, document in enumerate(documents, start=1)
+    ]
+
+
+def _header(number: int, chunk: Chunk) -> str:
+    title = " ".join((chunk.title or "").split())
+    return f"Document [{number}] (Title: {title})\n" if title else f"Document [{number}]\n"
+
+
+def _messages(system: str, documents: list[list[Chunk]], tail_from: str) -> list[dict[str, str]]:
     """The documents in the system message and the question alone in the user's turn (see the
     module docstring); without a system prompt, one user message with the question last."""
     if not system:
-        return [{"role": "user", "content": f"{format_sources(chunks)}\n\n{tail_from}"}]
+        return [{"role": "user", "content": f"{format_sources(documents)}\n\n{tail_from}"}]
     return [
-        {"role": "system", "content": f"{system}\n\n{format_sources(chunks)}"},
+        {"role": "system", "content": f"{system}\n\n{format_sources(documents)}"},
         {"role": "user", "content": tail_from},
     ]
 

@@ -282,7 +282,13 @@ def _stuffed_job(
     max_new_tokens = request.token_limit or settings.default_max_tokens
     documents: list[Document] = request.documents or []
     chunks = [
-        Chunk(document.text, document.source or f"document {number}", document.chunk_index, id=document.id)
+        Chunk(
+            document.text,
+            document.source or f"document {number}",
+            document.chunk_index,
+            id=document.id,
+            title=document.title,
+        )
         for number, document in enumerate(documents, start=1)
     ]
     with engine_errors("documents"):
@@ -292,6 +298,7 @@ def _stuffed_job(
             chunks,
             max_new_tokens=max_new_tokens,
             system_prompt=system,
+            group_by_source=request.group_by_source,
             order=request.order,
             sra=options.get("sra"),
         )

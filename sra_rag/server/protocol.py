@@ -5,10 +5,11 @@ chat fields clients send today (message ``name``, assistant ``content: null`` wi
 a ``refusal``, ``tool`` messages, ``tools`` and ``tool_choice``). Types are strict (``true`` is not
 1, ``"yes"`` is not a boolean, NaN is not a number). Requests reject unknown fields (a typo such as
 ``max_token`` is a 400, not a silently ignored setting) and fields the server cannot honour (``n``
-other than 1, penalties, log-probabilities) with a message that says what to do instead. Five
+other than 1, penalties, log-probabilities) with a message that says what to do instead. Six
 fields go beyond OpenAI, sent by clients as ``extra_body``: ``sra`` (per-request Scaled ReAttention
 settings), ``documents`` (retrieved text that the server stuffs into the prompt the way the reader
 does), ``order`` (attention-ordered stuffing of those documents, as ``Reader(order=...)``),
+``group_by_source`` (documents of one source as one block, as ``Reader(group_by_source=True)``),
 ``attribute`` (score what the answer read, as ``Reader(attribute=True)``) and ``cite`` (how an
 answer that cites no document gets a citation, as ``Reader(cite=...)``; by attention by default).
 A reply to a request with documents carries ``sources``: each document's number in the prompt,
@@ -129,11 +130,13 @@ class ChatMessage(_Request):
 class Document(_Request):
     """A retrieved document for the server to stuff into the prompt (``extra_body={"documents": [...]}``).
 
-    ``source`` names it in citations (default ``"document <n>"``); ``id`` and ``chunk_index`` work as in
-    :class:`sra_rag.rag.stuffing.Chunk` (deduplication, order of pieces of one source)."""
+    ``source`` names it in citations (default ``"document <n>"``); ``title`` is shown in its header;
+    ``id`` and ``chunk_index`` work as in :class:`sra_rag.rag.stuffing.Chunk` (deduplication, order of
+    pieces of one source when grouped)."""
 
     text: str = Field(min_length=1)
     source: str | None = Field(None, min_length=1)
+    title: str | None = None
     id: str | None = None
     chunk_index: int | None = Field(None, ge=0)
 
@@ -235,6 +238,11 @@ class _GenerationRequest(_Request):
         description="Attention-ordered stuffing of the documents: a read-only pass ranks them by how much the "
         "question reads each, and the most-read goes first, last or (with the next ones) at both ends.",
     )
+    group_by_source: bool = Field(
+        False,
+        description="Documents with the same source form one numbered block at the place of the first of them "
+        "(false: every document is its own block, in the order sent).",
+    )
 
     attribute: bool = Field(
         False,
@@ -252,6 +260,8 @@ class _GenerationRequest(_Request):
     def _document_fields_need_documents(self) -> _GenerationRequest:
         if self.order is not None and self.documents is None:
             raise ValueError("order re-orders the documents field; send documents, or leave order out")
+        if self.group_by_source and self.documents is None:
+            raise ValueError("group_by_source groups the documents field; send documents, or leave it out")
         if self.attribute and self.documents is None:
             raise ValueError("attribute scores the documents field; send documents, or leave attribute out")
         if self.cite not in (None, False) and self.documents is None:

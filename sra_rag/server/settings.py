@@ -48,10 +48,10 @@ class ServerSettings(BaseModel):
 
 class EngineSpec(BaseModel):
     """Which engine to load: ``model`` as :meth:`SRAEngine.from_pretrained` reads it (``None``: the
-    embedded SmolLM2-135M-Instruct), the SRA ``preset`` requests get unless they send their own
-    (``None``: the model's default, :attr:`SRAEngine.defaults`), the ``device`` (``None``: CUDA when
-    present), the prefix cache's budget ``prefix_cache_mb`` (0: off) and the CPU ``weights`` format
-    (None: the engine's default)."""
+    default model, Qwen2.5-Coder-0.5B-Instruct or ``$SRA_RAG_MODEL``), the SRA ``preset`` requests
+    get unless they send their own (``None``: the model's default, :attr:`SRAEngine.defaults`), the
+    ``device`` (``None``: CUDA when present), the prefix cache's budget ``prefix_cache_mb`` (0: off)
+    and the CPU ``weights`` format (None: the engine's default)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -61,8 +61,8 @@ def test_ingest_ask_and_reingest(runner: CliRunner, docs: Path, tmp_path: Path, 
     assert "how much the question read each source" in heading
     # Each source with its attention score beside it.
     assert [re.fullmatch(r"[+-]\d+\.\d\d  (.*)", line.strip()).group(1) for line in lines] == [
-        "[1] docs/ferry.txt",
-        "[2] docs/leave.md",
+        "[1] docs/ferry.txt#0",
+        "[2] docs/leave.md#0",
     ]
     assert "2 chunks in one prompt" in asked.stderr and "0 dropped" in asked.stderr
 
@@ -72,6 +72,10 @@ def test_ingest_ask_and_reingest(runner: CliRunner, docs: Path, tmp_path: Path, 
     assert ordered.exit_code == 0, ordered.output
     scores = [float(line.split()[0]) for line in ordered.stdout.split("\nSources:")[1].splitlines()[1:]]
     assert len(scores) == 2 and "2 chunks in one prompt" in ordered.stderr  # both sources kept, re-numbered
+    grouped = invoke(
+        runner, "ask", "When does the ferry leave?", "--store", store, "--max-new-tokens", "2", "--group-by-source"
+    )
+    assert grouped.exit_code == 0 and "[2] docs/" in grouped.stdout, grouped.output
 
     attributed = invoke(
         runner, "ask", "When does the ferry leave?", "--store", store, "--max-new-tokens", "6", "--attribute"

@@ -74,7 +74,7 @@ def test_qwen_tokenizer() -> None:
     try:
         source = resolve_source("qwen2.5-coder-0.5b")
     except FileNotFoundError as error:
-        pytest.skip(f"Qwen2.5-Coder-0.5B is not installed (make install-qwen): {error}")
+        pytest.skip(f"Qwen2.5-Coder-0.5B is not installed (make install): {error}")
     check_tokenizer(load_tokenizer(source))
 
 

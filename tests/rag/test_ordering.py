@@ -47,7 +47,7 @@ class FakeTokens:
 
 def test_reorder_keeps_every_chunk_and_renumbers_the_sources() -> None:
     engine: Any = FakeTokens()
-    stuffed = stuff_prompt(engine, QUESTION, CHUNKS, max_new_tokens=8)
+    stuffed = stuff_prompt(engine, QUESTION, CHUNKS, max_new_tokens=8, group_by_source=True)
     assert stuffed.sources == ["faq.txt", "leave.md", "expenses.md", "canteen.md"]
     moved = reorder(engine, stuffed, [1, 3, 0, 2])
     assert moved.sources == ["leave.md", "canteen.md", "faq.txt", "expenses.md"]
@@ -60,11 +60,23 @@ def test_reorder_keeps_every_chunk_and_renumbers_the_sources() -> None:
     assert moved.messages[1] == stuffed.messages[1] and moved.tail_from == stuffed.tail_from
     assert moved.prompt_tokens == engine.count_tokens(moved.messages) == stuffed.prompt_tokens
     assert moved.system == stuffed.system and moved.dropped == stuffed.dropped
-    no_system = stuff_prompt(engine, QUESTION, CHUNKS, max_new_tokens=8, system_prompt="")
+    no_system = stuff_prompt(engine, QUESTION, CHUNKS, max_new_tokens=8, system_prompt="", group_by_source=True)
     assert len(reorder(engine, no_system, [3, 2, 1, 0]).messages) == 1
     for bad in ([0, 1, 2], [0, 1, 2, 2], [0, 1, 2, 4]):
-        with pytest.raises(ValueError, match="each of the 4 source indices once"):
+        with pytest.raises(ValueError, match="each of the 4 document indices once"):
             reorder(engine, stuffed, bad)
+
+
+def test_reorder_moves_single_chunks_when_nothing_is_grouped() -> None:
+    engine: Any = FakeTokens()
+    stuffed = stuff_prompt(engine, QUESTION, CHUNKS, max_new_tokens=8)
+    assert [chunk.id for chunk in stuffed.chunks] == ["f0", "l1", "e0", "l0", "c0"]  # retrieved rank
+    assert stuffed.sources == ["faq.txt", "leave.md", "expenses.md", "leave.md", "canteen.md"]
+    moved = reorder(engine, stuffed, [3, 1, 4, 0, 2])
+    assert [chunk.id for chunk in moved.chunks] == ["l0", "l1", "c0", "f0", "e0"]
+    assert moved.sources == ["leave.md", "leave.md", "canteen.md", "faq.txt", "expenses.md"]
+    assert "Document [1]\nFull-time staff" in moved.messages[0]["content"]
+    assert "Document [2]\nLeave in the Storm" in moved.messages[0]["content"]
 
 
 class ListRetriever:

@@ -54,12 +54,18 @@ def test_answer_streams_over_all_chunks_with_numbered_sources(embedded_engine) -
     pieces = list(answer)
     assert retriever.calls == [(QUESTION, 3)]
     assert "".join(pieces) == answer.text and answer.completion_tokens >= 1
-    assert answer.sources == ["leave.md", "faq.txt"]
-    assert [chunk.id for chunk in answer.stuffed.chunks] == ["l0", "l1", "f0"]
+    assert answer.sources == ["leave.md", "faq.txt", "leave.md"]  # each chunk a document, at its rank
+    assert [chunk.id for chunk in answer.stuffed.chunks] == ["l1", "f0", "l0"]
     assert answer.prompt_tokens == embedded_engine.count_tokens(answer.stuffed.messages)
     assert spy.stream_kwargs["layout"] == answer.stuffed.layout
     assert answer.stuffed.layout.question == answer.stuffed.tail_from
-    assert [block.splitlines()[0] for block in answer.stuffed.layout.documents] == ["Document [1]", "Document [2]"]
+    headers = [block.splitlines()[0] for block in answer.stuffed.layout.documents]
+    assert headers == ["Document [1]", "Document [2]", "Document [3]"]
+    grouped = Reader(embedded_engine, retriever, top_k=3, group_by_source=True).stuff(QUESTION)
+    assert grouped.sources == ["leave.md", "faq.txt"] and [chunk.id for chunk in grouped.chunks] == ["l0", "l1", "f0"]
+    assert [chunk.id for chunk in grouped.moved] == ["l0", "l1", "f0"]
+    with pytest.raises(TypeError, match="group_by_source"):
+        Reader(embedded_engine, retriever, group_by_source="yes")  # type: ignore[arg-type]
     assert spy.stream_kwargs["sra"] is sra and spy.stream_kwargs["max_new_tokens"] == 6
     assert spy.stream_kwargs["stop"] == ("\nQuestion:",) and spy.stream_kwargs["repetition_penalty"] == 1.2
 
@@ -69,7 +75,7 @@ def test_ask_matches_stream(embedded_engine) -> None:
     streamed = "".join(Reader(embedded_engine, ListRetriever(CHUNKS), sra=off, max_new_tokens=6).stream(QUESTION))
     answer = Reader(embedded_engine, ListRetriever(CHUNKS), sra=off, max_new_tokens=6).ask(QUESTION)
     assert answer.text == streamed  # greedy decoding: the same prompt gives the same text
-    assert answer.sources == ["leave.md", "faq.txt"] and answer.dropped == []
+    assert answer.sources == ["leave.md", "faq.txt", "leave.md"] and answer.dropped == []
     assert answer.finish_reason in {"stop", "length"}
 
 
@@ -110,7 +116,7 @@ def test_the_reader_answers_with_the_models_defaults(embedded_engine) -> None:
 def test_answer_says_which_sources_the_question_read(embedded_engine) -> None:
     reader = Reader(embedded_engine, ListRetriever(CHUNKS), max_new_tokens=2)
     answer = reader.ask(QUESTION)
-    assert answer.sources == ["leave.md", "faq.txt"]
+    assert answer.sources == ["leave.md", "faq.txt", "leave.md"]
     stuffed = reader.stuff(QUESTION, CHUNKS)
     expected = embedded_engine.complete(stuffed.messages, max_new_tokens=1, sra=None, layout=stuffed.layout)
     assert expected.document_attention is not None and answer.source_attention is not None
@@ -122,7 +128,7 @@ def test_attribute_scores_what_the_answer_read(embedded_engine) -> None:
     reader = Reader(embedded_engine, ListRetriever(CHUNKS), max_new_tokens=12, attribute=True)
     answer = reader.ask(QUESTION)
     assert answer.text.strip() and answer.answer_attention is not None
-    assert len(answer.answer_attention) == len(answer.sources) == 2
+    assert len(answer.answer_attention) == len(answer.sources) == 3
     stuffed = reader.stuff(QUESTION, CHUNKS)
     expected = embedded_engine.attribute(stuffed.messages, answer.text, layout=stuffed.layout)
     assert answer.answer_attention == pytest.approx(list(expected.scores), abs=1e-4)

@@ -35,10 +35,35 @@ def with_window(engine, context_window: int):
     return small
 
 
-def test_deduplicates_orders_and_numbers_sources(embedded_engine) -> None:
+def test_every_chunk_is_a_document_at_its_retrieved_rank(embedded_engine) -> None:
     stuffed = stuff_prompt(embedded_engine, QUESTION, ranked_chunks(), max_new_tokens=16)
+    assert [chunk.id for chunk in stuffed.chunks] == ["b2", "a0", "b0", "a1"]  # deduplicated, rank kept
+    assert stuffed.sources == ["b.md", "a.md", "b.md", "a.md"] and stuffed.moved == []
+    documents = stuffed.messages[0]["content"]
+    assert documents.index("Document [1]\nThe lighthouse door is painted teal.") < documents.index(
+        "Document [2]\nAlpha"
+    )
+    assert documents.index("Document [3]\nThe lighthouse stands") < documents.index("Document [4]\nAlpha town has")
+
+
+def test_titles_go_in_the_document_headers(embedded_engine) -> None:
+    chunks = [
+        Chunk("Built in 1881 on the point.", "wiki/1", title="Gannet Point Lighthouse"),
+        Chunk("A town of weavers.", "wiki/2", title="  Alpha\ntown "),
+        Chunk("No title here.", "notes.md"),
+    ]
+    documents = stuff_prompt(embedded_engine, QUESTION, chunks, max_new_tokens=16).messages[0]["content"]
+    assert "Document [1] (Title: Gannet Point Lighthouse)\nBuilt in 1881" in documents
+    assert "Document [2] (Title: Alpha town)\nA town of weavers." in documents  # whitespace folded
+    assert "Document [3]\nNo title here." in documents and "notes.md" not in documents
+
+
+def test_deduplicates_orders_and_numbers_sources_when_grouped(embedded_engine) -> None:
+    stuffed = stuff_prompt(embedded_engine, QUESTION, ranked_chunks(), max_new_tokens=16, group_by_source=True)
     assert [chunk.id for chunk in stuffed.chunks] == ["b0", "b2", "a0", "a1"]
     assert stuffed.sources == ["b.md", "a.md"]
+    # Grouping moved b0 (rank 3) before b2 and a0, so it says which chunks left their rank.
+    assert [chunk.id for chunk in stuffed.moved] == ["b0", "b2", "a0"]
     # The documents go in the system message, numbered, each chunk whole; the question alone in the user's turn.
     system, user = stuffed.messages
     assert system["role"] == "system" and system["content"].startswith(DEFAULT_SYSTEM_PROMPT + "\n\nDocuments:\n\n")
@@ -85,7 +110,7 @@ def test_drop_policy_keeps_the_best_ranked_and_warns(embedded_engine) -> None:
     small = with_window(embedded_engine, without_last.prompt_tokens + 16)
     with pytest.warns(UserWarning, match=r"left out the 1 lowest-ranked: a\.md#1"):
         stuffed = stuff_prompt(small, QUESTION, ranked_chunks(), max_new_tokens=16, overflow="drop")
-    assert [chunk.id for chunk in stuffed.chunks] == ["b0", "b2", "a0"]
+    assert [chunk.id for chunk in stuffed.chunks] == ["b2", "a0", "b0"]
     assert [chunk.id for chunk in stuffed.dropped] == ["a1"]
     assert stuffed.prompt_tokens == small.count_tokens(stuffed.messages) <= small.context_window - 16
 

@@ -291,7 +291,21 @@ def test_documents_are_stuffed_like_the_reader_and_sources_returned(recording_en
     assert body["usage"]["prompt_tokens"] == stuffed.prompt_tokens
     expected = engine.complete(stuffed.messages, max_new_tokens=6, temperature=0, layout=stuffed.layout)
     assert body["choices"][0]["message"]["content"] == expected.text
+    assert [(s["number"], s["source"]) for s in body["sources"]] == [
+        (1, "ferry.txt"),
+        (2, "handbook.md"),
+        (3, "ferry.txt"),
+    ]
+
+    grouped = stuff_prompt(engine, QUESTION, chunks, max_new_tokens=6, group_by_source=True)
+    body = chat(url, messages=question, documents=DOCUMENTS, max_tokens=6, group_by_source=True, **GREEDY).json()
+    assert recording_engine.calls[-1]["prompt"] == grouped.messages
     assert [(s["number"], s["source"]) for s in body["sources"]] == [(1, "ferry.txt"), (2, "handbook.md")]
+    titled = [{**DOCUMENTS[0], "title": "Skelda ferry"}]
+    chat(url, messages=question, documents=titled, max_tokens=2, **GREEDY)
+    assert "Document [1] (Title: Skelda ferry)\n" in recording_engine.calls[-1]["prompt"][0]["content"]
+    bad = chat(url, messages=question, max_tokens=2, group_by_source=True)
+    assert bad.status_code == 400 and "group_by_source" in bad.json()["error"]["message"]
 
     system = "Answer in one word."
     messages = [{"role": "system", "content": system}, *question]
@@ -300,7 +314,7 @@ def test_documents_are_stuffed_like_the_reader_and_sources_returned(recording_en
     assert recording_engine.calls[-1]["prompt"] == with_system.messages
 
     streamed = events(chat(url, messages=messages, documents=DOCUMENTS, max_tokens=6, stream=True, **GREEDY))
-    assert [s["source"] for s in streamed[-2]["sources"]] == ["ferry.txt", "handbook.md"]
+    assert [s["source"] for s in streamed[-2]["sources"]] == ["ferry.txt", "handbook.md", "ferry.txt"]
     assert all("sources" not in chunk for chunk in streamed[:-2])
 
     completion = post(
@@ -501,7 +515,7 @@ def test_documents_in_attention_order_with_how_much_each_was_read(recording_engi
         scores = [source["attention"] for source in body["sources"]]
         assert scores == pytest.approx(list(expected.document_attention.scores), abs=1e-3)
     streamed = events(chat(url, messages=question, documents=DOCUMENTS, max_tokens=4, order="ends", stream=True))
-    assert len(streamed[-2]["sources"]) == 2
+    assert len(streamed[-2]["sources"]) == 3
     for bad in ({"order": "middle", "documents": DOCUMENTS}, {"order": "first"}):
         response = chat(url, messages=question, max_tokens=4, **bad)
         assert response.status_code == 400 and "order" in response.json()["error"]["message"]
@@ -556,7 +570,7 @@ def test_an_answer_that_cites_no_document_gets_a_citation(server_engine, url: st
     assert content == head + finish_answer(server_engine, stuffed, head, "stop", recommended)[0]
     by_model = chat(url, **ended, cite="model").json()["choices"][0]["message"]["content"]
     assert by_model == head + finish_answer(server_engine, stuffed, head, "stop", recommended, cite="model")[0]
-    assert [source["cited"] for source in body["sources"]] == [n == int(match[1]) for n in (1, 2)]
+    assert [source["cited"] for source in body["sources"]] == [n == int(match[1]) for n in (1, 2, 3)]
     assert chat(url, **ended, cite=False).json()["choices"][0]["message"]["content"] == head
     streamed = events(chat(url, **ended, stream=True))
     pieces = [chunk["choices"][0]["delta"].get("content") or "" for chunk in streamed[:-1]]

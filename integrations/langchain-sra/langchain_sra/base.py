@@ -11,7 +11,7 @@ from langchain_core.messages import UsageMetadata
 from pydantic import Field
 
 from sra_rag import Completion, SRAEngine, SRAOptions, TextStream
-from sra_rag.models import EMBEDDED_MODEL
+from sra_rag.models import default_model
 from sra_rag.options import SAMPLING_FIELDS
 
 
@@ -38,9 +38,9 @@ class SRASettings(SRAOptions):
 
     @property
     def ls_model_name(self) -> str:
-        """The model as the user named it (``model``, else the embedded one's key), known without
+        """The model as the user named it (``model``, else the default model's), known without
         loading the engine: LangChain asks for it on the event loop before every async call."""
-        return self.model or EMBEDDED_MODEL
+        return self.model or default_model()
 
     async def aengine(self) -> SRAEngine:
         """The engine, loaded in a worker thread on first use so that the event loop never waits

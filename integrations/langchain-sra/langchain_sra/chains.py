@@ -37,13 +37,16 @@ from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy
 
 SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
 """Document metadata keys tried, in order, for the source name shown in citations."""
+TITLE_KEYS = ("title", "document_title")
+"""Document metadata keys tried, in order, for the title shown in the document's header."""
 
 
 def document_to_chunk(document: Document, rank: int) -> Chunk:
-    """The :class:`~sra_rag.rag.stuffing.Chunk` for a retrieved document (source from its metadata,
-    else ``document <rank>``)."""
+    """The :class:`~sra_rag.rag.stuffing.Chunk` for a retrieved document (source and title from its
+    metadata; source else ``document <rank>``)."""
     metadata = document.metadata or {}
     source = next((str(metadata[key]) for key in SOURCE_KEYS if metadata.get(key)), f"document {rank + 1}")
+    title = next((str(metadata[key]) for key in TITLE_KEYS if metadata.get(key)), None)
     index = metadata.get("chunk_index")
     score = metadata.get("score")
     return Chunk(
@@ -52,6 +55,7 @@ def document_to_chunk(document: Document, rank: int) -> Chunk:
         chunk_index=int(index) if index is not None else None,
         score=float(score) if score is not None else None,
         id=document.id or metadata.get("id") or f"rank-{rank}",
+        title=title,
     )
 
 
@@ -67,6 +71,7 @@ def create_stuffed_rag_chain(
     order: Placement | None = None,
     attribute: bool = False,
     cite: CiteMode | None = "attention",
+    group_by_source: bool = False,
 ) -> Runnable[dict[str, Any] | str, dict[str, Any]]:
     """A runnable: ``{"input": question}`` (or the question as a string) in; out a dict with
     ``input``, ``context`` (the documents in prompt order), ``answer``, ``sources`` (``sources[0]``
@@ -88,7 +93,8 @@ def create_stuffed_rag_chain(
     answer that cites no source by number, ``" (Document [n])"`` streams last in ``answer``, ``n`` the
     source the answer read most (``"attention"``, the default; the ``attribute`` pass, shared) or the
     number the model writes (``"model"``); None leaves the answer as written (see
-    :mod:`sra_rag.rag.citing`).
+    :mod:`sra_rag.rag.citing`). ``group_by_source``: every document is its own numbered block at its
+    retrieved rank (the default), or the documents of one source form one block at its best rank.
     """
     engine = getattr(chat_model, "engine", None)
     if engine is None or not callable(getattr(engine, "count_tokens", None)):
@@ -99,6 +105,8 @@ def create_stuffed_rag_chain(
         check_placement(order)
     if not isinstance(attribute, bool):
         raise TypeError(f"attribute must be True or False, got {attribute!r}")
+    if not isinstance(group_by_source, bool):
+        raise TypeError(f"group_by_source must be True or False, got {group_by_source!r}")
     check_cite(cite)
     new_tokens = int(max_new_tokens or chat_model.max_new_tokens)
     stops = [*(getattr(chat_model, "stop", None) or []), *stop]
@@ -119,6 +127,7 @@ def create_stuffed_rag_chain(
             max_new_tokens=new_tokens,
             overflow=overflow,
             system_prompt=system_prompt,
+            group_by_source=group_by_source,
             order=order,
             sra=sra if sra is not None else chat_model.sra_config,
         )
@@ -191,7 +200,8 @@ class ChunkRetriever(BaseRetriever):
             Document(
                 page_content=chunk.text,
                 id=chunk.id,
-                metadata={"source": chunk.source, "chunk_index": chunk.chunk_index, "score": chunk.score},
+                metadata={"source": chunk.source, "chunk_index": chunk.chunk_index, "score": chunk.score}
+                | ({"title": chunk.title} if chunk.title else {}),
             )
             for chunk in self.store.retrieve(query, self.top_k)
         ]

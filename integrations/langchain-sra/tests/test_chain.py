@@ -40,8 +40,8 @@ def test_invoke_stuffs_all_documents_and_matches_the_engine(chat: ChatSRA) -> No
     chain = create_stuffed_rag_chain(ChunkRetriever(store=ListStore(CHUNKS), top_k=3), chat, sra=sra)
     result = chain.invoke({"input": QUESTION})
     assert result["input"] == QUESTION
-    assert [document.id for document in result["context"]] == ["f0", "f1", "l0"]
-    assert result["sources"] == ["ferry.txt", "leave.md"] and result["dropped"] == []
+    assert [document.id for document in result["context"]] == ["f0", "l0", "f1"]  # retrieved rank
+    assert result["sources"] == ["ferry.txt", "leave.md", "ferry.txt"] and result["dropped"] == []
     stuffed = stuff_prompt(chat.engine, QUESTION, CHUNKS, max_new_tokens=5)
     assert result["prompt_tokens"] == stuffed.prompt_tokens == chat.engine.count_tokens(stuffed.messages)
     direct = chat.engine.generate(
@@ -60,13 +60,25 @@ def test_stream_yields_answer_pieces_after_the_context(chat: ChatSRA) -> None:
         ChunkRetriever(store=ListStore(CHUNKS), top_k=3), chat, sra=SRAConfig(enabled=False)
     )
     chunks = list(chain.stream(QUESTION))
-    assert chunks[0]["sources"] == ["ferry.txt", "leave.md"] and "answer" not in chunks[0]
+    assert chunks[0]["sources"] == ["ferry.txt", "leave.md", "ferry.txt"] and "answer" not in chunks[0]
     pieces = [chunk["answer"] for chunk in chunks[1:-1]]
     assert pieces and all(set(chunk) == {"answer"} for chunk in chunks[1:-1])
     # The model's last message carries the source attention.
     assert set(chunks[-1]) == {"source_attention", "source_attention_calibrated"}
-    assert len(chunks[-1]["source_attention"]) == 2
+    assert len(chunks[-1]["source_attention"]) == 3
     assert "".join(pieces) == chain.invoke({"input": QUESTION})["answer"]
+
+
+def test_documents_of_one_source_are_grouped_only_when_asked_and_titles_reach_the_prompt(chat: ChatSRA) -> None:
+    retriever = ChunkRetriever(store=ListStore(CHUNKS), top_k=3)
+    sra = SRAConfig.preset("off")
+    grouped = create_stuffed_rag_chain(retriever, chat, sra=sra, group_by_source=True, cite=None).invoke(QUESTION)
+    assert grouped["sources"] == ["ferry.txt", "leave.md"]
+    assert [document.id for document in grouped["context"]] == ["f0", "f1", "l0"]
+    titled = Document(page_content="The ferry leaves at 08:30.", metadata={"source": "a.md", "title": "Skelda ferry"})
+    assert document_to_chunk(titled, 0).title == "Skelda ferry"
+    with pytest.raises(TypeError, match="group_by_source"):
+        create_stuffed_rag_chain(retriever, chat, group_by_source="yes")  # type: ignore[arg-type]
 
 
 def test_documents_without_metadata_and_bad_input(chat: ChatSRA) -> None:
@@ -129,11 +141,11 @@ def test_an_answer_that_cites_no_source_gets_the_models_pick() -> None:
     stuffed = stuff_prompt(chat.engine, QUESTION, CHUNKS, max_new_tokens=48)
     citation = cite_answer(chat.engine, stuffed, plain["answer"], sra)
     assert cited["answer"] == plain["answer"] + (citation or "")
-    assert cited_numbers(cited["answer"], 2), "the answer names a source, the model's own or appended"
+    assert cited_numbers(cited["answer"], 3), "the answer names a source, the model's own or appended"
     streamed = list(create_stuffed_rag_chain(retriever, chat, sra=sra).stream(QUESTION))
     assert "".join(part.get("answer", "") for part in streamed) == cited["answer"]
     # Without sra, ordering, citing and attributing use the chat model's own settings.
     own = create_stuffed_rag_chain(retriever, chat, order="first", attribute=True).invoke(QUESTION)
-    assert cited_numbers(own["answer"], 2) and len(own["answer_attention"]) == 2
+    assert cited_numbers(own["answer"], 3) and len(own["answer_attention"]) == 3
     with pytest.raises(ValueError, match="cite"):
         create_stuffed_rag_chain(retriever, chat, cite="yes")  # type: ignore[arg-type]

@@ -39,8 +39,8 @@ def test_query_stuffs_all_nodes_and_matches_the_engine(llm: SRALLM) -> None:
     query_engine = SRAQueryEngine(retriever=ChunkRetriever(ListStore(CHUNKS), top_k=3), llm=llm, sra=sra)
     response = query_engine.query(QUESTION)
     assert isinstance(response, Response)
-    assert [node.node.node_id for node in response.source_nodes] == ["f0", "f1", "l0"]
-    assert response.metadata["sources"] == ["ferry.txt", "leave.md"] and response.metadata["dropped"] == []
+    assert [node.node.node_id for node in response.source_nodes] == ["f0", "l0", "f1"]  # retrieved rank
+    assert response.metadata["sources"] == ["ferry.txt", "leave.md", "ferry.txt"] and response.metadata["dropped"] == []
     stuffed = stuff_prompt(llm.engine, QUESTION, CHUNKS, max_new_tokens=5)
     assert response.metadata["prompt_tokens"] == stuffed.prompt_tokens == llm.engine.count_tokens(stuffed.messages)
     direct = llm.engine.generate(
@@ -61,14 +61,14 @@ def test_streaming_gives_the_same_text(llm: SRALLM) -> None:
     assert isinstance(response, StreamingResponse)
     pieces = list(response.response_gen)
     assert pieces and all(pieces) and "".join(pieces) == blocking.response
-    assert response.metadata["sources"] == ["ferry.txt", "leave.md"]
+    assert response.metadata["sources"] == ["ferry.txt", "leave.md", "ferry.txt"]
 
 
 async def test_aquery_matches_query(llm: SRALLM) -> None:
     query_engine = SRAQueryEngine(retriever=ChunkRetriever(ListStore(CHUNKS)), llm=llm, sra=SRAConfig(enabled=False))
     response = await query_engine.aquery(QUESTION)
     assert response.response == query_engine.query(QUESTION).response
-    assert response.metadata["sources"] == ["ferry.txt", "leave.md"]
+    assert response.metadata["sources"] == ["ferry.txt", "leave.md", "ferry.txt"]
 
 
 def test_node_metadata_becomes_citable_chunks_and_empty_retrieval_is_an_error(llm: SRALLM) -> None:
@@ -78,6 +78,20 @@ def test_node_metadata_becomes_citable_chunks_and_empty_retrieval_is_an_error(ll
         SRAQueryEngine(retriever=ChunkRetriever(ListStore([])), llm=llm).query(QUESTION)
     with pytest.raises(TypeError, match="retrieve"):
         ChunkRetriever(object())
+
+
+def test_nodes_of_one_source_are_grouped_only_when_asked_and_titles_reach_the_prompt(llm: SRALLM) -> None:
+    sra = SRAConfig.preset("off")
+    retriever = ChunkRetriever(ListStore(CHUNKS), top_k=3)
+    grouped = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra, group_by_source=True).query(QUESTION)
+    assert grouped.metadata["sources"] == ["ferry.txt", "leave.md"]
+    assert [node.node.node_id for node in grouped.source_nodes] == ["f0", "f1", "l0"]
+    titled = [Chunk(CHUNKS[0].text, "ferry.txt", 0, 0.9, "f0", title="Skelda ferry")]
+    nodes = ChunkRetriever(ListStore(titled)).retrieve(QUESTION)
+    assert [node_to_chunk(node) for node in nodes] == titled
+    engine = SRAQueryEngine(retriever=ChunkRetriever(ListStore(titled)), llm=llm, sra=sra)
+    stuffed, _ = engine._stuff(QUESTION, nodes)
+    assert "Document [1] (Title: Skelda ferry)\nThe ferry" in stuffed.messages[0]["content"]
 
 
 def test_order_puts_the_most_read_source_where_asked(llm: SRALLM) -> None:
@@ -117,13 +131,13 @@ def test_an_answer_that_cites_no_source_gets_the_models_pick() -> None:
     stuffed = stuff_prompt(llm.engine, QUESTION, CHUNKS, max_new_tokens=48)
     citation = cite_answer(llm.engine, stuffed, str(plain.response), sra)
     assert cited.response == str(plain.response) + (citation or "")
-    assert cited_numbers(str(cited.response), 2), "the answer names a source, the model's own or appended"
+    assert cited_numbers(str(cited.response), 3), "the answer names a source, the model's own or appended"
     streamed = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra, streaming=True).query(QUESTION)
     assert isinstance(streamed, StreamingResponse)
     assert "".join(streamed.response_gen) == cited.response
     # Without sra, ordering, citing and attributing use the LLM's own settings.
     own = SRAQueryEngine(retriever=retriever, llm=llm, order="first", attribute=True).query(QUESTION)
-    assert cited_numbers(str(own.response), 2) and len(own.metadata["answer_attention"]) == 2
+    assert cited_numbers(str(own.response), 3) and len(own.metadata["answer_attention"]) == 3
     by_model = SRAQueryEngine(retriever=retriever, llm=llm, sra=sra, cite="model").query(QUESTION)
     assert by_model.response == str(plain.response) + (
         cite_answer(llm.engine, stuffed, str(plain.response), sra, "model") or ""

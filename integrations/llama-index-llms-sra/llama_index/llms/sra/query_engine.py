@@ -34,13 +34,16 @@ from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt
 
 SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
 """Node metadata keys tried, in order, for the source name shown in citations."""
+TITLE_KEYS = ("title", "document_title")
+"""Node metadata keys tried, in order, for the title shown in the document's header."""
 
 
 def node_to_chunk(node: NodeWithScore) -> Chunk:
-    """The :class:`~sra_rag.rag.stuffing.Chunk` for a retrieved node (source from its metadata,
-    else its document or node id)."""
+    """The :class:`~sra_rag.rag.stuffing.Chunk` for a retrieved node (source and title from its
+    metadata; source else its document or node id)."""
     metadata = node.node.metadata or {}
     source = next((str(metadata[key]) for key in SOURCE_KEYS if metadata.get(key)), None)
+    title = next((str(metadata[key]) for key in TITLE_KEYS if metadata.get(key)), None)
     index = metadata.get("chunk_index")
     return Chunk(
         text=node.node.get_content(),
@@ -48,6 +51,7 @@ def node_to_chunk(node: NodeWithScore) -> Chunk:
         chunk_index=int(index) if index is not None else None,
         score=node.score,
         id=node.node.node_id,
+        title=title,
     )
 
 
@@ -72,6 +76,8 @@ class SRAQueryEngine(CustomQueryEngine):
     cites no source by number, ``" (Document [n])"`` is appended, ``n`` the source the answer read
     most (``"attention"``, the default; the ``attribute`` pass, shared) or the number the model
     writes (``"model"``); None leaves the answer as written (see :mod:`sra_rag.rag.citing`).
+    ``group_by_source``: every node is its own numbered document at its retrieved rank (the default),
+    or the nodes of one source form one document at its best rank (True).
     """
 
     retriever: BaseRetriever
@@ -85,6 +91,7 @@ class SRAQueryEngine(CustomQueryEngine):
     order: Placement | None = None
     attribute: bool = False
     cite: CiteMode | None = "attention"
+    group_by_source: bool = False
 
     def custom_query(self, query_str: str) -> RESPONSE_TYPE:
         nodes = self.retriever.retrieve(QueryBundle(query_str))
@@ -147,6 +154,7 @@ class SRAQueryEngine(CustomQueryEngine):
             max_new_tokens=self._max_new_tokens(),
             overflow=self.overflow,
             system_prompt=self.system_prompt,
+            group_by_source=self.group_by_source,
             order=self.order,
             sra=self.sra if self.sra is not None else self.llm.sra_config,
         )
@@ -185,7 +193,8 @@ class ChunkRetriever(BaseRetriever):
                 node=TextNode(
                     text=chunk.text,
                     id_=chunk.id or f"{chunk.source}#{chunk.chunk_index}",
-                    metadata={"source": chunk.source, "chunk_index": chunk.chunk_index},
+                    metadata={"source": chunk.source, "chunk_index": chunk.chunk_index}
+                    | ({"title": chunk.title} if chunk.title else {}),
                 ),
                 score=chunk.score,
             )
