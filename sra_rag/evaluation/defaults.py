@@ -24,7 +24,6 @@ beside the choice. Decoding stays the answers' policy (greedy, the loop guard, n
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -37,7 +36,8 @@ from sra_rag.config import SAFE_DEFAULTS, ModelDefaults
 from sra_rag.evaluation.documents import sign_test
 from sra_rag.evaluation.nq import GOLD_INDICES
 from sra_rag.evaluation.nq_report import BASELINE, complete_records
-from sra_rag.models import DEFAULTS_FOLDER, profile_key
+from sra_rag.evaluation.nq_run import read_records
+from sra_rag.models import DEFAULTS_FOLDER, PACKAGED_MODELS, profile_key
 
 MAX_LOSS_POINTS = 2.0
 MIN_GAIN_POINTS = 5.0
@@ -138,23 +138,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     key = profile_key(args.model)
     if key is None:
         parser.error(f"{args.model!r} is not a PyPI model key; write --out yourself for other models")
-    records = [
-        json.loads(line)
-        for path in args.records
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("model") in (key, _engine_name(key))
-    ]
+    names = (key, PACKAGED_MODELS[key].name)  # records name the engine; the key is accepted too
+    records = [record for path in args.records for record in read_records(path) if record.get("model") in names]
     chosen = defaults_for(records, "NQ-Open dev, " + ", ".join(str(path) for path in args.records))
     target = args.out or Path(str(resources.files("sra_rag").joinpath(f"{DEFAULTS_FOLDER}/{key}.json")))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(chosen.model_dump_json(indent=1) + "\n")
     print(f"Wrote {target}: preset {chosen.preset}.\n{chosen.measured}")
-
-
-def _engine_name(key: str) -> str:
-    from sra_rag.models import PACKAGED_MODELS
-
-    return PACKAGED_MODELS[key].name
 
 
 if __name__ == "__main__":

@@ -27,14 +27,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from sra_rag.config import SRAConfig
 from sra_rag.evaluation.nq import Example, load
 from sra_rag.evaluation.nq_report import bm25_scores, minilm_scores, recall_table
-from sra_rag.evaluation.nq_run import MAX_NEW_TOKENS, PassageRetriever
+from sra_rag.evaluation.nq_run import MAX_NEW_TOKENS, PassageRetriever, read_records
 from sra_rag.rag.stuffing import stuff_prompt
-from sra_rag.readout.calibration import normalised_mass
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
@@ -56,11 +53,10 @@ def read(engine: SRAEngine, example: Example, question: str) -> DocumentAttentio
 
 
 def raw_scores(engine: SRAEngine, attention: DocumentAttention) -> list[float]:
-    """The band's mean log mass per passage (the profile's length normalisation), no bias removed."""
-    profile = engine.readout_profile
-    low, high = profile.layers
-    density = normalised_mass(attention.readout, profile.length_exponent)[low:high]
-    return [float(value) for value in np.asarray(density).mean(axis=0)]
+    """The band's mean log mass per passage (the profile's length normalisation), no bias removed:
+    the profile's own scoring with its calibration switched off."""
+    uncalibrated = engine.readout_profile.model_copy(update={"calibrated": False})
+    return list(uncalibrated.score(attention.readout).scores)
 
 
 def score_example(engine: SRAEngine, example: Example) -> dict[str, Any]:
@@ -91,10 +87,6 @@ def run(engine: SRAEngine, examples: Sequence[Example], out: Path, progress: Cal
         with out.open("a") as file:
             file.write(json.dumps(record) + "\n")
         progress(f"{example.id}: {record['seconds']:.1f}s")
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def table(records: Sequence[dict[str, Any]], split: str) -> str:
