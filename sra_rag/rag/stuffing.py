@@ -41,7 +41,7 @@ When chunks must be dropped (``overflow="drop"``), the lowest-ranked go first.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -61,6 +61,17 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 # No example number: models copy it ("like [4]" gave [4] whatever the source).
 ANSWER_INSTRUCTION = "Answer in one or two sentences and name the document you used by its number."
+
+
+SOURCE_KEYS: tuple[str, ...] = ("source", "file_path", "file_name", "filename", "url", "title")
+"""Framework metadata keys tried, in order, for a chunk's source (LangChain documents, LlamaIndex nodes)."""
+TITLE_KEYS: tuple[str, ...] = ("title", "document_title")
+"""Framework metadata keys tried, in order, for a chunk's title."""
+
+
+def first_metadata(metadata: Mapping[str, object], keys: Sequence[str]) -> str | None:
+    """The first of ``keys`` that ``metadata`` sets (non-empty), as text; None when none is set."""
+    return next((str(metadata[key]) for key in keys if metadata.get(key)), None)
 
 
 @dataclass(frozen=True)

@@ -33,20 +33,15 @@ from sra_rag import SRAConfig
 from sra_rag.rag.citing import CiteMode, check_cite, finish_answer
 from sra_rag.rag.ordering import Placement, check_placement, prepare_stuffed_prompt
 from sra_rag.rag.reader import DEFAULT_STOP
-from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy
-
-SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
-"""Document metadata keys tried, in order, for the source name shown in citations."""
-TITLE_KEYS = ("title", "document_title")
-"""Document metadata keys tried, in order, for the title shown in the document's header."""
+from sra_rag.rag.stuffing import OVERFLOW_POLICIES, SOURCE_KEYS, TITLE_KEYS, Chunk, OverflowPolicy, first_metadata
 
 
 def document_to_chunk(document: Document, rank: int) -> Chunk:
     """The :class:`~sra_rag.rag.stuffing.Chunk` for a retrieved document (source and title from its
     metadata; source else ``document <rank>``)."""
     metadata = document.metadata or {}
-    source = next((str(metadata[key]) for key in SOURCE_KEYS if metadata.get(key)), f"document {rank + 1}")
-    title = next((str(metadata[key]) for key in TITLE_KEYS if metadata.get(key)), None)
+    source = first_metadata(metadata, SOURCE_KEYS) or f"document {rank + 1}"
+    title = first_metadata(metadata, TITLE_KEYS)
     index = metadata.get("chunk_index")
     score = metadata.get("score")
     return Chunk(

@@ -30,20 +30,15 @@ from sra_rag import SRAConfig
 from sra_rag.rag.citing import CiteMode, finish_answer
 from sra_rag.rag.ordering import Placement, prepare_stuffed_prompt
 from sra_rag.rag.reader import DEFAULT_STOP
-from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt
-
-SOURCE_KEYS = ("source", "file_path", "file_name", "filename", "url", "title")
-"""Node metadata keys tried, in order, for the source name shown in citations."""
-TITLE_KEYS = ("title", "document_title")
-"""Node metadata keys tried, in order, for the title shown in the document's header."""
+from sra_rag.rag.stuffing import SOURCE_KEYS, TITLE_KEYS, Chunk, OverflowPolicy, StuffedPrompt, first_metadata
 
 
 def node_to_chunk(node: NodeWithScore) -> Chunk:
     """The :class:`~sra_rag.rag.stuffing.Chunk` for a retrieved node (source and title from its
     metadata; source else its document or node id)."""
     metadata = node.node.metadata or {}
-    source = next((str(metadata[key]) for key in SOURCE_KEYS if metadata.get(key)), None)
-    title = next((str(metadata[key]) for key in TITLE_KEYS if metadata.get(key)), None)
+    source = first_metadata(metadata, SOURCE_KEYS)
+    title = first_metadata(metadata, TITLE_KEYS)
     index = metadata.get("chunk_index")
     return Chunk(
         text=node.node.get_content(),
