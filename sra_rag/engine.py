@@ -210,13 +210,11 @@ class SRAEngine:
         """Like :meth:`from_pretrained`, but one engine per distinct set of arguments is loaded once
         per process and reused (framework adapters share models this way); ``None`` is the default
         model's name, so it shares that model's engine."""
-        key = (
-            os.fspath(default_model() if model is None else model),
-            tuple(sorted((k, repr(v)) for k, v in kwargs.items())),
-        )
+        named = default_model() if model is None else model
+        key = (os.fspath(named), tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
         with cls._shared_lock:
             if key not in cls._shared:
-                cls._shared[key] = cls.from_pretrained(model, **kwargs)
+                cls._shared[key] = cls.from_pretrained(named, **kwargs)
             return cls._shared[key]
 
     def with_context_window(self, context_window: int) -> SRAEngine:
