@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sra_rag import SRAConfig, SRAEngine
-from sra_rag.generation.weights import LowPrecisionLinear, apply_weights, default_weights
+from sra_rag.generation.weights import INT4_GROUP, LowPrecisionLinear, apply_weights, default_weights, quantize_int4
 
 
 def _copy(model: nn.Module, make) -> nn.Module:
@@ -39,7 +39,62 @@ def test_low_precision_logits_stay_close_to_fp32(tiny_pair, weights, tolerance):
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.8
 
 
-@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("weights, tolerance", [("bf16", 0.01), ("int8", 0.01), ("int4", 0.1)])
+def test_each_layer_stays_within_its_format_s_rounding(tiny_pair, weights, tolerance):
+    """Layer by layer against fp32 (a random 4-layer model amplifies 4-bit rounding into its logits,
+    so int4's whole-model cost is measured on the real models: docs/bench/cpu-weights.md)."""
+    reference = tiny_pair()
+    low = apply_weights(_copy(reference, tiny_pair), weights)
+    inputs = {width: torch.randn(7, width, generator=torch.Generator().manual_seed(width)) for width in (64, 128)}
+    layers = dict(reference.model.layers.named_modules())
+    checked = 0
+    for name, module in low.model.layers.named_modules():
+        if isinstance(module, LowPrecisionLinear):
+            assert module.weights == weights  # int4: every projection packs (64/128 wide)
+            fp32 = layers[name]
+            with torch.inference_mode():
+                want, got = fp32(inputs[fp32.in_features]), module(inputs[fp32.in_features])
+            assert (got - want).norm() / want.norm() < tolerance
+            checked += 1
+    assert checked == 4 * 7
+    assert low.lm_head.weights == ("int8" if weights == "int4" else weights)  # int4 keeps the output layer int8
+
+
+def test_int4_is_exact_on_weights_already_on_a_4_bit_grid():
+    """A weight whose every group of 32 holds 16 evenly spaced levels (a GGUF 4-bit block de-quantised)
+    is packed without loss: the kernel's product equals fp32's on the same weight up to bf16 rounding."""
+    generator = torch.Generator().manual_seed(3)
+    out_features, in_features = 48, 4 * INT4_GROUP
+    codes = torch.randint(0, 16, (out_features, in_features), generator=generator).float()
+    codes[:, ::INT4_GROUP] = 0.0  # each group spans the full range of codes, so min/max recover the grid
+    codes[:, 1::INT4_GROUP] = 15.0
+    groups = in_features // INT4_GROUP
+    step = torch.rand(out_features, groups, 1, generator=generator) * 0.1 + 0.01
+    low = torch.randn(out_features, groups, 1, generator=generator) * 0.1
+    # bf16 scales: choose levels bf16 represents exactly, so the only rounding is the activation's
+    step, low = step.bfloat16().float(), low.bfloat16().float()
+    weight = (codes.reshape(out_features, groups, INT4_GROUP) * step + low).reshape(out_features, in_features)
+    x = torch.randn(5, in_features, generator=generator).bfloat16()
+    linear = nn.Linear(in_features, out_features, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    got = LowPrecisionLinear(linear, "int4")(x.float())
+    want = x.float() @ weight.t()
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
+    packed, scales_and_zeros = quantize_int4(weight)
+    assert scales_and_zeros.shape == (groups, out_features, 2) and packed.dtype == torch.uint8
+    assert packed.numel() == out_features * in_features // 2  # two codes per byte
+
+
+def test_int4_falls_back_to_int8_where_the_kernel_cannot_pack():
+    model = nn.Sequential(nn.Linear(64, 40), nn.Linear(40, 32))  # 40 outputs: not a multiple of 16
+    apply_weights(model, "int4")
+    assert [layer.weights for layer in model] == ["int8", "int8"]  # 40 inputs: not a multiple of 32
+    with pytest.raises(ValueError, match="use int8 for this layer"):
+        LowPrecisionLinear(nn.Linear(64, 40), "int4")
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8", "int4"])
 def test_fast_path_equals_the_literal_reference_with_low_precision_weights(tiny_pair, weights):
     model = apply_weights(tiny_pair(), weights)
     from sra_rag.attention import register
@@ -77,7 +132,7 @@ def test_tied_output_layer_is_untied_and_the_embedding_kept(tiny_tokenizer):
 
 def test_loading_option_is_checked():
     with pytest.raises(ValueError, match="weights must be one of"):
-        apply_weights(nn.Sequential(nn.Linear(2, 2)), "int4")  # type: ignore[arg-type]
+        apply_weights(nn.Sequential(nn.Linear(2, 2)), "int3")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="CPU option for fp32 models"):
         SRAEngine.from_pretrained(weights="int8", dtype="bfloat16")
     assert default_weights(torch.device("cpu"), torch.float32) == "fp32"

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chat-tokens", type=int, default=3900)
     parser.add_argument("--preset", default="recommended")
     parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="model of --weights")
-    parser.add_argument("--formats", nargs="+", default=["fp32", "bf16", "int8"])
+    parser.add_argument("--formats", nargs="+", default=["fp32", "bf16", "int8", "int4"])
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)

@@ -78,7 +78,10 @@ def serve(
     ] = 1024,
     weights: Annotated[
         str | None,
-        typer.Option("--weights", help="CPU weight format: fp32 (default), bf16 or int8 (about 2x faster decoding)."),
+        typer.Option(
+            "--weights",
+            help="CPU weight format: fp32 (default), bf16, int8 or int4 (faster decoding; docs/bench/cpu-weights.md).",
+        ),
     ] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models,

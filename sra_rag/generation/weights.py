@@ -1,12 +1,18 @@
-"""Lower-precision weights for CPU decoding: every linear layer's weight in bf16 or int8, activations
-(and so attention, which SRA edits in fp32) left in the model's fp32.
+"""Lower-precision weights for CPU decoding: every linear layer's weight in bf16, int8 or int4,
+activations (and so attention, which SRA edits in fp32) left in the model's fp32.
 
 A decoding step reads every weight once for one token, so on a CPU its time is the weights' bytes
 over the memory bandwidth: fp32 weights de-quantised from a 4-bit GGUF file read four times the
 bytes they need. ``weights="bf16"`` halves them (bf16 matrix products, native on CPUs with
 AVX512-BF16 or AMX); ``weights="int8"`` quarters them: per-output-channel symmetric int8 with fp32
 scales, multiplied by ATen's ``_weight_int8pack_mm`` kernel (the one torchao's and gpt-fast's int8
-weight-only modes call on the CPU) on bf16 activations. Each layer casts its input to the kernel's
+weight-only modes call on the CPU) on bf16 activations; ``weights="int4"`` reads an eighth:
+asymmetric 4-bit codes in groups of 32 input columns (the block size of the GGUF formats the packaged
+models ship in), each group with a bf16 scale and offset, multiplied by ATen's
+``_weight_int4pack_mm_for_cpu`` (torchao's ``Int4WeightOnlyConfig`` CPU kernel). Under int4 the output
+layer stays int8, as llama.cpp's 4-bit mixes keep it at 6 or 8 bits (one wrong logit there is a wrong
+token), and so does any layer the 4-bit kernel cannot pack (out_features not a multiple of 16 or
+in_features not of 32). Each layer casts its input to the kernel's
 type and its output back, so the residual stream, the norms, the rotary embedding and attention keep
 fp32. Measured in docs/bench/cpu-weights.md.
 """
@@ -18,12 +24,35 @@ from typing import Literal
 import torch
 from torch import nn
 
-WeightFormat = Literal["fp32", "bf16", "int8"]
-WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "bf16", "int8")
+WeightFormat = Literal["fp32", "bf16", "int8", "int4"]
+WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
+INT4_GROUP = 32  # input columns per 4-bit group (one scale and one offset each)
+
+
+def int4_packable(out_features: int, in_features: int) -> bool:
+    """Whether ATen's CPU 4-bit kernel can pack a weight of this shape."""
+    return out_features % 16 == 0 and in_features % INT4_GROUP == 0
+
+
+def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(packed codes, scales_and_zeros)`` of an fp32 ``(out, in)`` weight: per group of
+    :data:`INT4_GROUP` input columns, 16 evenly spaced levels from the group's minimum to its maximum.
+    ``scales_and_zeros`` is ``(in / group, out, 2)`` bf16: each group's step and its value at code 8,
+    the layout ``_weight_int4pack_mm_for_cpu`` reads (``w = (code - 8) * step + zero``)."""
+    out_features, in_features = weight.shape
+    groups = weight.reshape(out_features, in_features // INT4_GROUP, INT4_GROUP)
+    low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
+    step = ((high - low) / 15.0).clamp(min=1e-12)
+    codes = ((groups - low) / step).round().clamp(0, 15).to(torch.int32).reshape(out_features, in_features)
+    zero = low + 8.0 * step
+    scales_and_zeros = torch.stack([step.squeeze(-1).t(), zero.squeeze(-1).t()], dim=-1)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    return packed, scales_and_zeros.contiguous().to(torch.bfloat16)
 
 
 class LowPrecisionLinear(nn.Module):
-    """A linear layer whose weight is bf16, or int8 with one fp32 scale per output channel.
+    """A linear layer whose weight is bf16, int8 with one scale per output channel, or int4 in groups
+    (:func:`quantize_int4`).
 
     ``forward``: ``x (..., in_features)`` in any float dtype to ``(..., out_features)`` in ``x``'s dtype.
     """
@@ -40,8 +69,17 @@ class LowPrecisionLinear(nn.Module):
             scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # (out,)
             self.register_buffer("weight", (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
             self.register_buffer("scales", scales.to(torch.bfloat16))
+        elif weights == "int4":
+            if not int4_packable(self.out_features, self.in_features):
+                raise ValueError(
+                    f"int4 packs weights with out_features a multiple of 16 and in_features of {INT4_GROUP}, "
+                    f"got {self.out_features}x{self.in_features}; use int8 for this layer"
+                )
+            packed, scales_and_zeros = quantize_int4(weight)
+            self.register_buffer("weight", packed)
+            self.register_buffer("scales", scales_and_zeros)
         else:
-            raise ValueError(f"LowPrecisionLinear takes 'bf16' or 'int8' weights, got {weights!r}")
+            raise ValueError(f"LowPrecisionLinear takes 'bf16', 'int8' or 'int4' weights, got {weights!r}")
         bias = None if linear.bias is None else linear.bias.detach().float()
         self.register_buffer("bias", bias)
 
@@ -49,6 +87,8 @@ class LowPrecisionLinear(nn.Module):
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.weights == "int8":
             out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.weight, self.scales)
+        elif self.weights == "int4":
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.contiguous(), self.weight, INT4_GROUP, self.scales)
         else:
             out = torch.nn.functional.linear(flat, self.weight)  # type: ignore[arg-type]
         out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -70,18 +110,24 @@ def default_weights(device: torch.device, dtype: torch.dtype) -> WeightFormat:
 def apply_weights(model: nn.Module, weights: WeightFormat) -> nn.Module:
     """Replace, in place, every ``nn.Linear`` of an fp32 ``model`` (its output layer included: a
     tied embedding keeps its fp32 copy) by a :class:`LowPrecisionLinear` of ``weights``; "fp32"
-    leaves the model as it is. Returns the model."""
+    leaves the model as it is. Under "int4" the output layer and the layers the 4-bit kernel cannot
+    pack are int8. Returns the model."""
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights must be one of {list(WEIGHT_FORMATS)}, got {weights!r}")
     if weights == "fp32":
         return model
     targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
     for name, linear in targets:
         if linear.weight.dtype != torch.float32:
             raise ValueError(f"weights={weights!r} converts fp32 models; {name} is {linear.weight.dtype}")
+        layer_format: WeightFormat = weights
+        if weights == "int4" and (linear is output or not int4_packable(linear.out_features, linear.in_features)):
+            layer_format = "int8"
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LowPrecisionLinear(linear, weights))
+        setattr(parent, child, LowPrecisionLinear(linear, layer_format))
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", False):
         # The output layer is no longer the embedding's weight; keep transformers from re-tying them.

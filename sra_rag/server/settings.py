@@ -4,11 +4,12 @@ here, and are plain picklable data, so the command line and every Ray Serve repl
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sra_rag.config import PRESETS
+from sra_rag.generation.weights import WeightFormat
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
@@ -59,7 +60,7 @@ class EngineSpec(BaseModel):
     preset: str | None = None
     device: str | None = None
     prefix_cache_mb: int = Field(1024, ge=0)
-    weights: Literal["fp32", "bf16", "int8"] | None = None
+    weights: WeightFormat | None = None
 
     @field_validator("preset")
     @classmethod
