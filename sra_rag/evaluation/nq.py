@@ -41,6 +41,23 @@ DEV_QUESTIONS = 60
 TEST_QUESTIONS = 150
 DATA_FOLDER = "data/eval/nq_open"
 
+
+@dataclass(frozen=True)
+class Dataset:
+    """A shipped multi-document QA suite of :class:`Example` records: its package ``folder``, its
+    ``splits`` (one ``<split>.jsonl.gz`` each) and the gold positions each question is asked at."""
+
+    folder: str
+    splits: tuple[str, ...]
+    gold_indices: tuple[int, ...]
+
+
+DATASETS: dict[str, Dataset] = {
+    "nq-open": Dataset(DATA_FOLDER, SPLITS, GOLD_INDICES),
+    # sra_rag.evaluation.hotpot: the two supporting paragraphs at 0-1, 4-5 or 8-9; no dev split
+    "hotpotqa": Dataset("data/eval/hotpotqa", ("test",), (0, 4, 8)),
+}
+
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -235,11 +252,14 @@ def read(path: str | Path) -> list[Example]:
         return [Example.from_json(json.loads(line)) for line in lines]
 
 
-def load(split: str) -> list[Example]:
-    """The shipped examples of ``split`` (``"dev"`` or ``"test"``), by question then gold index."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    resource = files("sra_rag").joinpath(f"{DATA_FOLDER}/{split}.jsonl.gz")
+def load(split: str, dataset: str = "nq-open") -> list[Example]:
+    """The shipped examples of ``split`` (NQ-Open: ``"dev"`` or ``"test"``; HotpotQA: ``"test"``) of
+    ``dataset`` (a key of :data:`DATASETS`), by question then gold index."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
+    if split not in DATASETS[dataset].splits:
+        raise ValueError(f"split must be one of {DATASETS[dataset].splits} for {dataset}, got {split!r}")
+    resource = files("sra_rag").joinpath(f"{DATASETS[dataset].folder}/{split}.jsonl.gz")
     with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
         return [Example.from_json(json.loads(line)) for line in lines]
 

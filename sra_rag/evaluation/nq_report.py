@@ -2,12 +2,13 @@
 attention, seconds per answer, and the gold passage's Recall@1/@3 under three re-rankers.
 
 ``python -m sra_rag.evaluation.nq_report docs/eval/nq-open/qwen-dev.jsonl --split dev`` prints the
-markdown. Only examples that every setting answered are compared (a run cut short leaves the same
-questions for all). Re-rankers over the same 10 passages: the calibrated readout of the stock
-answering prefill (the records' ``source_attention`` of the baseline setting), all-MiniLM-L6-v2 cosine
-similarity (question against title and text), and BM25 (``rank-bm25``'s Okapi BM25 with its default
-parameters, fitted on the example's 10 passages, lower-cased word tokens). Ties count against the gold
-passage.
+markdown (``--dataset hotpotqa --split test``: the multi-hop suite, whose two supporting paragraphs
+count as gold: a re-ranker's rank is that of the better-ranked one). Only examples that every setting
+answered are compared (a run cut short leaves the same questions for all). Re-rankers over the same 10
+passages: the calibrated readout of the stock answering prefill (the records' ``source_attention`` of
+the baseline setting), all-MiniLM-L6-v2 cosine similarity (question against title and text), and BM25
+(``rank-bm25``'s Okapi BM25 with its default parameters, fitted on the example's 10 passages, lower-
+cased word tokens). Ties count against the gold passage.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sra_rag.evaluation.documents import sign_test
-from sra_rag.evaluation.nq import GOLD_INDICES, Example, load
+from sra_rag.evaluation.nq import DATASETS, GOLD_INDICES, Example, load
 from sra_rag.evaluation.nq_run import read_records
 from sra_rag.evaluation.report import wilson_interval
 
@@ -33,6 +34,11 @@ def rank_of_gold(scores: Sequence[float], gold: int) -> int:
     """0 when the gold passage scores highest; ties count against it."""
     values = np.asarray(scores, dtype=np.float64)
     return int((values >= values[gold]).sum()) - 1
+
+
+def best_gold_rank(scores: Sequence[float], example: Example) -> int:
+    """The rank (:func:`rank_of_gold`) of the example's best-ranked gold passage."""
+    return min(rank_of_gold(scores, index) for index, passage in enumerate(example.passages) if passage.is_gold)
 
 
 def recall_at(ranks: Iterable[int], k: int) -> tuple[int, int]:
@@ -92,20 +98,22 @@ def complete_records(records: Iterable[dict[str, Any]]) -> tuple[list[str], dict
     return settings, {setting: {key: by_setting[setting][key] for key in common} for setting in settings}
 
 
-def accuracy_table(settings: Sequence[str], rows: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """Markdown: per setting, right answers per gold position and overall (Wilson 95%), gained / lost
-    against the baseline with the sign test, and mean seconds per answer."""
+def accuracy_table(
+    settings: Sequence[str], rows: dict[str, dict[str, dict[str, Any]]], positions: Sequence[int] = GOLD_INDICES
+) -> list[str]:
+    """Markdown: per setting, right answers per gold position (``positions``) and overall (Wilson
+    95%), gained / lost against the baseline with the sign test, and mean seconds per answer."""
     baseline = BASELINE if BASELINE in rows else settings[0]
     header = (
         "| setting | "
-        + " | ".join(f"gold at {index + 1}" for index in GOLD_INDICES)
+        + " | ".join(f"gold at {index + 1}" for index in positions)
         + " | all | gained / lost vs stock | sign test p | s / answer | prompt tokens |"
     )
-    lines = [header, "|---|" + "---:|" * (len(GOLD_INDICES) + 5)]
+    lines = [header, "|---|" + "---:|" * (len(positions) + 5)]
     for setting in settings:
         records = rows[setting]
         cells = []
-        for index in GOLD_INDICES:
+        for index in positions:
             chosen = [record for record in records.values() if record["gold_index"] == index]
             cells.append(_percent(sum(record["correct"] for record in chosen), len(chosen)))
         right = sum(record["correct"] for record in records.values())
@@ -132,9 +140,7 @@ def recall_table(
     """Markdown: Recall@1 and Recall@3 of the gold passage for each re-ranker over ``examples``."""
     lines = ["| re-ranker | prompts | Recall@1 | Recall@3 |", "|---|---:|---:|---:|"]
     for name, scorer in rerankers.items():
-        ranks = [
-            rank_of_gold(scores, example.gold_index) for example, scores in zip(examples, scorer(examples), strict=True)
-        ]
+        ranks = [best_gold_rank(scores, example) for example, scores in zip(examples, scorer(examples), strict=True)]
         lines.append(f"| {name} | {len(ranks)} | {_percent(*recall_at(ranks, 1))} | {_percent(*recall_at(ranks, 3))} |")
     return lines
 
@@ -148,15 +154,19 @@ def readout_scorer(rows: dict[str, dict[str, Any]]) -> Callable[[Sequence[Exampl
     return score
 
 
-def report(records: Sequence[dict[str, Any]], split: str, title: str, whole_split: bool = True) -> str:
+def report(
+    records: Sequence[dict[str, Any]], split: str, title: str, whole_split: bool = True, dataset: str = "nq-open"
+) -> str:
     """The markdown section for one runs file: accuracy, then re-ranking on the answered examples
     and (``whole_split``) for the re-rankers that need no model, on the whole split."""
     settings, rows = complete_records(records)
-    examples = [example for example in load(split) if example.id in rows.get(settings[0], {})] if settings else []
+    every = load(split, dataset)
+    positions = DATASETS[dataset].gold_indices
+    examples = [example for example in every if example.id in rows.get(settings[0], {})] if settings else []
     questions = len({example.question_id for example in examples})
-    size = f"{len(examples)} prompts ({questions} questions x {len(GOLD_INDICES)} gold positions)."
+    size = f"{len(examples)} prompts ({questions} questions x {len(positions)} gold positions)."
     lines = [f"### {title}", "", size]
-    lines += ["", *accuracy_table(settings, rows), ""]
+    lines += ["", *accuracy_table(settings, rows, positions), ""]
     rerankers: dict[str, Callable[[Sequence[Example]], list[list[float]]]] = {}
     baseline = BASELINE if BASELINE in rows else settings[0]
     if examples and all(rows[baseline][example.id].get("source_attention") for example in examples):
@@ -166,20 +176,21 @@ def report(records: Sequence[dict[str, Any]], split: str, title: str, whole_spli
     lines += ["Re-ranking the same prompts:", "", *recall_table(examples, rerankers)]
     if whole_split:
         lines += ["", f"Without a model, the whole {split} split:", ""]
-        lines += recall_table(load(split), {"MiniLM cosine": minilm_scores, "BM25": bm25_scores})
+        lines += recall_table(every, {"MiniLM cosine": minilm_scores, "BM25": bm25_scores})
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("records", help="a runs file of sra_rag.evaluation.nq_run")
+    parser.add_argument("--dataset", default="nq-open", choices=list(DATASETS))
     parser.add_argument("--split", default="dev", choices=["dev", "test"])
     parser.add_argument("--title", default=None)
     parser.add_argument("--no-whole-split", action="store_true", help="skip MiniLM and BM25 on the whole split")
     args = parser.parse_args(argv)
     records = read_records(args.records)
     title = args.title or f"{records[0]['model'] if records else 'no records'}, {args.split}"
-    print(report(records, args.split, title, whole_split=not args.no_whole_split), end="")
+    print(report(records, args.split, title, whole_split=not args.no_whole_split, dataset=args.dataset), end="")
 
 
 if __name__ == "__main__":

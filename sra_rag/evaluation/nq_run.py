@@ -1,7 +1,8 @@
 """Answer the NQ-Open suite (:mod:`sra_rag.evaluation.nq`) through the reader, one setting after another.
 
 ``python -m sra_rag.evaluation.nq_run --model qwen2.5-coder-0.5b --split dev --out records.jsonl``
-answers every example of the split with each setting (default: :data:`DEFAULT_SETTINGS`) through the
+answers every example of the split (``--dataset hotpotqa --split test``: the multi-hop suite of
+:mod:`sra_rag.evaluation.hotpot`) with each setting (default: :data:`DEFAULT_SETTINGS`) through the
 public reader path: :class:`~sra_rag.rag.reader.Reader` over a retriever that returns the example's 10
 passages in order, each its own source named by its Wikipedia title (so nothing merges and
 ``Document [n]`` is the passage's position), greedy, ``repetition_penalty`` 1.0 by default (the
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sra_rag.config import SRAConfig
-from sra_rag.evaluation.nq import Example, best_subspan_em, iter_questions, load
+from sra_rag.evaluation.nq import DATASETS, Example, best_subspan_em, iter_questions, load
 from sra_rag.rag.ordering import Placement, check_placement
 from sra_rag.rag.reader import Reader
 from sra_rag.rag.stuffing import Chunk
@@ -188,6 +189,7 @@ def run(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--dataset", default="nq-open", choices=list(DATASETS))
     parser.add_argument("--split", default="dev", choices=["dev", "test"])
     parser.add_argument("--setting", action="append", dest="settings", help="repeatable; default: all five")
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions of the split")
@@ -198,10 +200,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from sra_rag.engine import SRAEngine
 
+    examples = load(args.split, args.dataset)  # an unknown split fails before the model loads
     engine = SRAEngine.from_pretrained(args.model)
     written = run(
         engine,
-        load(args.split),
+        examples,
         args.settings or DEFAULT_SETTINGS,
         args.out,
         questions=args.questions,
