@@ -6,12 +6,18 @@ faithful reference configuration (``SRAConfig.preset("paper")``).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 OuterTarget = Literal["schedule", "attention"]
 TailMode = Literal["fixed", "question"]
+# Attention-ordered stuffing (sra_rag.rag.ordering): where the most-read source goes; a reader's
+# order is a placement or "retrieved" (keep the chunks' order).
+Placement = Literal["first", "last", "ends"]
+PLACEMENTS: tuple[str, ...] = get_args(Placement)
+Order = Literal["retrieved", "first", "last", "ends"]
+ORDERS: tuple[str, ...] = get_args(Order)
 
 
 class SRAConfig(BaseModel):
@@ -184,21 +190,25 @@ def as_sra_config(value: object, name: str = "sra") -> SRAConfig:
 
 
 class ModelDefaults(BaseModel):
-    """What a model reads and answers with when the caller says nothing: the SRA preset (and overrides)
-    and the answer's decoding policy. One per model, shipped as data beside its readout profile
-    (``sra_rag/data/defaults/<model>.json``, found by :func:`sra_rag.models.shipped_defaults`) and chosen
-    by measurement on the reader's own prompt; a model without one gets :data:`SAFE_DEFAULTS`. The
-    engine, the reader, both adapters, the command line and the server all start from it.
+    """What a model reads and answers with when the caller says nothing: the SRA preset (and overrides), the
+    order of the reader's documents and the answer's decoding policy. One per model, shipped as data beside
+    its readout profile (``sra_rag/data/defaults/<model>.json``, found by
+    :func:`sra_rag.models.shipped_defaults`) and chosen by measurement on the reader's own prompt; a model
+    without one gets :data:`SAFE_DEFAULTS`. The engine, the reader, both adapters, the command line and the
+    server all start from it.
 
-    ``loop_guard``: the reply ends once its newest ``loop_guard`` tokens repeat a span it already
-    generated (changes no token); ``repetition_penalty``: a per-token penalty on the answer's own
-    tokens (1: none; it miscopies numbers, so it is opt-in); ``measured``: where the choice was made.
+    ``order``: attention-ordered stuffing of the reader's documents (``"first"``, ``"last"``,
+    ``"ends"``; :mod:`sra_rag.rag.ordering`) or None (the retrieved order); ``loop_guard``: the reply
+    ends once its newest ``loop_guard`` tokens repeat a span it already generated (changes no token);
+    ``repetition_penalty``: a per-token penalty on the answer's own tokens (1: none; it miscopies
+    numbers, so it is opt-in); ``measured``: where the choice was made.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     preset: str = Field("recommended", description="SRA preset name (see SRAConfig.preset).")
     sra_overrides: dict[str, Any] = Field(default_factory=dict, description="Single SRA settings over the preset.")
+    order: Placement | None = Field(None, description="Attention-ordered stuffing of documents (None: as retrieved).")
     loop_guard: int = Field(16, ge=0, le=4096, description="Span in tokens of the loop guard (0: off).")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="Per-token penalty on the answer (1: none).")
     measured: str = Field("", description="Where these settings were chosen (docs/eval/...).")

@@ -150,7 +150,8 @@ def ask(
         typer.Option(
             "--order",
             help="Attention-ordered stuffing: read the prompt once, then put the sources the question read most "
-            "'first', 'last' or at both 'ends' and answer (about 2x prefill; no chunk is dropped).",
+            "'first', 'last' or at both 'ends' and answer (about 2x prefill; no chunk is dropped); 'retrieved' "
+            "keeps the retrieved order (default: the model's default).",
         ),
     ] = None,
     attribute: Annotated[
@@ -197,11 +198,11 @@ def ask(
     seed: SeedOption = None,
 ) -> None:
     """Answer a question: retrieve top-k chunks, stuff them all into one prompt, stream the answer."""
+    from sra_rag.config import ORDERS
     from sra_rag.rag.citing import CITE_MODES
-    from sra_rag.rag.ordering import PLACEMENTS
 
-    if order is not None and order not in PLACEMENTS:
-        fail(f"--order must be one of {', '.join(PLACEMENTS)}, got {order!r}.")
+    if order is not None and order not in ORDERS:
+        fail(f"--order must be one of {', '.join(ORDERS)}, got {order!r}.")
     if cite not in (*CITE_MODES, "off"):
         fail(f"--cite must be one of {', '.join(CITE_MODES)} or off, got {cite!r}.")
     sampling = _sampling(temperature, top_p, top_k_tokens, min_p, repetition_penalty, penalize_prompt, loop_guard, seed)

@@ -16,9 +16,9 @@ The rule (:func:`choose`), the issue's targets restated:
 3. Otherwise the **safe default**: ``recommended`` when it is eligible (the preset every other suite
    found safe), else stock attention (``off``).
 
-Only plain presets are candidates: a setting with attention-ordered stuffing (``+first``) changes the
-reader's prompt, which :class:`~sra_rag.config.ModelDefaults` does not carry; its figures are reported
-beside the choice. Decoding stays the answers' policy (greedy, the loop guard, no repetition penalty).
+A setting with attention-ordered stuffing (``recommended+first``) is a candidate like a plain preset
+and ships as the preset and :attr:`~sra_rag.config.ModelDefaults.order`; its paired seconds include
+the readout pass. Decoding stays the answers' policy (greedy, the loop guard, no repetition penalty).
 """
 
 from __future__ import annotations
@@ -102,12 +102,11 @@ def verdicts(records: Iterable[dict[str, Any]]) -> list[Verdict]:
 
 
 def choose(found: Sequence[Verdict]) -> tuple[str, str]:
-    """The preset to ship and why (see the module docstring)."""
-    presets = [verdict for verdict in found if "+" not in verdict.setting]
-    levers = sorted((verdict for verdict in presets if verdict.lever), key=lambda verdict: -verdict.points["all"])
+    """The setting to ship (``preset`` or ``preset+placement``) and why (see the module docstring)."""
+    levers = sorted((verdict for verdict in found if verdict.lever), key=lambda verdict: -verdict.points["all"])
     if levers:
         return levers[0].setting, f"{levers[0].describe()}: a lever that met the bar"
-    safe = next((verdict for verdict in presets if verdict.setting == SAFE_PRESET and verdict.safe), None)
+    safe = next((verdict for verdict in found if verdict.setting == SAFE_PRESET and verdict.safe), None)
     if safe is not None:
         return SAFE_PRESET, f"no lever met the bar; {safe.describe()}: safe"
     return BASELINE, f"no lever met the bar and {SAFE_PRESET} was not safe here: stock attention"
@@ -116,10 +115,13 @@ def choose(found: Sequence[Verdict]) -> tuple[str, str]:
 def defaults_for(records: Iterable[dict[str, Any]], source: str) -> ModelDefaults:
     """The :class:`ModelDefaults` the rule picks from ``records`` (read from ``source``)."""
     found = verdicts(records)
-    preset, why = choose(found)
+    setting, why = choose(found)
+    preset, _, placement = setting.partition("+")
     evidence = "; ".join(verdict.describe() for verdict in found)
     measured = f"{source}, {found[0].prompts if found else 0} prompts: {why}. All: {evidence}"
-    return SAFE_DEFAULTS.model_copy(update={"preset": preset, "measured": measured})
+    return ModelDefaults.model_validate(
+        {**SAFE_DEFAULTS.model_dump(), "preset": preset, "order": placement or None, "measured": measured}
+    )
 
 
 def _points(chosen: dict[str, dict[str, Any]], stock: dict[str, dict[str, Any]], keys: list[str]) -> float:
@@ -144,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     target = args.out or Path(str(resources.files("sra_rag").joinpath(f"{DEFAULTS_FOLDER}/{key}.json")))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(chosen.model_dump_json(indent=1) + "\n")
-    print(f"Wrote {target}: preset {chosen.preset}.\n{chosen.measured}")
+    print(f"Wrote {target}: preset {chosen.preset}, order {chosen.order or 'retrieved'}.\n{chosen.measured}")
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def answer(
         sra=sra,
         max_new_tokens=max_new_tokens,
         sampling={"repetition_penalty": repetition_penalty},
-        order=order,
+        order=order or "retrieved",  # a plain preset keeps the passages' order, whatever the model's default
         cite=None,
     )
     start = time.perf_counter()

@@ -13,13 +13,18 @@ band ends at 18 of 24 layers on Qwen2.5-Coder-0.5B, 19 of 30 on SmolLM2-135M); t
 Placements (:data:`PLACEMENTS`): ``"first"`` puts the most-read source first (``Document [1]``),
 ``"last"`` puts it last (just before the question), ``"ends"`` alternates the most-read sources between
 the two ends, so the least-read end up in the middle (the order of LangChain's ``LongContextReorder``).
+
+A reader's ``order`` (:data:`ORDERS`) is one of those, ``"retrieved"`` (keep the chunks' order, no
+readout pass), or None: the model's default (:attr:`ModelDefaults.order <sra_rag.config.ModelDefaults>`),
+resolved once by :func:`resolve_order` for the reader, the server, the command line and both adapters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
 
+from sra_rag.config import ORDERS, PLACEMENTS, Placement
 from sra_rag.rag.stuffing import Chunk, OverflowPolicy, StuffedPrompt, reorder, stuff_prompt
 
 if TYPE_CHECKING:
@@ -27,15 +32,23 @@ if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine
     from sra_rag.readout.recorder import DocumentAttention
 
-Placement = Literal["first", "last", "ends"]
-PLACEMENTS: tuple[str, ...] = get_args(Placement)
-
 
 def check_placement(placement: object) -> Placement:
     """``placement`` if it is one of :data:`PLACEMENTS`; a ``ValueError`` naming them otherwise."""
     if placement not in PLACEMENTS:
         raise ValueError(f"the order placement must be one of {PLACEMENTS}, got {placement!r}")
     return placement  # type: ignore[return-value]
+
+
+def resolve_order(order: object, default: Placement | None) -> Placement | None:
+    """The placement a reader stuffs with: ``default`` (the model's, ``engine.defaults.order``) for
+    None, no re-ordering for ``"retrieved"``, else ``order`` itself; a ``ValueError`` naming
+    :data:`ORDERS` for anything else."""
+    if order is None:
+        return default
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS} (None: the model's default), got {order!r}")
+    return None if order == "retrieved" else order  # type: ignore[return-value]
 
 
 def arrange(ranking: Sequence[int], placement: Placement) -> list[int]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sra_rag.config import SRAConfig, as_sra_config
+from sra_rag.config import Order, SRAConfig, as_sra_config
 from sra_rag.rag.citing import (
     CiteMode,
     attribute_answer,
@@ -21,7 +21,7 @@ from sra_rag.rag.citing import (
     cited_numbers,
     finish_answer,
 )
-from sra_rag.rag.ordering import Placement, check_placement, prepare_stuffed_prompt
+from sra_rag.rag.ordering import Placement, prepare_stuffed_prompt, resolve_order
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, Chunk, OverflowPolicy, StuffedPrompt
 
 if TYPE_CHECKING:
@@ -152,6 +152,8 @@ class Reader:
     see :mod:`sra_rag.rag.ordering`): one readout prefill ranks the sources by how much the question
     read them, and the prompt is stuffed again with the most-read sources at that place before
     answering (about 2x prefill; no chunk is dropped; ``sources`` follow the new numbering);
+    ``"retrieved"`` keeps the retrieved order, and None is the model's default
+    (``engine.defaults.order``, the retrieved order for every shipped model);
     ``attribute``: after answering, read the prompt again with the answer appended and score how much
     the answer's tokens read each source (:attr:`Answer.answer_attention`; :meth:`attribute` does it
     for a stream); ``cite``: when the model ends an answer that cites no source by number, append
@@ -177,7 +179,7 @@ class Reader:
         system_prompt: str | None = None,
         stop: tuple[str, ...] = DEFAULT_STOP,
         sampling: Mapping[str, Any] | None = None,
-        order: Placement | None = None,
+        order: Order | None = None,
         attribute: bool = False,
         cite: CiteMode | None = "attention",
         group_by_source: bool = False,
@@ -190,7 +192,7 @@ class Reader:
             as_sra_config(sra)
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
-        self.order = None if order is None else check_placement(order)
+        self.order: Placement | None = resolve_order(order, engine.defaults.order)
         if not isinstance(group_by_source, bool):
             raise TypeError(f"group_by_source must be True or False, got {group_by_source!r}")
         self.group_by_source = group_by_source

@@ -25,7 +25,7 @@ from sra_rag.engine import ContextWindowExceededError, Prompt, TextStream
 from sra_rag.generation.request import Request, SamplingSettingsError
 from sra_rag.generation.tools import ToolCall, parse_tool_call
 from sra_rag.rag.citing import CiteMode, cited_numbers, finish_answer
-from sra_rag.rag.ordering import prepare_stuffed_prompt
+from sra_rag.rag.ordering import prepare_stuffed_prompt, resolve_order
 from sra_rag.rag.stuffing import Chunk, ContextOverflowError, StuffedPrompt
 from sra_rag.server.admission import Admission
 from sra_rag.server.errors import APIError
@@ -299,7 +299,7 @@ def _stuffed_job(
             max_new_tokens=max_new_tokens,
             system_prompt=system,
             group_by_source=request.group_by_source,
-            order=request.order,
+            order=resolve_order(request.order, engine.defaults.order),
             sra=options.get("sra"),
         )
     # The reader's answer policy (loop guard, no per-token penalty), under what the request set itself.

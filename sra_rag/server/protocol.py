@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sra_rag.config import Order
 from sra_rag.generation.request import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY
 from sra_rag.generation.tools import as_tools, render_tool_call, render_tool_result
 
@@ -233,10 +234,11 @@ class _GenerationRequest(_Request):
         description="Per-request SRA: a preset name ('off', 'paper', ...), or SRAConfig fields and a 'preset'.",
     )
     documents: list[Document] | None = Field(None, description="Retrieved documents to stuff into the prompt.")
-    order: Literal["first", "last", "ends"] | None = Field(
+    order: Order | None = Field(
         None,
         description="Attention-ordered stuffing of the documents: a read-only pass ranks them by how much the "
-        "question reads each, and the most-read goes first, last or (with the next ones) at both ends.",
+        "question reads each, and the most-read goes first, last or (with the next ones) at both ends; "
+        "'retrieved' keeps the order sent; unset: the model's default.",
     )
     group_by_source: bool = Field(
         False,

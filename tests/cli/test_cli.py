@@ -121,7 +121,7 @@ def test_ask_errors_are_messages_not_tracebacks(runner: CliRunner, tmp_path: Pat
     assert empty.exit_code == 1 and "is empty" in empty.stderr
 
     bad_order = invoke(runner, "ask", "Anything?", "--store", store, "--order", "middle")
-    assert bad_order.exit_code == 1 and "--order must be one of first, last, ends" in bad_order.stderr
+    assert bad_order.exit_code == 1 and "--order must be one of retrieved, first, last, ends" in bad_order.stderr
     bad_preset = invoke(runner, "ask", "Anything?", "--store", store, "--preset", "nope")
     assert bad_preset.exit_code == 1 and "unknown SRA preset 'nope'" in bad_preset.stderr
     bad_value = invoke(runner, "ask", "Anything?", "--store", store, "--alpha-outer", "-1")

@@ -43,20 +43,27 @@ def test_a_lever_that_gains_enough_significantly_and_cheaply_becomes_the_default
     assert choose(verdicts(records("off", STOCK) + records("recommended", STOCK) + slow))[0] == "recommended"
 
 
-def test_a_setting_that_loses_anywhere_is_not_safe_and_ordering_is_never_shipped() -> None:
+def test_a_setting_that_loses_anywhere_is_not_safe() -> None:
     # Gains 12 at gold positions 1 and 5 but loses 2 of 20 at position 10: -10 points there.
     mixed = [True if i < 18 and i % 3 != 2 else value for i, value in enumerate(STOCK)]  # +12 at 1 and 5
     mixed = [False if i in (32, 35) else value for i, value in enumerate(mixed)]  # 32 and 35: gold at 10
-    found = verdicts(records("off", STOCK) + records("paper", mixed) + records("recommended+first", flipped(range(20))))
-    by_name = {verdict.setting: verdict for verdict in found}
-    assert not by_name["paper"].safe and by_name["paper"].points["gold at 10"] < -2
-    assert by_name["recommended+first"].lever
+    found = verdicts(records("off", STOCK) + records("paper", mixed))
+    assert not found[0].safe and found[0].points["gold at 10"] < -2
     preset, why = choose(found)
     assert preset == "off" and "not safe" in why  # recommended was not run: stock attention
     lost_one = [False if i == 59 else value for i, value in enumerate(STOCK)]  # -1 of 20 at one position: -5
     assert choose(verdicts(records("off", STOCK) + records("recommended", lost_one)))[0] == "off"
     with pytest.raises(ValueError, match="'off'"):
         verdicts(records("recommended", STOCK))
+
+
+def test_an_ordering_lever_ships_as_the_preset_and_the_order() -> None:
+    runs = records("off", STOCK) + records("recommended", STOCK) + records("recommended+first", flipped(range(20)))
+    assert choose(verdicts(runs))[0] == "recommended+first"
+    chosen = defaults_for(runs, "dev")
+    assert (chosen.preset, chosen.order) == ("recommended", "first") and "a lever that met the bar" in chosen.measured
+    plain = defaults_for(records("off", STOCK) + records("recommended", STOCK), "dev")
+    assert (plain.preset, plain.order) == ("recommended", None)
 
 
 def test_the_written_defaults_are_what_the_library_reads(tmp_path) -> None:
@@ -69,4 +76,4 @@ def test_the_written_defaults_are_what_the_library_reads(tmp_path) -> None:
     assert written.preset == "recommended" and "no lever met the bar" in written.measured
     assert defaults_for(lines, "x").loop_guard == 16 and written.repetition_penalty == 1.0
     shipped = shipped_defaults("qwen2.5-coder-0.5b")  # the file in sra_rag/data/defaults
-    assert shipped.preset == "recommended" and "NQ-Open dev" in shipped.measured
+    assert shipped.preset == "recommended" and shipped.order is None and "NQ-Open dev" in shipped.measured

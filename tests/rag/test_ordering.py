@@ -7,8 +7,10 @@ import itertools
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from sra_rag.rag.ordering import PLACEMENTS, arrange, order_by_attention, probe
+from sra_rag.config import SAFE_DEFAULTS, ModelDefaults
+from sra_rag.rag.ordering import PLACEMENTS, arrange, order_by_attention, probe, resolve_order
 from sra_rag.rag.reader import Reader
 from sra_rag.rag.stuffing import Chunk, reorder, stuff_prompt
 
@@ -43,6 +45,7 @@ class FakeTokens:
         return sum(len(message["content"].split()) for message in messages) + len(messages)
 
     context_window = 10_000
+    defaults = SAFE_DEFAULTS
 
 
 def test_reorder_keeps_every_chunk_and_renumbers_the_sources() -> None:
@@ -103,5 +106,17 @@ def test_reader_orders_the_prompt_by_the_question_s_readout(embedded_engine, pla
 
 
 def test_reader_refuses_an_unknown_placement() -> None:
-    with pytest.raises(ValueError, match="'first', 'last', 'ends'"):
+    with pytest.raises(ValueError, match="'retrieved', 'first', 'last', 'ends'"):
         Reader(FakeTokens(), ListRetriever(), order="middle")  # type: ignore[arg-type]
+
+
+def test_the_model_s_default_order_applies_unless_the_reader_names_one() -> None:
+    plain, ordering = FakeTokens(), FakeTokens()
+    ordering.defaults = SAFE_DEFAULTS.model_copy(update={"order": "last"})
+    assert Reader(plain, ListRetriever()).order is None  # the shipped defaults keep the retrieved order
+    assert Reader(ordering, ListRetriever()).order == "last"
+    assert Reader(ordering, ListRetriever(), order="retrieved").order is None
+    assert Reader(ordering, ListRetriever(), order="ends").order == "ends"
+    assert resolve_order(None, "first") == "first" and resolve_order("retrieved", "first") is None
+    with pytest.raises(ValidationError):
+        ModelDefaults(order="retrieved")  # type: ignore[arg-type]  # a default names a placement or None

@@ -516,6 +516,13 @@ def test_documents_in_attention_order_with_how_much_each_was_read(recording_engi
         assert scores == pytest.approx(list(expected.document_attention.scores), abs=1e-3)
     streamed = events(chat(url, messages=question, documents=DOCUMENTS, max_tokens=4, order="ends", stream=True))
     assert len(streamed[-2]["sources"]) == 3
+    # Unset, the order is the model's default; "retrieved" keeps the order sent.
+    recording_engine.defaults = engine.defaults.model_copy(update={"order": "last"})
+    stuffed = stuff_prompt(engine, QUESTION, chunks, max_new_tokens=4)
+    chat(url, messages=question, documents=DOCUMENTS, max_tokens=4, **GREEDY)
+    assert recording_engine.calls[-1]["prompt"] == order_by_attention(engine, stuffed, "last")[0].messages
+    chat(url, messages=question, documents=DOCUMENTS, max_tokens=4, order="retrieved", **GREEDY)
+    assert recording_engine.calls[-1]["prompt"] == stuffed.messages
     for bad in ({"order": "middle", "documents": DOCUMENTS}, {"order": "first"}):
         response = chat(url, messages=question, max_tokens=4, **bad)
         assert response.status_code == 400 and "order" in response.json()["error"]["message"]

@@ -30,8 +30,9 @@ from langchain_core.runnables.utils import AddableDict
 
 from langchain_sra.chat_models import ChatSRA
 from sra_rag import SRAConfig
+from sra_rag.config import Order
 from sra_rag.rag.citing import CiteMode, check_cite, finish_answer
-from sra_rag.rag.ordering import Placement, check_placement, prepare_stuffed_prompt
+from sra_rag.rag.ordering import prepare_stuffed_prompt, resolve_order
 from sra_rag.rag.reader import DEFAULT_STOP
 from sra_rag.rag.stuffing import OVERFLOW_POLICIES, SOURCE_KEYS, TITLE_KEYS, Chunk, OverflowPolicy, first_metadata
 
@@ -63,7 +64,7 @@ def create_stuffed_rag_chain(
     sra: SRAConfig | None = None,
     system_prompt: str | None = None,
     stop: Sequence[str] = DEFAULT_STOP,
-    order: Placement | None = None,
+    order: Order | None = None,
     attribute: bool = False,
     cite: CiteMode | None = "attention",
     group_by_source: bool = False,
@@ -82,7 +83,8 @@ def create_stuffed_rag_chain(
     stop sequences added to the model's (by default a new "Question:" line). ``order``:
     attention-ordered stuffing (``"first"``, ``"last"`` or ``"ends"``; see :mod:`sra_rag.rag.ordering`):
     one readout prefill ranks the sources by how much the question read them and the prompt is
-    stuffed again with the most-read there (about 2x prefill; nothing dropped). ``attribute``: after the
+    stuffed again with the most-read there (about 2x prefill; nothing dropped); ``"retrieved"`` keeps
+    the retriever's order; None is the model's default (``engine.defaults.order``). ``attribute``: after the
     answer, one read-only pass scores how much the answer's own tokens read each source, output last
     as ``answer_attention`` (see ``sra_rag.rag.reader.Reader``). ``cite``: when the model ends an
     answer that cites no source by number, ``" (Document [n])"`` streams last in ``answer``, ``n`` the
@@ -96,8 +98,7 @@ def create_stuffed_rag_chain(
         raise TypeError(f"chat_model must be a ChatSRA with an SRAEngine, got {type(chat_model).__name__}")
     if overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
-    if order is not None:
-        check_placement(order)
+    placement = resolve_order(order, engine.defaults.order)
     if not isinstance(attribute, bool):
         raise TypeError(f"attribute must be True or False, got {attribute!r}")
     if not isinstance(group_by_source, bool):
@@ -123,7 +124,7 @@ def create_stuffed_rag_chain(
             overflow=overflow,
             system_prompt=system_prompt,
             group_by_source=group_by_source,
-            order=order,
+            order=placement,
             sra=sra if sra is not None else chat_model.sra_config,
         )
         call: dict[str, Any] = {

@@ -110,7 +110,7 @@ def test_order_puts_the_most_read_source_where_asked(chat: ChatSRA) -> None:
         ordered.messages, max_new_tokens=5, sra=sra, layout=ordered.layout, stop=["\nQuestion:"]
     )
     assert result["answer"] == direct
-    with pytest.raises(ValueError, match="placement"):
+    with pytest.raises(ValueError, match="order must be one of"):
         create_stuffed_rag_chain(ChunkRetriever(store=ListStore(CHUNKS)), chat, order="middle")  # type: ignore[arg-type]
 
 
