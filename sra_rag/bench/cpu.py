@@ -9,7 +9,9 @@ uncached engine answers, then the cached one), their ratio and whether the greed
 ``python -m sra_rag.bench.cpu --weights``: prompt tokens/s (a prefill) and decode tokens/s at batch 1
 of the same model loaded with each weight format, interleaved repeats, and llama.cpp on the same
 GGUF file where ``llama-cpp-python`` is installed; then how often each format's greedy answers
-equal fp32's on held-out prompts (the reader suite, the demo questions) and how many are right.
+equal fp32's on held-out prompts and how many are right: ``--agreement reader`` (the synthetic reader
+suite and the demo questions) or ``--agreement nq`` (the first NQ-Open test prompts, real questions
+over 10 Wikipedia passages, through the reader as :mod:`sra_rag.evaluation.nq_run` answers them).
 """
 
 from __future__ import annotations
@@ -212,6 +214,33 @@ def agreement(model: str, formats: list[str], examples: int, threads: int) -> li
     return rows
 
 
+def nq_agreement(model: str, formats: list[str], examples: int, threads: int) -> list[dict[str, Any]]:
+    """Greedy answers of each format against fp32's on the first ``examples`` NQ-Open test prompts
+    (the model's default SRA settings, the runs' decoding), and how many each gets right."""
+    from sra_rag.evaluation.nq import load
+    from sra_rag.evaluation.nq_run import answer
+
+    prompts = load("test")[:examples]
+    replies: dict[str, list[str]] = {}
+    correct: dict[str, int] = {}
+    for name in formats:
+        engine = SRAEngine.from_pretrained(model, weights=name, num_threads=threads)  # type: ignore[arg-type]
+        records = [answer(engine, example, engine.defaults.preset) for example in prompts]
+        replies[name] = [record.reply for record in records]
+        correct[name] = sum(record.correct for record in records)
+        print({"weights": name, "right": correct[name]}, flush=True)
+        engine.close()
+        del engine
+        gc.collect()
+    rows = []
+    for name in formats:
+        same = sum(a == b for a, b in zip(replies[name], replies[formats[0]], strict=True))
+        rows.append(
+            {"weights": name, "same_as_fp32": f"{same}/{len(prompts)}", "nq_right": f"{correct[name]}/{len(prompts)}"}
+        )
+    return rows
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """A markdown table of ``rows``."""
     keys = list(rows[0])
@@ -236,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--examples", type=int, default=20, help="reader prompts of the agreement check")
+    parser.add_argument("--examples", type=int, default=20, help="prompts of the agreement check")
+    parser.add_argument("--agreement", choices=["reader", "nq", "none"], default="reader", help="agreement prompts")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if not args.chat and not args.weights:
@@ -245,7 +275,10 @@ def main(argv: list[str] | None = None) -> None:
         print(table(chat(args.chat_model, args.chat_tokens, args.new_tokens, args.preset, args.threads)))
     if args.weights:
         print(table(weights(args.model, args.formats, args.prompt, args.new_tokens, args.repeats, args.threads)))
-        print(table(agreement(args.model, args.formats, args.examples, args.threads)))
+        if args.agreement == "reader":
+            print(table(agreement(args.model, args.formats, args.examples, args.threads)))
+        elif args.agreement == "nq":
+            print(table(nq_agreement(args.model, args.formats, args.examples, args.threads)))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ passages in order, each its own source named by its Wikipedia title (so nothing 
 reader's 1.2 miscopies numbers), ``cite=None`` (an appended ``(Document [n])`` would put a digit in the
 scored text). Questions are the outer loop and settings the inner one, so a run cut short still
 compares every setting on the same prompts. One JSON line per (example, setting) is appended as soon
-as it is answered; a re-run with the same ``--out`` skips what is there.
+as it is answered; a re-run with the same ``--out`` skips what is there. ``--weights int8`` answers
+with lower-precision CPU weights (:mod:`sra_rag.generation.weights`; records do not name the format,
+so give each format its own ``--out``).
 
 Settings are preset names of :meth:`SRAConfig.preset`, optionally with ``+first``, ``+last`` or
 ``+ends`` for attention-ordered stuffing (``Reader(order=...)``), e.g. ``recommended+first``.
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from sra_rag.config import SRAConfig
 from sra_rag.evaluation.nq import DATASETS, Example, best_subspan_em, iter_questions, load
+from sra_rag.generation.weights import WEIGHT_FORMATS
 from sra_rag.rag.ordering import Placement, check_placement
 from sra_rag.rag.reader import Reader
 from sra_rag.rag.stuffing import Chunk
@@ -195,13 +198,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--questions", type=int, default=None, help="only the first N questions of the split")
     parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     parser.add_argument("--repetition-penalty", type=float, default=REPETITION_PENALTY)
+    parser.add_argument(
+        "--weights", default=None, choices=list(WEIGHT_FORMATS), help="CPU weight format (default: the engine's)"
+    )
     parser.add_argument("--out", required=True, help="JSON lines file; appended to, resumable")
     args = parser.parse_args(argv)
 
     from sra_rag.engine import SRAEngine
 
     examples = load(args.split, args.dataset)  # an unknown split fails before the model loads
-    engine = SRAEngine.from_pretrained(args.model)
+    engine = SRAEngine.from_pretrained(args.model, weights=args.weights)
     written = run(
         engine,
         examples,
