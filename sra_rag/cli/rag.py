@@ -23,6 +23,7 @@ from sra_rag.cli.common import ModelOption, fail
 if TYPE_CHECKING:
     from sra_rag.config import SRAConfig
     from sra_rag.engine import SRAEngine
+    from sra_rag.rag.reader import Reader
     from sra_rag.rag.store import ChromaStore
 
 app = typer.Typer()
@@ -200,6 +201,7 @@ def ask(
     """Answer a question: retrieve top-k chunks, stuff them all into one prompt, stream the answer."""
     from sra_rag.config import ORDERS
     from sra_rag.rag.citing import CITE_MODES
+    from sra_rag.rag.reader import Reader
 
     if order is not None and order not in ORDERS:
         fail(f"--order must be one of {', '.join(ORDERS)}, got {order!r}.")
@@ -213,21 +215,20 @@ def ask(
         fail(f"The store at {opened.location} is empty. Ingest documents first: sra-rag ingest PATH")
     engine = _engine(model)
     config = _sra_config(preset, sra, overrides, engine.sra)
-    mode = None if cite == "off" else cite
-    _answer(
+    reader = Reader(
         engine,
         opened,
-        question,
-        config,
-        top_k,
-        max_new_tokens,
-        overflow,
-        sampling,
-        order,
-        attribute,
-        mode,
-        group_by_source,
+        top_k=top_k,
+        sra=config,
+        max_new_tokens=max_new_tokens,
+        overflow=overflow,  # type: ignore[arg-type]  # validated by Reader
+        sampling=sampling,
+        order=order,  # type: ignore[arg-type]  # validated above
+        attribute=attribute,  # the citation by attention and the answer's column share one read-only pass
+        cite=None if cite == "off" else cite,  # type: ignore[arg-type]  # validated above
+        group_by_source=group_by_source,
     )
+    _answer(reader, question)
 
 
 @app.command()
@@ -294,6 +295,7 @@ def demo(
 ) -> None:
     """Ingest the bundled sample documents (idempotent) and answer two sample questions. Chunks
     that do not fit the context window are dropped with a warning."""
+    from sra_rag.rag.reader import Reader
     from sra_rag.rag.samples import SAMPLE_QUESTIONS, samples_path
 
     _sra_config(preset, sra, {})  # bad settings fail before the model loads
@@ -306,9 +308,12 @@ def demo(
     named = preset or f"{engine.defaults.preset}, the model's default"
     _info(f"Reader: {engine.name}, context window {engine.context_window} tokens, SRA {state} ({named}).")
     sampling = _sampling(temperature, 1.0, 0, 0.0, repetition_penalty, False, loop_guard, seed)
+    reader = Reader(
+        engine, opened, top_k=top_k, sra=config, max_new_tokens=max_new_tokens, overflow="drop", sampling=sampling
+    )
     for question in SAMPLE_QUESTIONS:
         typer.secho(f"\nQ: {question}", bold=True)
-        _answer(engine, opened, question, config, top_k, max_new_tokens, "drop", sampling)
+        _answer(reader, question)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -396,40 +401,15 @@ def _ingest(path: Path, store: ChromaStore, chunk_tokens: int, progress: bool, *
     return report
 
 
-def _answer(
-    engine: SRAEngine,
-    store: ChromaStore,
-    question: str,
-    config: SRAConfig,
-    top_k: int,
-    max_new_tokens: int,
-    overflow: str,
-    sampling: dict[str, Any],
-    order: str | None = None,
-    attribute: bool = False,
-    cite: str | None = "attention",
-    group_by_source: bool = False,
-) -> None:
+def _answer(reader: Reader, question: str) -> None:
+    """Stream ``reader``'s answer to ``question``, then list its sources with how much the question
+    (and, with ``attribute``, the answer) read each, and the checks on its citation."""
     from sra_rag.rag.citing import citation_to_check, most_read
-    from sra_rag.rag.reader import Reader
 
-    reader = Reader(
-        engine,
-        store,
-        top_k=top_k,
-        sra=config,
-        max_new_tokens=max_new_tokens,
-        overflow=overflow,  # type: ignore[arg-type]  # validated by Reader
-        sampling=sampling,
-        order=order,  # type: ignore[arg-type]  # validated above
-        attribute=attribute,  # the citation by attention and the answer's column share one read-only pass
-        cite=cite,  # type: ignore[arg-type]  # validated above
-        group_by_source=group_by_source,
-    )
     with _warnings_to_stderr():
         answer = reader.stream(question)
     _echo_stream(answer)
-    by_answer = reader.attribute(answer) if attribute else None
+    by_answer = reader.attribute(answer) if reader.attribute_answers else None
     typer.echo("\nSources:" + _attention_heading(answer, by_answer is not None))
     columns = [scores for scores in (answer.source_attention, by_answer) if scores is not None]
     for number, document in enumerate(answer.stuffed.documents, start=1):
