@@ -129,7 +129,9 @@ def _llama_cpp(gguf: Path, ids: tuple[int, ...], new_tokens: int, threads: int) 
         from llama_cpp import Llama
     except ImportError:
         return None
-    llm = Llama(model_path=str(gguf), n_ctx=len(ids) + new_tokens + 8, n_threads=threads, verbose=False)
+    context = len(ids) + new_tokens + 8
+    # One batch holds the whole context, so the scores of the last token evaluated are at its index.
+    llm = Llama(model_path=str(gguf), n_ctx=context, n_batch=context, n_threads=threads, verbose=False)
 
     def run() -> tuple[float, float]:
         llm.reset()
@@ -151,7 +153,10 @@ def weights(
     """Prompt and decode tokens/s per weight format (and llama.cpp), interleaved repeats."""
     from sra_rag.models import resolve_source
 
-    engines = {name: SRAEngine.from_pretrained(model, weights=name, num_threads=threads) for name in formats}  # type: ignore[arg-type]
+    engines = {  # no prefix cache: every repeat prefills the whole prompt
+        name: SRAEngine.from_pretrained(model, weights=name, num_threads=threads, prefix_cache_bytes=0)  # type: ignore[arg-type]
+        for name in formats
+    }
     ids = _prompt(next(iter(engines.values())), prompt)
     runners: dict[str, Any] = {name: (lambda e=engine: _speed(e, ids, new_tokens)) for name, engine in engines.items()}
     source = resolve_source(model)
