@@ -98,3 +98,18 @@ def test_the_best_ranked_gold_passage_counts() -> None:
     assert best_gold_rank([0.0, 0.1, 0.2, 0.9, 0.5], example) == 0
     assert best_gold_rank([0.0, 0.9, 0.2, 0.1, 0.5], example) == 1  # the second gold passage at rank 1
     assert best_gold_rank([0.9, 0.8, 0.7, 0.1, 0.2], example) == 3
+
+
+def test_the_accuracy_table_uses_the_dataset_s_gold_positions() -> None:
+    from sra_rag.evaluation.nq_report import accuracy_table, complete_records
+
+    records = [
+        {"id": f"{q}@{i}", "gold_index": i, "setting": s, "correct": q == 0, "seconds": 1.0, "prompt_tokens": 9}
+        for q in range(2)
+        for i in GOLD_INDICES
+        for s in ("off", "recommended")
+    ]
+    settings, rows = complete_records(records)
+    header, _, stock, _ = accuracy_table(settings, rows, GOLD_INDICES)
+    assert "gold at 1 | gold at 5 | gold at 9 | all" in header
+    assert stock.startswith("| `off` | 1/2") and "3/6" in stock
