@@ -100,9 +100,10 @@ class LowPrecisionLinear(nn.Module):
 
 def default_weights(device: torch.device, dtype: torch.dtype) -> WeightFormat:
     """The weight format of a model loaded without ``weights=``: fp32 (the format every measured
-    answer table of the project was made with). int8 decodes 2.2x faster on a CPU with native bf16
-    but rounds each linear layer's output to bf16, so its greedy answers differ from fp32's on some
-    prompts (docs/bench/cpu-weights.md); it is opt-in until the held-out suites are re-run on it."""
+    answer table of the project was made with). On a CPU with native bf16, int8 decodes 2.4x faster
+    and int4 3.1x, but each rounds its layers' outputs to bf16, so greedy answers differ from fp32's on
+    some prompts; int8 got as many real questions right as fp32 and int4 fewer
+    (docs/bench/cpu-weights.md). Both stay opt-in."""
     del device, dtype
     return "fp32"
 
