@@ -20,6 +20,7 @@ import argparse
 import gc
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,16 +183,37 @@ def weights(
     return rows
 
 
-def agreement(model: str, formats: list[str], examples: int, threads: int) -> list[dict[str, Any]]:
-    """Greedy answers of each format against fp32's on held-out prompts: the reader suite (``examples``
-    prompts of 3 to 8 retrieved biographies) and the demo questions over the bundled samples."""
-    from sra_rag.evaluation.runner import Setting, run_one
-    from sra_rag.evaluation.suites import reader
-
-    outputs: dict[str, list[str]] = {}
+def _against_fp32(
+    model: str, formats: list[str], threads: int, respond: Callable[[SRAEngine], tuple[list[str], int]], right: str
+) -> list[dict[str, Any]]:
+    """Load ``model`` in each format in turn, get ``respond(engine)`` (its greedy replies and how many
+    are right, out of ``right``) and compare every format's replies with the first format's."""
+    replies: dict[str, list[str]] = {}
     correct: dict[str, int] = {}
     for name in formats:
         engine = SRAEngine.from_pretrained(model, weights=name, num_threads=threads)  # type: ignore[arg-type]
+        replies[name], correct[name] = respond(engine)
+        engine.close()
+        del engine
+        gc.collect()
+    rows = []
+    for name in formats:
+        same = sum(a == b for a, b in zip(replies[name], replies[formats[0]], strict=True))
+        rows.append(
+            {"weights": name, "same_as_fp32": f"{same}/{len(replies[name])}", "right": f"{correct[name]}/{right}"}
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def agreement(model: str, formats: list[str], examples: int, threads: int) -> list[dict[str, Any]]:
+    """Greedy answers of each format against fp32's on held-out prompts: the reader suite (``examples``
+    prompts of 3 to 8 retrieved biographies; ``right``: the reader answers) and the demo questions over
+    the bundled samples."""
+    from sra_rag.evaluation.runner import Setting, run_one
+    from sra_rag.evaluation.suites import reader
+
+    def respond(engine: SRAEngine) -> tuple[list[str], int]:
         cases = reader(engine.count_tokens, [3, 5, 8], [0.0, 0.5, 1.0], per_cell=3, seed=28)[:examples]
         setting = Setting("recommended", SRAConfig.preset("recommended"))
         records = [run_one(engine, example, setting) for example in cases]
@@ -200,23 +222,9 @@ def agreement(model: str, formats: list[str], examples: int, threads: int) -> li
             engine.generate(chat_messages(question, chunks), max_new_tokens=48, tail_from=question)
             for question in CHAT_QUESTIONS[:2]
         ]
-        outputs[name] = [record.output for record in records] + demo
-        correct[name] = sum(all(record.hits) for record in records)
-        engine.close()
-        del engine
-        gc.collect()
-    rows = []
-    for name in formats:
-        same = sum(a == b for a, b in zip(outputs[name], outputs[formats[0]], strict=True))
-        rows.append(
-            {
-                "weights": name,
-                "same_as_fp32": f"{same}/{len(outputs[name])}",
-                "reader_correct": f"{correct[name]}/{examples}",
-            }
-        )
-        print(rows[-1], flush=True)
-    return rows
+        return [record.output for record in records] + demo, sum(all(record.hits) for record in records)
+
+    return _against_fp32(model, formats, threads, respond, str(examples))
 
 
 def nq_agreement(model: str, formats: list[str], examples: int, threads: int) -> list[dict[str, Any]]:
@@ -226,24 +234,12 @@ def nq_agreement(model: str, formats: list[str], examples: int, threads: int) ->
     from sra_rag.evaluation.nq_run import answer
 
     prompts = load("test")[:examples]
-    replies: dict[str, list[str]] = {}
-    correct: dict[str, int] = {}
-    for name in formats:
-        engine = SRAEngine.from_pretrained(model, weights=name, num_threads=threads)  # type: ignore[arg-type]
+
+    def respond(engine: SRAEngine) -> tuple[list[str], int]:
         records = [answer(engine, example, engine.defaults.preset) for example in prompts]
-        replies[name] = [record.reply for record in records]
-        correct[name] = sum(record.correct for record in records)
-        print({"weights": name, "right": correct[name]}, flush=True)
-        engine.close()
-        del engine
-        gc.collect()
-    rows = []
-    for name in formats:
-        same = sum(a == b for a, b in zip(replies[name], replies[formats[0]], strict=True))
-        rows.append(
-            {"weights": name, "same_as_fp32": f"{same}/{len(prompts)}", "nq_right": f"{correct[name]}/{len(prompts)}"}
-        )
-    return rows
+        return [record.reply for record in records], sum(record.correct for record in records)
+
+    return _against_fp32(model, formats, threads, respond, str(len(prompts)))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
