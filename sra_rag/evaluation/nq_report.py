@@ -25,15 +25,10 @@ from sra_rag.evaluation.documents import sign_test
 from sra_rag.evaluation.nq import DATASETS, GOLD_INDICES, Example, load
 from sra_rag.evaluation.nq_run import read_records
 from sra_rag.evaluation.report import wilson_interval
+from sra_rag.readout.calibration import rank_of_gold
 
 BASELINE = "off"
 _WORD = re.compile(r"\w+")
-
-
-def rank_of_gold(scores: Sequence[float], gold: int) -> int:
-    """0 when the gold passage scores highest; ties count against it."""
-    values = np.asarray(scores, dtype=np.float64)
-    return int((values >= values[gold]).sum()) - 1
 
 
 def best_gold_rank(scores: Sequence[float], example: Example) -> int:

@@ -146,9 +146,10 @@ def fit_bias(absent: Sequence[Readout], length_exponent: float = 0.0) -> tuple[t
     return tuple(tuple(float(value) for value in row) for row in bias)
 
 
-def rank_of_gold(scores: np.ndarray, gold: int) -> int:
+def rank_of_gold(scores: Sequence[float] | np.ndarray, gold: int) -> int:
     """0 when the gold document scores highest (ties count against it)."""
-    return int((scores >= scores[gold]).sum()) - 1
+    values = np.asarray(scores, dtype=np.float64)
+    return int((values >= values[gold]).sum()) - 1
 
 
 def _margin(scores: np.ndarray, gold: int) -> float:
