@@ -29,6 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sra_rag.attention import IMPLEMENTATION, register
 from sra_rag.config import ModelDefaults, SRAConfig, as_sra_config
+from sra_rag.generation.compute import in_passing_thread
 from sra_rag.generation.inputs import ContextWindowExceededError, InputProcessor, PreparedPrompt, Prompt, check_fits
 from sra_rag.generation.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCacheStats
 from sra_rag.generation.request import Request
@@ -177,16 +178,23 @@ class SRAEngine:
         if chosen != "fp32" and (device.type != "cpu" or torch_dtype != torch.float32):
             raise ValueError(f"weights={chosen!r} is a CPU option for fp32 models; on {device} use dtype=...")
         register()
-        loaded, tokenizer = load(
-            source,
-            dtype=torch_dtype,
-            trust_remote_code=trust_remote_code,
-            local_files_only=local_files_only,
-            attn_implementation=attn_implementation,
-            **model_kwargs,
-        )
+
+        def prepare() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+            loaded, tokenizer = load(
+                source,
+                dtype=torch_dtype,
+                trust_remote_code=trust_remote_code,
+                local_files_only=local_files_only,
+                attn_implementation=attn_implementation,
+                **model_kwargs,
+            )
+            return apply_weights(loaded, chosen).to(device), tokenizer
+
+        # Loading and converting run many parallel CPU kernels; in a passing thread their OpenMP
+        # threads end with them, so the caller's thread keeps none (sra_rag.generation.compute).
+        prepared, tokenizer = in_passing_thread(prepare)
         engine = cls(
-            apply_weights(loaded, chosen).to(device),
+            prepared,
             tokenizer,
             sra=sra,
             context_window=context_window,

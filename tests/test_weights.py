@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 from sra_rag import SRAConfig, SRAEngine
-from sra_rag.generation.weights import INT4_GROUP, LowPrecisionLinear, apply_weights, default_weights, quantize_int4
+from sra_rag.generation.weights import (
+    INT4_GROUP,
+    LowPrecisionLinear,
+    RescoredOutput,
+    apply_weights,
+    default_weights,
+    quantize_int4,
+)
 
 
 def _copy(model: nn.Module, make) -> nn.Module:
@@ -25,15 +32,19 @@ def tiny_pair(tiny_tokenizer, make_tiny_model):
 def test_low_precision_logits_stay_close_to_fp32(tiny_pair, weights, tolerance):
     reference = tiny_pair()
     low = apply_weights(_copy(reference, tiny_pair), weights)
-    linears = [module for module in low.modules() if isinstance(module, LowPrecisionLinear)]
-    assert len(linears) == 4 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the output layer
+    linears = [module for module in low.model.layers.modules() if isinstance(module, LowPrecisionLinear)]
+    assert len(linears) == 4 * 7  # q, k, v, o, gate, up, down per layer
+    # the output layer: bf16 as the others, or 8-bit scores for a 4-bit layer's shortlist
+    assert isinstance(low.lm_head, LowPrecisionLinear if weights == "bf16" else RescoredOutput)
     assert not any(type(module) is nn.Linear for module in low.modules())
     assert low.model.embed_tokens.weight.dtype == torch.float32  # the embedding and norms stay fp32
     ids = torch.randint(3, 300, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want, got = reference(ids).logits, low(ids).logits
     assert got.dtype == torch.float32
-    error = (got - want).norm() / want.norm()
+    # the scores that choose tokens: each position's 16 best (the output layer rescores its 64 best at 8 bits)
+    best = want.topk(16, dim=-1).indices
+    error = (got.gather(-1, best) - want.gather(-1, best)).norm() / want.gather(-1, best).norm()
     assert error < tolerance
     # A random model's top logits are close; a trained one's agree more (docs/bench/cpu-weights.md).
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.8
@@ -57,7 +68,40 @@ def test_each_layer_stays_within_its_format_s_rounding(tiny_pair, weights, toler
             assert (got - want).norm() / want.norm() < tolerance
             checked += 1
     assert checked == 4 * 7
-    assert low.lm_head.weights == ("int8" if weights == "int4" else weights)  # int4 keeps the output layer int8
+    if weights == "bf16":
+        assert low.lm_head.weights == "bf16"
+    else:  # 8-bit scores for the output layer's shortlist (below)
+        assert isinstance(low.lm_head, RescoredOutput) and low.lm_head.fine.weights == "int8"
+
+
+def test_rescored_output_layer_gives_the_8_bit_scores_of_its_shortlist():
+    """Every token scored at 4 bits, the shortlist's scores replaced by the 8-bit layer's: the best
+    token is the 8-bit layer's own, and the shortlist's scores equal it up to summation order."""
+    linear = nn.Linear(64, 480)
+    with torch.no_grad():
+        linear.weight.mul_(4.0)  # spread the scores as a trained output layer's are
+    layer = RescoredOutput(linear, shortlist=16)
+    eight, four = LowPrecisionLinear(linear, "int8"), LowPrecisionLinear(linear, "int4")
+    x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        got, want, coarse = layer(x), eight(x), four(x)
+    assert got.shape == (3, 5, 480) and got.dtype == torch.float32
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    shortlist = coarse.topk(16, dim=-1).indices
+    torch.testing.assert_close(got.gather(-1, shortlist), want.gather(-1, shortlist), atol=0.05, rtol=0.01)
+    outside = torch.ones_like(got, dtype=torch.bool).scatter(-1, shortlist, False)
+    assert torch.equal(got[outside], coarse[outside])  # the rest keep their 4-bit scores
+    assert not torch.allclose(coarse.gather(-1, shortlist), want.gather(-1, shortlist), atol=0.05, rtol=0.01)
+    with pytest.raises(ValueError, match="at least 1 token"):
+        RescoredOutput(linear, shortlist=0)
+    assert RescoredOutput(nn.Linear(32, 16), shortlist=64).shortlist == 16  # never more than the vocabulary
+
+
+def test_an_output_layer_the_4_bit_kernel_cannot_pack_stays_int8():
+    model = nn.Sequential(nn.Linear(64, 40))
+    model.get_output_embeddings = lambda: model[0]  # type: ignore[method-assign]
+    apply_weights(model, "int4")
+    assert isinstance(model[0], LowPrecisionLinear) and model[0].weights == "int8"
 
 
 def test_int4_is_exact_on_weights_already_on_a_4_bit_grid():
@@ -126,7 +170,7 @@ def test_tied_output_layer_is_untied_and_the_embedding_kept(tiny_tokenizer):
     model = LlamaForCausalLM(config).eval()
     assert model.lm_head.weight is model.model.embed_tokens.weight
     apply_weights(model, "int8")
-    assert isinstance(model.lm_head, LowPrecisionLinear) and model.lm_head.weight.dtype == torch.int8
+    assert isinstance(model.lm_head, RescoredOutput) and model.lm_head.fine.weight.dtype == torch.int8
     assert model.model.embed_tokens.weight.dtype == torch.float32 and not model.config.tie_word_embeddings
 
 

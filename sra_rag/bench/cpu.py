@@ -28,6 +28,7 @@ import torch
 
 from sra_rag.config import SRAConfig
 from sra_rag.engine import SRAEngine
+from sra_rag.generation.compute import in_passing_thread
 from sra_rag.generation.request import Request, sampling_settings
 from sra_rag.layout import TextLayout
 
@@ -132,9 +133,16 @@ def _llama_cpp(gguf: Path, ids: tuple[int, ...], new_tokens: int, threads: int) 
         return None
     context = len(ids) + new_tokens + 8
     # One batch holds the whole context, so the scores of the last token evaluated are at its index.
-    llm = Llama(model_path=str(gguf), n_ctx=context, n_batch=context, n_threads=threads, verbose=False)
+    llm = in_passing_thread(
+        Llama, model_path=str(gguf), n_ctx=context, n_batch=context, n_threads=threads, verbose=False
+    )
 
     def run() -> tuple[float, float]:
+        # llama.cpp's kernels run on OpenMP too: in a passing thread, its threads end with each run
+        # and leave the engines' workers the only pool (sra_rag.generation.compute)
+        return in_passing_thread(timed)
+
+    def timed() -> tuple[float, float]:
         llm.reset()
         start = time.perf_counter()
         llm.eval(list(ids))

