@@ -9,10 +9,13 @@ from torch import nn
 from sra_rag import SRAConfig, SRAEngine
 from sra_rag.generation.weights import (
     INT4_GROUP,
+    MORE_BITS,
+    PRODUCT_ROWS,
     LowPrecisionLinear,
     RescoredOutput,
     apply_weights,
     default_weights,
+    more_bits,
     quantize_int4,
 )
 
@@ -61,7 +64,9 @@ def test_each_layer_stays_within_its_format_s_rounding(tiny_pair, weights, toler
     checked = 0
     for name, module in low.model.layers.named_modules():
         if isinstance(module, LowPrecisionLinear):
-            assert module.weights == weights  # int4: every projection packs (64/128 wide)
+            # int4: every projection packs (64/128 wide); layers 2 and 3 of 4 keep v_proj and down_proj at 8 bits
+            eight = weights == "int4" and name.split(".")[-1] in MORE_BITS and int(name.split(".")[0]) in (2, 3)
+            assert module.weights == ("int8" if eight else weights), name
             fp32 = layers[name]
             with torch.inference_mode():
                 want, got = fp32(inputs[fp32.in_features]), module(inputs[fp32.in_features])
@@ -95,6 +100,41 @@ def test_rescored_output_layer_gives_the_8_bit_scores_of_its_shortlist():
     with pytest.raises(ValueError, match="at least 1 token"):
         RescoredOutput(linear, shortlist=0)
     assert RescoredOutput(nn.Linear(32, 16), shortlist=64).shortlist == 16  # never more than the vocabulary
+
+
+def test_int8_gives_the_same_outputs_through_its_kernel_and_through_a_product_of_its_codes():
+    """Rows below PRODUCT_ROWS (decoding) go through ATen's int8 kernel, more (a prompt) through one
+    bf16 product of the codes: the same weights, equal up to bf16 rounding of the outputs."""
+    layer = LowPrecisionLinear(nn.Linear(64, 48), "int8")
+    x = torch.randn(PRODUCT_ROWS + 4, 64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        many = layer(x)  # the product
+        few = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])  # the kernel, a row at a time
+    torch.testing.assert_close(many, few, atol=0.02, rtol=0.01)
+
+
+def test_int4_keeps_llama_cpp_s_layers_at_8_bits():
+    """llama.cpp's Q4_K_M rule (use_more_bits): the first and last eighth and every third layer between
+    (the packaged Qwen2.5-Coder GGUF keeps attn_v and ffn_down at 6-8 bits in 12 of its 24 layers too)."""
+    assert [layer for layer in range(24) if more_bits(layer, 24)] == [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23]
+    assert [layer for layer in range(32) if more_bits(layer, 32)] == [
+        0,
+        1,
+        2,
+        3,
+        6,
+        9,
+        12,
+        15,
+        18,
+        21,
+        24,
+        27,
+        28,
+        29,
+        30,
+        31,
+    ]
 
 
 def test_an_output_layer_the_4_bit_kernel_cannot_pack_stays_int8():

@@ -9,8 +9,10 @@ scales, multiplied by ATen's ``_weight_int8pack_mm`` kernel (the one torchao's a
 weight-only modes call on the CPU) on bf16 activations; ``weights="int4"`` reads an eighth:
 asymmetric 4-bit codes in groups of 32 input columns (the block size of the GGUF formats the packaged
 models ship in), each group with a bf16 scale and offset, multiplied by ATen's
-``_weight_int4pack_mm_for_cpu`` (torchao's ``Int4WeightOnlyConfig`` CPU kernel); a layer the 4-bit
-kernel cannot pack (out_features not a multiple of 16 or in_features not of 32) stays int8.
+``_weight_int4pack_mm_for_cpu`` (torchao's ``Int4WeightOnlyConfig`` CPU kernel). int4 is a mix, as
+llama.cpp's Q4_K_M is: the attention value and feed-forward down projections of half the layers
+(:func:`more_bits`) are int8, and so is a layer the 4-bit kernel cannot pack (out_features not a
+multiple of 16 or in_features not of 32).
 
 The output layer keeps 8-bit scores under int8 and int4, as llama.cpp's 4-bit mixes keep it at 6 or 8
 bits (one wrong score there is a wrong token), at the cost of a 4-bit one (:class:`RescoredOutput`):
@@ -34,6 +36,32 @@ WeightFormat = Literal["fp32", "bf16", "int8", "int4"]
 WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
 INT4_GROUP = 32  # input columns per 4-bit group (one scale and one offset each)
 SHORTLIST = 64  # tokens whose output scores RescoredOutput recomputes from 8-bit weights
+PRODUCT_ROWS = 16
+"""Rows (tokens) from which an int8 layer multiplies through a bf16 product of its codes instead of
+ATen's int8 kernel (faster from about 14 rows of a 4864 x 896 layer on 2 cores; 2.5x at 512)."""
+
+
+MORE_BITS = ("v_proj", "down_proj")
+"""The projections int4 keeps at 8 bits in :func:`more_bits` layers (llama.cpp's Q4_K_M gives its
+``attn_v`` and ``ffn_down`` 6 or 8 bits there; the packaged Qwen2.5-Coder GGUF keeps them at 6-8 bits
+in 12 of its 24 layers too, a different 12)."""
+
+
+def more_bits(layer: int, layers: int) -> bool:
+    """Whether decoder layer ``layer`` of ``layers`` is one whose :data:`MORE_BITS` projections int4
+    keeps at 8 bits: llama.cpp's ``use_more_bits``, the first and last eighth of the layers and
+    every third one between (12 of Qwen2.5-0.5B's 24)."""
+    eighth = layers // 8
+    return layer < eighth or layer >= 7 * layers // 8 or (layer - eighth) % 3 == 2
+
+
+def _int4_keeps_8_bits(name: str, layers: int) -> bool:
+    """Whether the linear layer ``name`` (``model.layers.5.mlp.down_proj``) is int8 under int4."""
+    parts = name.split(".")
+    if parts[-1] not in MORE_BITS or "layers" not in parts[:-1]:
+        return False
+    index = parts.index("layers") + 1
+    return index < len(parts) and parts[index].isdigit() and more_bits(int(parts[index]), layers)
 
 
 def int4_packable(out_features: int, in_features: int) -> bool:
@@ -92,7 +120,12 @@ class LowPrecisionLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if self.weights == "int8":
+        if self.weights == "int8" and flat.shape[0] >= PRODUCT_ROWS:
+            # ATen's int8 kernel re-reads the weight for every row (its time grows with the rows), so
+            # a prompt's rows go through one bf16 product of the codes (exact in bf16), scaled in fp32
+            codes = self.weight.to(torch.bfloat16)  # type: ignore[union-attr]
+            out = torch.nn.functional.linear(flat, codes).float() * self.scales.float()  # type: ignore[union-attr]
+        elif self.weights == "int8":
             out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.weight, self.scales)
         elif self.weights == "int4":
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.contiguous(), self.weight, INT4_GROUP, self.scales)
@@ -153,8 +186,8 @@ def apply_weights(model: nn.Module, weights: WeightFormat) -> nn.Module:
     """Replace, in place, every ``nn.Linear`` of an fp32 ``model`` (its output layer included: a
     tied embedding keeps its fp32 copy) by a :class:`LowPrecisionLinear` of ``weights``; "fp32"
     leaves the model as it is. Under "int8" and "int4" the output layer is a :class:`RescoredOutput`
-    where the 4-bit kernel can pack it (else int8); under "int4" the other layers it cannot pack are
-    int8. Returns the model."""
+    where the 4-bit kernel can pack it (else int8); under "int4" the :data:`MORE_BITS` projections of
+    :func:`more_bits` layers and the other layers it cannot pack are int8. Returns the model."""
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights must be one of {list(WEIGHT_FORMATS)}, got {weights!r}")
     if weights == "fp32":
@@ -162,6 +195,9 @@ def apply_weights(model: nn.Module, weights: WeightFormat) -> nn.Module:
     targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
     get_output = getattr(model, "get_output_embeddings", None)
     output = get_output() if callable(get_output) else None
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if config is not None else None
+    layers = int(getattr(text_config, "num_hidden_layers", 0) or 0)
     for name, linear in targets:
         if linear.weight.dtype != torch.float32:
             raise ValueError(f"weights={weights!r} converts fp32 models; {name} is {linear.weight.dtype}")
@@ -170,11 +206,11 @@ def apply_weights(model: nn.Module, weights: WeightFormat) -> nn.Module:
         if linear is output and weights in ("int8", "int4") and packable:
             layer = RescoredOutput(linear)
         else:
-            layer = LowPrecisionLinear(linear, "int8" if weights == "int4" and not packable else weights)
+            eight = weights == "int4" and (not packable or _int4_keeps_8_bits(name, layers))
+            layer = LowPrecisionLinear(linear, "int8" if eight else weights)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer)
-    config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", False):
         # The output layer is no longer the embedding's weight; keep transformers from re-tying them.
         config.tie_word_embeddings = False

@@ -367,3 +367,15 @@ def test_a_closed_engine_fails_its_requests_and_refuses_new_ones(tiny_tokenizer,
             list(stream)
     with pytest.raises(RuntimeError, match="closed"):
         engine.stream(prompt(1))
+
+
+def test_an_idle_worker_ends_and_the_next_request_starts_another(tiny_engine: SRAEngine) -> None:
+    """A live worker keeps its OpenMP threads (sra_rag/generation/compute.py), so it ends as soon as
+    nothing is left to run; the next request starts a new one and gets the same reply."""
+    first = tiny_engine.generate("Hello", max_new_tokens=4)
+    scheduler = tiny_engine.scheduler
+    deadline = time.monotonic() + 5.0
+    while scheduler._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scheduler._thread is None
+    assert tiny_engine.generate("Hello", max_new_tokens=4) == first
