@@ -18,6 +18,9 @@ Placement = Literal["first", "last", "ends"]
 PLACEMENTS: tuple[str, ...] = get_args(Placement)
 Order = Literal["retrieved", "first", "last", "ends"]
 ORDERS: tuple[str, ...] = get_args(Order)
+# The linear layers' weights on the CPU (sra_rag.generation.weights).
+WeightFormat = Literal["fp32", "bf16", "int8", "int4"]
+WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
 
 
 class SRAConfig(BaseModel):
@@ -201,7 +204,9 @@ class ModelDefaults(BaseModel):
     ``"ends"``; :mod:`sra_rag.rag.ordering`) or None (the retrieved order); ``loop_guard``: the reply
     ends once its newest ``loop_guard`` tokens repeat a span it already generated (changes no token);
     ``repetition_penalty``: a per-token penalty on the answer's own tokens (1: none; it miscopies
-    numbers, so it is opt-in); ``measured``: where the choice was made.
+    numbers, so it is opt-in); ``weights``: the linear layers' weight format when the model runs in
+    fp32 on a CPU that multiplies bf16 natively (:func:`sra_rag.generation.weights.default_weights`;
+    None: fp32), chosen on held-out answers against fp32's; ``measured``: where the choices were made.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -211,6 +216,7 @@ class ModelDefaults(BaseModel):
     order: Placement | None = Field(None, description="Attention-ordered stuffing of documents (None: as retrieved).")
     loop_guard: int = Field(16, ge=0, le=4096, description="Span in tokens of the loop guard (0: off).")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="Per-token penalty on the answer (1: none).")
+    weights: WeightFormat | None = Field(None, description="CPU weight format where bf16 is native (None: fp32).")
     measured: str = Field("", description="Where these settings were chosen (docs/eval/...).")
 
     @model_validator(mode="after")

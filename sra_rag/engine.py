@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sra_rag.attention import IMPLEMENTATION, register
-from sra_rag.config import ModelDefaults, SRAConfig, as_sra_config
+from sra_rag.config import ModelDefaults, SRAConfig, WeightFormat, as_sra_config
 from sra_rag.generation.compute import in_passing_thread
 from sra_rag.generation.inputs import ContextWindowExceededError, InputProcessor, PreparedPrompt, Prompt, check_fits
 from sra_rag.generation.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCacheStats
@@ -36,7 +36,7 @@ from sra_rag.generation.request import Request
 from sra_rag.generation.scheduler import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_TOKENS, Scheduler
 from sra_rag.generation.streaming import FinishReason, TextStream
 from sra_rag.generation.structured import JsonSchemaCompiler
-from sra_rag.generation.weights import WeightFormat, apply_weights, default_weights
+from sra_rag.generation.weights import apply_weights, default_weights
 from sra_rag.layout import PromptLayout, TextLayout
 from sra_rag.models import (
     ModelSource,
@@ -174,7 +174,8 @@ class SRAEngine:
         source: ModelSource = resolve_source(model, gguf_file)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = _torch_dtype(dtype, device)
-        chosen = default_weights(device, torch_dtype) if weights is None else weights
+        preferred = (shipped_defaults(source.display_name) if defaults is None else defaults).weights
+        chosen = default_weights(device, torch_dtype, preferred) if weights is None else weights
         if chosen != "fp32" and (device.type != "cpu" or torch_dtype != torch.float32):
             raise ValueError(f"weights={chosen!r} is a CPU option for fp32 models; on {device} use dtype=...")
         register()

@@ -221,3 +221,35 @@ def test_loading_option_is_checked():
         SRAEngine.from_pretrained(weights="int8", dtype="bfloat16")
     assert default_weights(torch.device("cpu"), torch.float32) == "fp32"
     assert default_weights(torch.device("cpu"), torch.bfloat16) == "fp32"
+
+
+def test_a_model_s_preferred_format_is_its_default_where_the_cpu_multiplies_bf16(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr("sra_rag.generation.weights.native_bf16", lambda: True)
+    assert default_weights(cpu, torch.float32, "int8") == "int8"
+    assert default_weights(cpu, torch.float32, None) == "fp32"  # a model without a measured format
+    assert default_weights(cpu, torch.bfloat16, "int8") == "fp32"  # the formats convert fp32 models
+    assert default_weights(cuda, torch.float32, "int8") == "fp32"  # a CPU option
+    monkeypatch.setattr("sra_rag.generation.weights.native_bf16", lambda: False)
+    assert default_weights(cpu, torch.float32, "int8") == "fp32"  # emulated bf16 would be slower than fp32
+
+
+def test_from_pretrained_takes_the_model_s_preferred_format(monkeypatch):
+    from sra_rag.config import ModelDefaults
+
+    seen = {}
+
+    def load(*args, **kwargs):
+        raise LookupError("stop after choosing")
+
+    def choose(device, dtype, preferred=None):
+        seen["preferred"] = preferred
+        return "fp32"
+
+    monkeypatch.setattr("sra_rag.engine.load", load)
+    monkeypatch.setattr("sra_rag.engine.default_weights", choose)
+    with pytest.raises(LookupError):
+        SRAEngine.from_pretrained("smollm2-135m", defaults=ModelDefaults(weights="int4"))
+    assert seen["preferred"] == "int4"
+    with pytest.raises(ValueError, match="weights"):
+        ModelDefaults(weights="int3")  # type: ignore[arg-type]

@@ -144,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = [record for path in args.records for record in read_records(path) if record.get("model") in names]
     chosen = defaults_for(records, "NQ-Open dev, " + ", ".join(str(path) for path in args.records))
     target = args.out or Path(str(resources.files("sra_rag").joinpath(f"{DEFAULTS_FOLDER}/{key}.json")))
+    if target.exists():  # the weight format is measured apart (docs/bench/cpu-weights.md): keep it
+        kept = ModelDefaults.model_validate_json(target.read_text()).weights
+        chosen = chosen.model_copy(update={"weights": kept})
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(chosen.model_dump_json(indent=1) + "\n")
     print(f"Wrote {target}: preset {chosen.preset}, order {chosen.order or 'retrieved'}.\n{chosen.measured}")

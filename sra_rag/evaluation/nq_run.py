@@ -27,9 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sra_rag.config import SRAConfig
+from sra_rag.config import WEIGHT_FORMATS, SRAConfig
 from sra_rag.evaluation.nq import DATASETS, Example, best_subspan_em, iter_questions, load
-from sra_rag.generation.weights import WEIGHT_FORMATS
 from sra_rag.rag.ordering import Placement, check_placement
 from sra_rag.rag.reader import Reader
 from sra_rag.rag.stuffing import Chunk

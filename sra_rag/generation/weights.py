@@ -27,13 +27,11 @@ fp32. Measured in docs/bench/cpu-weights.md.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-WeightFormat = Literal["fp32", "bf16", "int8", "int4"]
-WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
+from sra_rag.config import WEIGHT_FORMATS, WeightFormat
+
 INT4_GROUP = 32  # input columns per 4-bit group (one scale and one offset each)
 SHORTLIST = 64  # tokens whose output scores RescoredOutput recomputes from 8-bit weights
 PRODUCT_ROWS = 16
@@ -92,6 +90,10 @@ class LowPrecisionLinear(nn.Module):
     ``forward``: ``x (..., in_features)`` in any float dtype to ``(..., out_features)`` in ``x``'s dtype.
     """
 
+    weight: torch.Tensor
+    scales: torch.Tensor | None
+    bias: torch.Tensor | None
+
     def __init__(self, linear: nn.Linear, weights: WeightFormat) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -120,17 +122,16 @@ class LowPrecisionLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if self.weights == "int8" and flat.shape[0] >= PRODUCT_ROWS:
+        if self.weights == "int8" and self.scales is not None and flat.shape[0] >= PRODUCT_ROWS:
             # ATen's int8 kernel re-reads the weight for every row (its time grows with the rows), so
             # a prompt's rows go through one bf16 product of the codes (exact in bf16), scaled in fp32
-            codes = self.weight.to(torch.bfloat16)  # type: ignore[union-attr]
-            out = torch.nn.functional.linear(flat, codes).float() * self.scales.float()  # type: ignore[union-attr]
+            out = torch.nn.functional.linear(flat, self.weight.to(torch.bfloat16)).float() * self.scales.float()
         elif self.weights == "int8":
             out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.weight, self.scales)
         elif self.weights == "int4":
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.contiguous(), self.weight, INT4_GROUP, self.scales)
         else:
-            out = torch.nn.functional.linear(flat, self.weight)  # type: ignore[arg-type]
+            out = torch.nn.functional.linear(flat, self.weight)
         out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias.to(x.dtype)
 
@@ -162,7 +163,9 @@ class RescoredOutput(nn.Module):
         best = scores.topk(self.shortlist, dim=-1).indices  # (rows, shortlist)
         inputs = x.reshape(-1, self.in_features).to(torch.bfloat16).float()
         rows = self.fine.weight[best].float()  # (rows, shortlist, in_features)
-        exact = torch.einsum("ri,rki->rk", inputs, rows) * self.fine.scales[best].float()  # type: ignore[index]
+        scales = self.fine.scales
+        assert scales is not None  # an int8 layer always has them
+        exact = torch.einsum("ri,rki->rk", inputs, rows) * scales[best].float()
         exact = exact.to(torch.bfloat16).to(scores.dtype)  # the int8 kernel's output dtype
         if self.fine.bias is not None:
             exact = exact + self.fine.bias[best].to(scores.dtype)
@@ -172,14 +175,19 @@ class RescoredOutput(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, shortlist={self.shortlist}"
 
 
-def default_weights(device: torch.device, dtype: torch.dtype) -> WeightFormat:
-    """The weight format of a model loaded without ``weights=``: fp32 (the format every measured
-    answer table of the project was made with). On a CPU with native bf16, int8 decodes 2.4x faster
-    and int4 3.1x, but each rounds its layers' outputs to bf16, so greedy answers differ from fp32's on
-    some prompts; int8 got as many real questions right as fp32 and int4 fewer
-    (docs/bench/cpu-weights.md). Both stay opt-in."""
-    del device, dtype
-    return "fp32"
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): the int8, int4 and bf16
+    formats compute on bf16 activations, which other CPUs emulate slowly."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def default_weights(device: torch.device, dtype: torch.dtype, preferred: WeightFormat | None = None) -> WeightFormat:
+    """The weight format of a model loaded without ``weights=``: the model's ``preferred`` format
+    (:attr:`sra_rag.config.ModelDefaults.weights`, chosen on held-out answers against fp32) for an
+    fp32 model on a CPU with :func:`native_bf16`, else fp32."""
+    if preferred is None or device.type != "cpu" or dtype != torch.float32 or not native_bf16():
+        return "fp32"
+    return preferred
 
 
 def apply_weights(model: nn.Module, weights: WeightFormat) -> nn.Module:

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sra_rag.config import PRESETS
-from sra_rag.generation.weights import WeightFormat
+from sra_rag.config import PRESETS, WeightFormat
 
 if TYPE_CHECKING:
     from sra_rag.engine import SRAEngine

@@ -77,3 +77,13 @@ def test_the_written_defaults_are_what_the_library_reads(tmp_path) -> None:
     assert defaults_for(lines, "x").loop_guard == 16 and written.repetition_penalty == 1.0
     shipped = shipped_defaults("qwen2.5-coder-0.5b")  # the file in sra_rag/data/defaults
     assert shipped.preset == "recommended" and shipped.order is None and "NQ-Open dev" in shipped.measured
+
+
+def test_rewriting_the_defaults_keeps_the_separately_measured_weight_format(tmp_path) -> None:
+    runs = tmp_path / "dev.jsonl"
+    runs.write_text("".join(json.dumps(line) + "\n" for line in records("off", STOCK) + records("recommended", STOCK)))
+    out = tmp_path / "qwen.json"
+    out.write_text(ModelDefaults(preset="paper", weights="int8", measured="old").model_dump_json())
+    main([str(runs), "--model", "qwen2.5-coder-0.5b", "--out", str(out)])
+    written = ModelDefaults.model_validate_json(out.read_text())
+    assert (written.preset, written.weights) == ("recommended", "int8") and written.measured != "old"
