@@ -168,8 +168,9 @@ class SRAEngine:
         id (read from the local cache), a local folder or a ``.gguf`` file. ``device=None`` picks CUDA
         when available, else the CPU; ``dtype=None`` picks bfloat16 on CUDA and float32 on the CPU.
         ``weights``: the linear layers' weights on the CPU, ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"int4"``
-        (activations and attention stay fp32; :mod:`sra_rag.generation.weights`); None is fp32. int8 and
-        int4 decode faster on CPUs with native bf16 (docs/bench/cpu-weights.md).
+        (activations and attention stay fp32; :mod:`sra_rag.generation.weights`); None is the model's
+        measured format (:attr:`~sra_rag.config.ModelDefaults.weights`) on a CPU that multiplies bf16
+        natively, else fp32 (docs/bench/cpu-weights.md).
         """
         source: ModelSource = resolve_source(model, gguf_file)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

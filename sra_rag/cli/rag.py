@@ -306,7 +306,8 @@ def demo(
     config = _sra_config(preset, sra, {}, engine.sra)
     state = "on" if config.enabled else "off"
     named = preset or f"{engine.defaults.preset}, the model's default"
-    _info(f"Reader: {engine.name}, context window {engine.context_window} tokens, SRA {state} ({named}).")
+    window = engine.context_window
+    _info(f"Reader: {engine.name} ({engine.weights} weights), context window {window} tokens, SRA {state} ({named}).")
     sampling = _sampling(temperature, 1.0, 0, 0.0, repetition_penalty, False, loop_guard, seed)
     reader = Reader(
         engine, opened, top_k=top_k, sra=config, max_new_tokens=max_new_tokens, overflow="drop", sampling=sampling

@@ -80,7 +80,7 @@ def serve(
         str | None,
         typer.Option(
             "--weights",
-            help="CPU weight format: fp32 (default), bf16, int8 or int4 (faster decoding; docs/bench/cpu-weights.md).",
+            help="CPU weight format: fp32, bf16, int8 or int4 (default: the model's measured one; docs/bench)",
         ),
     ] = None,
 ) -> None:
