@@ -17,8 +17,8 @@ a thread that ends with the work and takes its pool along, so the worker stays t
 from __future__ import annotations
 
 import contextvars
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -27,19 +27,8 @@ T = TypeVar("T")
 def in_passing_thread(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """``function(*args, **kwargs)`` run in a new thread that ends with it (in the caller's context
     variables); returns its result or raises its exception. The caller waits."""
-    result: list[T] = []
-    failure: list[BaseException] = []
     context = contextvars.copy_context()
-
-    def run() -> None:
-        try:
-            result.append(context.run(function, *args, **kwargs))
-        except BaseException as error:  # handed to the caller, raised there
-            failure.append(error)
-
-    thread = threading.Thread(target=run, name=f"sra-rag-{getattr(function, '__name__', 'work')}", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    name = f"sra-rag-{getattr(function, '__name__', 'work')}"
+    # leaving the executor joins its one thread, so the thread (and its OpenMP pool) ends here
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) as executor:
+        return executor.submit(context.run, function, *args, **kwargs).result()
