@@ -175,8 +175,8 @@ class SRAEngine:
         source: ModelSource = resolve_source(model, gguf_file)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = _torch_dtype(dtype, device)
-        preferred = (shipped_defaults(source.display_name) if defaults is None else defaults).weights
-        chosen = default_weights(device, torch_dtype, preferred) if weights is None else weights
+        model_defaults = shipped_defaults(source.display_name) if defaults is None else defaults
+        chosen = default_weights(device, torch_dtype, model_defaults.weights) if weights is None else weights
         if chosen != "fp32" and (device.type != "cpu" or torch_dtype != torch.float32):
             raise ValueError(f"weights={chosen!r} is a CPU option for fp32 models; on {device} use dtype=...")
         register()
@@ -206,7 +206,7 @@ class SRAEngine:
             prefill_tokens=prefill_tokens,
             num_threads=num_threads,
             readout_profile=readout_profile,
-            defaults=defaults,
+            defaults=model_defaults,
             prefix_cache_bytes=prefix_cache_bytes,
         )
         engine.weights = chosen
